@@ -1,0 +1,551 @@
+//! Where the storage account is and how to authorize: connection strings, the Azure CLI's
+//! environment variables, and the local development storage (Azurite) defaults.
+//!
+//! Connection-string syntax: [Configure Azure Storage connection strings](https://learn.microsoft.com/en-us/azure/storage/common/storage-configure-connection-string).
+
+use std::fmt;
+
+use url::Url;
+
+use crate::auth::{AccountKey, Credential, KeyError, SasError, SasToken};
+
+/// The well-known account name of the storage emulator (Azurite).
+pub const DEV_ACCOUNT: &str = "devstoreaccount1";
+/// The well-known, public key of the storage emulator (Azurite). Not a secret.
+pub const DEV_ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// The emulator's blob endpoint (path-style: the account is the first path segment).
+pub const DEV_BLOB_ENDPOINT: &str = "http://127.0.0.1:10000/devstoreaccount1";
+
+/// A storage account's blob endpoint and credential.
+#[derive(Clone)]
+pub struct StorageConfig {
+    /// The blob service endpoint, e.g. `https://acct.blob.core.windows.net` or, path-style,
+    /// `http://127.0.0.1:10000/devstoreaccount1`. No query, no trailing slash.
+    pub endpoint: Url,
+    /// How requests are authorized.
+    pub credential: Credential,
+    /// An HTTP proxy for all requests (`DevelopmentStorageProxyUri`).
+    pub proxy: Option<Url>,
+}
+
+impl fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("credential", &self.credential)
+            .field("proxy", &self.proxy.as_ref().map(Url::as_str))
+            .finish()
+    }
+}
+
+/// Why a connection string or environment could not be used. Names the offending key and the
+/// reason; never contains a secret value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The connection string is empty.
+    #[error("the connection string is empty")]
+    Empty,
+    /// A `;`-separated part has no `=`.
+    #[error("connection string part {index} is not `Key=Value` (parts are separated by `;`)")]
+    NotKeyValue {
+        /// 1-based position of the part.
+        index: usize,
+    },
+    /// A key is given twice.
+    #[error("connection string key `{key}` is given more than once")]
+    DuplicateKey {
+        /// The key, as written.
+        key: String,
+    },
+    /// A key is not one this crate knows.
+    #[error("connection string key `{key}` is unknown (expected AccountName, AccountKey, DefaultEndpointsProtocol, EndpointSuffix, BlobEndpoint, SharedAccessSignature, UseDevelopmentStorage or DevelopmentStorageProxyUri)")]
+    UnknownKey {
+        /// The key, as written.
+        key: String,
+    },
+    /// A key has an empty value.
+    #[error("connection string key `{key}` has an empty value")]
+    EmptyValue {
+        /// The key.
+        key: &'static str,
+    },
+    /// A key's value is not acceptable.
+    #[error("`{key}` is invalid: {reason}")]
+    InvalidValue {
+        /// The key (or environment variable).
+        key: &'static str,
+        /// What is wrong with it (never the secret itself).
+        reason: String,
+    },
+    /// The account key is not usable.
+    #[error("`{key}` is invalid: {source}")]
+    InvalidKey {
+        /// `AccountKey` or `AZURE_STORAGE_KEY`.
+        key: &'static str,
+        /// Why.
+        source: KeyError,
+    },
+    /// The SAS token is not usable.
+    #[error("`{key}` is invalid: {source}")]
+    InvalidSas {
+        /// `SharedAccessSignature` or `AZURE_STORAGE_SAS_TOKEN`.
+        key: &'static str,
+        /// Why.
+        source: SasError,
+    },
+    /// A required key is missing.
+    #[error("`{key}` is missing: {why}")]
+    Missing {
+        /// The missing key.
+        key: &'static str,
+        /// What needs it.
+        why: &'static str,
+    },
+    /// Two keys exclude each other.
+    #[error("`{a}` and `{b}` cannot both be given")]
+    Conflict {
+        /// One key.
+        a: &'static str,
+        /// The other.
+        b: &'static str,
+    },
+}
+
+/// Canonical names of the keys we accept, matched case-insensitively.
+const KEYS: [&str; 8] = [
+    "AccountName",
+    "AccountKey",
+    "DefaultEndpointsProtocol",
+    "EndpointSuffix",
+    "BlobEndpoint",
+    "SharedAccessSignature",
+    "UseDevelopmentStorage",
+    "DevelopmentStorageProxyUri",
+];
+
+/// Keys of other services that a portal connection string may carry; ignored.
+const OTHER_SERVICE_KEYS: [&str; 8] = [
+    "QueueEndpoint",
+    "TableEndpoint",
+    "FileEndpoint",
+    "DfsEndpoint",
+    "BlobSecondaryEndpoint",
+    "QueueSecondaryEndpoint",
+    "TableSecondaryEndpoint",
+    "FileSecondaryEndpoint",
+];
+
+impl StorageConfig {
+    /// Local development storage: Azurite's well-known account on `127.0.0.1:10000`.
+    pub fn development() -> Self {
+        Self::parse_connection_string("UseDevelopmentStorage=true")
+            .expect("the development storage defaults are valid")
+    }
+
+    /// Parses an Azure Storage connection string.
+    ///
+    /// ```
+    /// use azmutex::StorageConfig;
+    /// let cfg = StorageConfig::parse_connection_string(
+    ///     "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn",
+    /// ).unwrap();
+    /// assert_eq!(cfg.endpoint.as_str(), "https://acct.blob.core.chinacloudapi.cn/");
+    /// assert!(!format!("{cfg:?}").contains("a2V5"));
+    /// ```
+    pub fn parse_connection_string(s: &str) -> Result<Self, ConfigError> {
+        let mut values: [Option<&str>; 8] = [None; 8];
+        let mut any = false;
+        for (i, part) in s.split(';').enumerate() {
+            let part = part.trim();
+            if part.is_empty() {
+                continue; // tolerate `;;` and a trailing `;`
+            }
+            any = true;
+            let (key, value) = part
+                .split_once('=')
+                .ok_or(ConfigError::NotKeyValue { index: i + 1 })?;
+            let key = key.trim();
+            let value = value.trim();
+            if key.is_empty() {
+                return Err(ConfigError::NotKeyValue { index: i + 1 });
+            }
+            match KEYS.iter().position(|k| k.eq_ignore_ascii_case(key)) {
+                Some(slot) => {
+                    if values[slot].is_some() {
+                        return Err(ConfigError::DuplicateKey { key: key.to_string() });
+                    }
+                    if value.is_empty() {
+                        return Err(ConfigError::EmptyValue { key: KEYS[slot] });
+                    }
+                    values[slot] = Some(value);
+                }
+                None if OTHER_SERVICE_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) => {}
+                None => return Err(ConfigError::UnknownKey { key: key.to_string() }),
+            }
+        }
+        if !any {
+            return Err(ConfigError::Empty);
+        }
+        let [account, key, protocol, suffix, blob_endpoint, sas, dev, proxy] = values;
+
+        if let Some(dev) = dev {
+            if !dev.eq_ignore_ascii_case("true") {
+                return Err(ConfigError::InvalidValue {
+                    key: "UseDevelopmentStorage",
+                    reason: "the only accepted value is `true`".into(),
+                });
+            }
+            for (k, v) in [("AccountName", account), ("AccountKey", key), ("SharedAccessSignature", sas)] {
+                if v.is_some() {
+                    return Err(ConfigError::Conflict { a: "UseDevelopmentStorage", b: k });
+                }
+            }
+            let endpoint = match blob_endpoint {
+                Some(e) => parse_endpoint("BlobEndpoint", e)?,
+                None => parse_endpoint("BlobEndpoint", DEV_BLOB_ENDPOINT)?,
+            };
+            let proxy = proxy.map(|p| parse_url("DevelopmentStorageProxyUri", p)).transpose()?;
+            return Ok(Self {
+                endpoint,
+                credential: Credential::SharedKey {
+                    account: DEV_ACCOUNT.into(),
+                    key: AccountKey::from_base64(DEV_ACCOUNT_KEY)
+                        .map_err(|source| ConfigError::InvalidKey { key: "AccountKey", source })?,
+                },
+                proxy,
+            });
+        }
+        if proxy.is_some() {
+            return Err(ConfigError::InvalidValue {
+                key: "DevelopmentStorageProxyUri",
+                reason: "it is only used together with `UseDevelopmentStorage=true`".into(),
+            });
+        }
+        if let Some(a) = account {
+            check_account_name("AccountName", a)?;
+        }
+        let scheme = match protocol {
+            None => "https",
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            Some(_) => {
+                return Err(ConfigError::InvalidValue {
+                    key: "DefaultEndpointsProtocol",
+                    reason: "must be `http` or `https`".into(),
+                })
+            }
+        };
+        let endpoint = match (blob_endpoint, account) {
+            (Some(e), _) => parse_endpoint("BlobEndpoint", e)?,
+            (None, Some(a)) => {
+                let suffix = suffix.unwrap_or("core.windows.net");
+                if suffix.contains(['/', ':', '?', '#', ' ']) || suffix.starts_with('.') {
+                    return Err(ConfigError::InvalidValue {
+                        key: "EndpointSuffix",
+                        reason: "must be a DNS suffix such as `core.windows.net`".into(),
+                    });
+                }
+                parse_endpoint("EndpointSuffix", &format!("{scheme}://{a}.blob.{suffix}"))?
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: "AccountName",
+                    why: "needed to build the endpoint when no `BlobEndpoint` is given",
+                })
+            }
+        };
+        let credential = match (key, sas) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict { a: "AccountKey", b: "SharedAccessSignature" })
+            }
+            (Some(k), None) => {
+                let account = match account {
+                    Some(a) => a.to_string(),
+                    None => {
+                        return Err(ConfigError::Missing {
+                            key: "AccountName",
+                            why: "SharedKey signing with `AccountKey` needs the account name",
+                        })
+                    }
+                };
+                let key = AccountKey::from_base64(k)
+                    .map_err(|source| ConfigError::InvalidKey { key: "AccountKey", source })?;
+                Credential::SharedKey { account, key }
+            }
+            (None, Some(s)) => Credential::Sas(
+                SasToken::parse(s)
+                    .map_err(|source| ConfigError::InvalidSas { key: "SharedAccessSignature", source })?,
+            ),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: "AccountKey",
+                    why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`",
+                })
+            }
+        };
+        Ok(Self { endpoint, credential, proxy: None })
+    }
+
+    /// Builds a configuration from the environment variables the Azure CLI reads:
+    /// `AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or
+    /// `AZURE_STORAGE_SAS_TOKEN` (and optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom
+    /// blob endpoint). `Ok(None)` when none of them is set.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`StorageConfig::from_env`] reading variables through `var` (for tests and embedding).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        if let Some(cs) = var("AZURE_STORAGE_CONNECTION_STRING") {
+            return Self::parse_connection_string(&cs).map(Some);
+        }
+        let account = var("AZURE_STORAGE_ACCOUNT");
+        let key = var("AZURE_STORAGE_KEY");
+        let sas = var("AZURE_STORAGE_SAS_TOKEN");
+        let endpoint = var("AZURE_STORAGE_SERVICE_ENDPOINT");
+        if account.is_none() && key.is_none() && sas.is_none() && endpoint.is_none() {
+            return Ok(None);
+        }
+        let endpoint = match (&endpoint, &account) {
+            (Some(e), _) => parse_endpoint("AZURE_STORAGE_SERVICE_ENDPOINT", e)?,
+            (None, Some(a)) => {
+                check_account_name("AZURE_STORAGE_ACCOUNT", a)?;
+                parse_endpoint("AZURE_STORAGE_ACCOUNT", &format!("https://{a}.blob.core.windows.net"))?
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: "AZURE_STORAGE_ACCOUNT",
+                    why: "`AZURE_STORAGE_KEY`/`AZURE_STORAGE_SAS_TOKEN` need the account name",
+                })
+            }
+        };
+        let credential = match (key, sas) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Conflict { a: "AZURE_STORAGE_KEY", b: "AZURE_STORAGE_SAS_TOKEN" })
+            }
+            (Some(k), None) => {
+                let account = account.ok_or(ConfigError::Missing {
+                    key: "AZURE_STORAGE_ACCOUNT",
+                    why: "SharedKey signing with `AZURE_STORAGE_KEY` needs the account name",
+                })?;
+                check_account_name("AZURE_STORAGE_ACCOUNT", &account)?;
+                let key = AccountKey::from_base64(&k)
+                    .map_err(|source| ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", source })?;
+                Credential::SharedKey { account, key }
+            }
+            (None, Some(s)) => Credential::Sas(
+                SasToken::parse(&s)
+                    .map_err(|source| ConfigError::InvalidSas { key: "AZURE_STORAGE_SAS_TOKEN", source })?,
+            ),
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    key: "AZURE_STORAGE_KEY",
+                    why: "`AZURE_STORAGE_ACCOUNT` needs `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`",
+                })
+            }
+        };
+        Ok(Some(Self { endpoint, credential, proxy: None }))
+    }
+
+    /// A configuration from an explicit endpoint URL (host-style or path-style, e.g. for Azure
+    /// Stack or a custom domain) and a credential.
+    pub fn new(endpoint: &str, credential: Credential) -> Result<Self, ConfigError> {
+        Ok(Self { endpoint: parse_endpoint("endpoint", endpoint)?, credential, proxy: None })
+    }
+
+    /// Whether this is the well-known development storage account.
+    pub fn is_development(&self) -> bool {
+        matches!(&self.credential, Credential::SharedKey { account, .. } if account == DEV_ACCOUNT)
+    }
+}
+
+/// Storage account names: 3–24 lower-case letters and digits.
+/// See [Storage account name](https://learn.microsoft.com/en-us/azure/azure-resource-manager/management/resource-name-rules#microsoftstorage).
+fn check_account_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
+    let ok = (3..=24).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidValue {
+            key,
+            reason: format!("account name {name:?} must be 3-24 lower-case letters and digits"),
+        })
+    }
+}
+
+fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| ConfigError::InvalidValue {
+        key,
+        reason: format!("not an absolute URL ({e})"),
+    })?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: format!("scheme `{}` is not http or https", url.scheme()),
+        });
+    }
+    if url.host().is_none() {
+        return Err(ConfigError::InvalidValue { key, reason: "the URL has no host".into() });
+    }
+    Ok(url)
+}
+
+/// Parses a blob endpoint: http(s), a host, no query (a SAS goes in `SharedAccessSignature`),
+/// no fragment, no credentials; a trailing `/` is dropped.
+pub(crate) fn parse_endpoint(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let mut url = parse_url(key, value)?;
+    if url.query().is_some() {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)"
+                .into(),
+        });
+    }
+    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: "the endpoint must not contain a `#fragment` or `user:password@`".into(),
+        });
+    }
+    let path = url.path().trim_end_matches('/').to_string();
+    url.set_path(&path);
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "a2V5MTIzNDU2Nzg5MA==";
+
+    fn parse(s: &str) -> Result<StorageConfig, ConfigError> {
+        StorageConfig::parse_connection_string(s)
+    }
+
+    fn account_of(c: &StorageConfig) -> &str {
+        match &c.credential {
+            Credential::SharedKey { account, .. } => account,
+            other => panic!("not SharedKey: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_key() {
+        let c = parse(&format!(
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={KEY};EndpointSuffix=core.usgovcloudapi.net"
+        ))
+        .unwrap();
+        assert_eq!(c.endpoint.as_str(), "https://acct.blob.core.usgovcloudapi.net/");
+        assert_eq!(account_of(&c), "acct");
+
+        let c = parse(&format!("defaultendpointsprotocol=HTTP;ACCOUNTNAME=acct;accountkey={KEY};")).unwrap();
+        assert_eq!(c.endpoint.as_str(), "http://acct.blob.core.windows.net/");
+
+        let c = parse(&format!(
+            "BlobEndpoint=https://azs.local:8443/acct/;AccountName=acct;AccountKey={KEY};QueueEndpoint=https://q"
+        ))
+        .unwrap();
+        assert_eq!(c.endpoint.as_str(), "https://azs.local:8443/acct");
+
+        let c = parse("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2025-11-05&sp=rw&sig=SECRETSIG")
+            .unwrap();
+        assert!(matches!(c.credential, Credential::Sas(_)));
+        assert!(!format!("{c:?}").contains("SECRETSIG"));
+
+        let c = parse("AccountName=acct;SharedAccessSignature=?sv=1&sig=x").unwrap();
+        assert_eq!(c.endpoint.as_str(), "https://acct.blob.core.windows.net/");
+    }
+
+    #[test]
+    fn development_storage() {
+        let c = parse("UseDevelopmentStorage=true").unwrap();
+        assert_eq!(c.endpoint.as_str(), DEV_BLOB_ENDPOINT);
+        assert_eq!(account_of(&c), DEV_ACCOUNT);
+        assert!(c.is_development());
+        assert!(c.proxy.is_none());
+        let c = parse("UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://proxy:8080").unwrap();
+        assert_eq!(c.proxy.unwrap().as_str(), "http://proxy:8080/");
+        let c = parse("UseDevelopmentStorage=true;BlobEndpoint=http://azurite:10000/devstoreaccount1").unwrap();
+        assert_eq!(c.endpoint.as_str(), "http://azurite:10000/devstoreaccount1");
+        assert_eq!(StorageConfig::development().endpoint.as_str(), DEV_BLOB_ENDPOINT);
+    }
+
+    #[test]
+    fn malformed_strings_each_get_their_own_error() {
+        use ConfigError::*;
+        let secret = "c2VjcmV0LWtleS12YWx1ZQ==";
+        let cases: Vec<(String, ConfigError)> = vec![
+            ("".into(), Empty),
+            ("AccountName".into(), NotKeyValue { index: 1 }),
+            (format!("AccountKey={secret};=x"), NotKeyValue { index: 2 }),
+            ("AccountName=a;AccountName=b".into(), DuplicateKey { key: "AccountName".into() }),
+            ("AccountNme=acct".into(), UnknownKey { key: "AccountNme".into() }),
+            ("AccountName=;AccountKey=x".into(), EmptyValue { key: "AccountName" }),
+            ("AccountName=acct;AccountKey=not*base64".into(), InvalidKey { key: "AccountKey", source: KeyError::NotBase64 }),
+            (format!("DefaultEndpointsProtocol=ftp;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "DefaultEndpointsProtocol", reason: "must be `http` or `https`".into() }),
+            (format!("AccountKey={secret}"), Missing { key: "AccountName", why: "needed to build the endpoint when no `BlobEndpoint` is given" }),
+            ("AccountName=acct".into(), Missing { key: "AccountKey", why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`" }),
+            ("UseDevelopmentStorage=false".into(), InvalidValue { key: "UseDevelopmentStorage", reason: "the only accepted value is `true`".into() }),
+            ("DevelopmentStorageProxyUri=http://p".into(), InvalidValue { key: "DevelopmentStorageProxyUri", reason: "it is only used together with `UseDevelopmentStorage=true`".into() }),
+            (format!("AccountName=Bad_Name;AccountKey={secret}"), InvalidValue { key: "AccountName", reason: "account name \"Bad_Name\" must be 3-24 lower-case letters and digits".into() }),
+            (format!("AccountName=acct;AccountKey={secret};SharedAccessSignature=sv=1&sig=x"), Conflict { a: "AccountKey", b: "SharedAccessSignature" }),
+            ("AccountName=acct;SharedAccessSignature=sv=1&sp=r".into(), InvalidSas { key: "SharedAccessSignature", source: SasError::MissingSignature }),
+            (format!("AccountName=acct;AccountKey={secret};EndpointSuffix=/evil"), InvalidValue { key: "EndpointSuffix", reason: "must be a DNS suffix such as `core.windows.net`".into() }),
+            (format!("BlobEndpoint=ftp://x;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "BlobEndpoint", reason: "scheme `ftp` is not http or https".into() }),
+            (format!("BlobEndpoint=https://x/?sv=1&sig=y;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "BlobEndpoint", reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)".into() }),
+            (format!("UseDevelopmentStorage=true;AccountKey={secret}"), Conflict { a: "UseDevelopmentStorage", b: "AccountKey" }),
+            (format!("BlobEndpoint=https://x;AccountKey={secret}"), Missing { key: "AccountName", why: "SharedKey signing with `AccountKey` needs the account name" }),
+        ];
+        assert!(cases.len() >= 10);
+        assert_eq!(parse(" ; ;").unwrap_err(), Empty);
+        let mut messages = std::collections::HashSet::new();
+        for (input, expected) in cases {
+            let err = parse(&input).unwrap_err();
+            assert_eq!(err, expected, "input {input:?}");
+            let msg = err.to_string();
+            assert!(!msg.contains(secret) && !msg.contains("c2VjcmV0"), "{msg}");
+            assert!(messages.insert(msg.clone()), "message not distinct: {msg}");
+        }
+    }
+
+    #[test]
+    fn key_never_in_debug() {
+        let secret = "c2VjcmV0LWtleS12YWx1ZQ==";
+        let c = parse(&format!("AccountName=acct;AccountKey={secret}")).unwrap();
+        let dbg = format!("{c:?} {:?}", c.credential);
+        assert!(!dbg.contains(secret) && !dbg.contains("c2VjcmV0"), "{dbg}");
+        assert!(dbg.contains("acct"));
+    }
+
+    #[test]
+    fn environment_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert!(StorageConfig::from_vars(env(&[])).unwrap().is_none());
+        let c = StorageConfig::from_vars(env(&[("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")]))
+            .unwrap()
+            .unwrap();
+        assert!(c.is_development());
+        let c = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct"), ("AZURE_STORAGE_KEY", KEY)]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.endpoint.as_str(), "https://acct.blob.core.windows.net/");
+        let c = StorageConfig::from_vars(env(&[
+            ("AZURE_STORAGE_ACCOUNT", "acct"),
+            ("AZURE_STORAGE_SAS_TOKEN", "sv=1&sig=abc"),
+            ("AZURE_STORAGE_SERVICE_ENDPOINT", "http://127.0.0.1:10000/acct"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(matches!(c.credential, Credential::Sas(_)));
+        assert_eq!(c.endpoint.as_str(), "http://127.0.0.1:10000/acct");
+        let e = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct")])).unwrap_err();
+        assert!(matches!(e, ConfigError::Missing { key: "AZURE_STORAGE_KEY", .. }));
+        let e = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct"), ("AZURE_STORAGE_KEY", "!!")]))
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", .. }));
+    }
+}

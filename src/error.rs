@@ -1,0 +1,258 @@
+//! Errors of the lease layer ([`AzureMutex`](crate::AzureMutex) and the REST client under it).
+//!
+//! [`Error`] separates what a caller must decide on; every variant that came from the service
+//! carries a [`ServiceError`] with the HTTP status, `x-ms-error-code` and request id.
+//! Error codes: [Blob service error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/blob-service-error-codes).
+
+use std::fmt;
+
+/// What the service said when a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceError {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The `x-ms-error-code` header (or `<Code>` of the XML body), when given.
+    pub code: Option<String>,
+    /// The `x-ms-request-id` header, to quote to Azure support.
+    pub request_id: Option<String>,
+    /// The `<Message>` of the XML body, first line, when given.
+    pub message: Option<String>,
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(code) = &self.code {
+            write!(f, " {code}")?;
+        }
+        if let Some(msg) = &self.message {
+            write!(f, ": {msg}")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " (request id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl ServiceError {
+    /// Whether the error code equals `code`.
+    pub fn is(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+/// Why a lease is no longer ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LostReason {
+    /// The lock is leased under another id (`LeaseIdMismatchWithLeaseOperation`): someone else
+    /// holds it, or our lease expired and was re-acquired.
+    IdMismatch,
+    /// The lease was broken (`LeaseIsBrokenAndCannotBeRenewed`, `LeaseIsBreaking…`).
+    Broken,
+    /// There is no lease on the lock any more (`LeaseNotPresentWithLeaseOperation`).
+    NotPresent,
+    /// The lock blob (or its container) was deleted.
+    Deleted,
+    /// The service answered a renewal with a different lease id than ours.
+    ReturnedOtherId,
+    /// No renewal was confirmed before the local deadline (counted from the send time of the last
+    /// successful request, minus the safety margin).
+    Expired,
+    /// A renewal was refused for good (authentication, permission): the lease will expire.
+    RenewalRefused,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::IdMismatch => "the lock is leased under another lease id",
+            Self::Broken => "the lease was broken",
+            Self::NotPresent => "there is no lease on the lock any more",
+            Self::Deleted => "the lock blob or its container was deleted",
+            Self::ReturnedOtherId => "the service answered with another lease id",
+            Self::Expired => "no renewal was confirmed before the local deadline",
+            Self::RenewalRefused => "renewal was refused (authentication or permission)",
+        })
+    }
+}
+
+/// What made a transient failure transient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransientCause {
+    /// The service answered 408, 500, 502 or 504.
+    Service(ServiceError),
+    /// The connection failed or broke (the message has no URL, so no SAS signature).
+    Network(String),
+    /// The request timed out.
+    Timeout,
+}
+
+impl fmt::Display for TransientCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service(e) => write!(f, "{e}"),
+            Self::Network(e) => write!(f, "network error: {e}"),
+            Self::Timeout => f.write_str("request timed out"),
+        }
+    }
+}
+
+/// Input refused before any request was sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// The lock name breaks the blob naming rules.
+    #[error("invalid lock name {name:?}: {why}")]
+    LockName {
+        /// The name.
+        name: String,
+        /// Which rule.
+        why: String,
+    },
+    /// The container name breaks the container naming rules.
+    #[error("invalid container name {name:?}: use 3-63 lower-case letters, digits and single hyphens, starting and ending with a letter or digit")]
+    ContainerName {
+        /// The name.
+        name: String,
+    },
+    /// A lease duration outside 15–60 s.
+    #[error("invalid lease duration {seconds}s: a lease lasts 15-60 seconds or is infinite")]
+    LeaseDuration {
+        /// The seconds given.
+        seconds: u64,
+    },
+    /// A break period over 60 s.
+    #[error("invalid break period {seconds}s: it must be 0-60 seconds")]
+    BreakPeriod {
+        /// The seconds given.
+        seconds: u64,
+    },
+    /// A lease id that is not a GUID.
+    #[error("invalid lease id {value:?}: a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301")]
+    LeaseId {
+        /// The value given (first 64 characters).
+        value: String,
+    },
+    /// A CA certificate that could not be read as PEM.
+    #[error("invalid CA certificate: {0}")]
+    CaCertificate(String),
+    /// Some other option is out of range.
+    #[error("invalid option `{option}`: {why}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        why: String,
+    },
+}
+
+/// An error of the lease layer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock is held by another lease (`LeaseAlreadyPresent`,
+    /// `LeaseIsBreakingAndCannotBeAcquired`).
+    #[error("lock {lock:?} is held by another client ({service})")]
+    Conflict {
+        /// The lock.
+        lock: String,
+        /// The service's answer.
+        service: ServiceError,
+    },
+    /// Our lease is lost, mismatched or broken.
+    #[error("lease on lock {lock:?} is lost: {reason}{}", opt(.service))]
+    LeaseLost {
+        /// The lock.
+        lock: String,
+        /// Why.
+        reason: LostReason,
+        /// The service's answer, when one said so.
+        service: Option<ServiceError>,
+    },
+    /// The container or blob does not exist (and the crate was not allowed to create it).
+    #[error("{what} not found ({service})")]
+    NotFound {
+        /// `container "x"` or `lock blob "y"`.
+        what: String,
+        /// The service's answer.
+        service: ServiceError,
+    },
+    /// Authentication failed or permission was refused (403, 401). Not retried: check the key,
+    /// SAS permissions and expiry, or the client's clock (Azure refuses requests dated more than
+    /// 15 minutes off).
+    #[error("authentication or permission refused ({})", match .service { Some(s) => s.to_string(), None => .detail.clone() })]
+    Auth {
+        /// The service's answer (none when the token provider failed).
+        service: Option<ServiceError>,
+        /// More detail.
+        detail: String,
+    },
+    /// Input refused before the network.
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+    /// The service kept throttling (503 `ServerBusy`, 429) until the call's deadline.
+    #[error("storage is throttling requests; gave up after {attempts} attempts ({service})")]
+    Throttled {
+        /// Requests made.
+        attempts: u32,
+        /// The last answer.
+        service: ServiceError,
+    },
+    /// Network failures, timeouts or transient server errors until the call's deadline.
+    #[error("storage unreachable or failing; gave up after {attempts} attempts ({cause})")]
+    Transient {
+        /// Requests made.
+        attempts: u32,
+        /// The last failure.
+        cause: TransientCause,
+    },
+    /// An answer this crate did not expect.
+    #[error("unexpected response: {service}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
+    Unexpected {
+        /// The answer.
+        service: ServiceError,
+        /// What was unexpected.
+        detail: String,
+    },
+}
+
+fn opt(s: &Option<ServiceError>) -> String {
+    s.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+}
+
+impl Error {
+    /// The service's answer behind this error, if there was one.
+    pub fn service(&self) -> Option<&ServiceError> {
+        match self {
+            Error::Conflict { service, .. }
+            | Error::NotFound { service, .. }
+            | Error::Throttled { service, .. }
+            | Error::Unexpected { service, .. } => Some(service),
+            Error::LeaseLost { service, .. } | Error::Auth { service, .. } => service.as_ref(),
+            Error::Transient { cause: TransientCause::Service(s), .. } => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when the service answered.
+    pub fn status(&self) -> Option<u16> {
+        self.service().map(|s| s.status)
+    }
+
+    /// The `x-ms-error-code`, when the service gave one.
+    pub fn error_code(&self) -> Option<&str> {
+        self.service().and_then(|s| s.code.as_deref())
+    }
+
+    /// The `x-ms-request-id`, when the service gave one.
+    pub fn request_id(&self) -> Option<&str> {
+        self.service().and_then(|s| s.request_id.as_deref())
+    }
+
+    /// Whether trying again later may succeed (throttling, network, transient server errors).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Throttled { .. } | Error::Transient { .. })
+    }
+}

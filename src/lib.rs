@@ -1,0 +1,69 @@
+//! # azmutex
+//!
+//! Distributed locks on [Azure Blob Storage leases](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob):
+//! a small REST-level client with its own SharedKey signer and no Azure SDK.
+//!
+//! Two layers:
+//! - [`AzureMutex`]: one request per lease operation (acquire, renew, change, release, break,
+//!   inspect) on named locks in one container, with optional fencing tokens and holder records.
+//! - [`Locker`]: waiting acquisition, background renewal and a lost-lock signal on the
+//!   [`LockGuard`].
+//!
+//! **Safety.** A lease's local validity is counted from when its acquire/renew request was
+//! *sent*, never from when the answer came: the server started its clock no earlier. A guard
+//! counts the lock as lost at that deadline minus a safety margin unless a renewal was
+//! confirmed, and tells you through [`LockGuard::lost`].
+//!
+//! ```no_run
+//! use azmutex::{AzureMutex, Locker, StorageConfig};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // `UseDevelopmentStorage=true` (Azurite) unless AZURE_STORAGE_* variables say otherwise.
+//! let config = StorageConfig::from_env()?.unwrap_or_else(StorageConfig::development);
+//! let mutex = AzureMutex::builder(config, "locks").fencing(true).build()?;
+//! let locker = Locker::new(mutex, "nightly-report")?;
+//!
+//! let mut guard = locker.lock().await?;
+//! println!("fencing token {:?}", guard.fencing_token());
+//! tokio::select! {
+//!     reason = guard.lost() => eprintln!("lock lost: {reason}"),
+//!     _ = async { /* the critical section */ } => {}
+//! }
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Leader election
+//!
+//! Campaign with [`Locker::lock`], lead while [`LockGuard::lost`] has not fired, step down
+//! (stop leading at once) when it does, then campaign again. `examples/leader.rs` is a complete
+//! program. The lease id and fencing token identify the term: a resource that records the
+//! highest fencing token it has seen can refuse a deposed leader's late writes.
+//!
+//! ## Fencing tokens
+//!
+//! With [`AzureMutexBuilder::fencing`], every acquire returns a number strictly greater than
+//! any number handed to an earlier holder of that lock. On lock blobs this crate creates it is
+//! the sequence number of a zero-length page blob, incremented under the lease
+//! ([Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties),
+//! one request). On an existing block blob (or accounts without page blobs) it is a metadata
+//! counter `azmutexfence` written under the lease with `If-Match` (two requests). A protected
+//! resource should store the highest token it accepted and refuse writes carrying a lower one.
+
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod locker;
+pub mod mutex;
+pub mod rest;
+pub mod types;
+
+pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider};
+pub use config::{ConfigError, StorageConfig};
+pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
+pub use locker::{LockError, LockGuard, Locker, LockerOptions};
+pub use mutex::{AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo};
+pub use rest::{BlobClient, ClientOptions, RetryPolicy};
+pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};

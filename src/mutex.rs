@@ -1,0 +1,797 @@
+//! [`AzureMutex`]: the thin lease layer. Each operation on a named lock is one
+//! [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request in
+//! the steady state; nothing runs in the background.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
+use reqwest::Method;
+
+use crate::config::StorageConfig;
+use crate::error::{Error, InvalidInput, LostReason, ServiceError};
+use crate::rest::{BlobClient, ClientOptions, RestRequest, RestResponse};
+use crate::types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
+
+/// Metadata names this crate writes on a lock blob (lower-case letters only: they sort the same
+/// under the service's collation and byte order).
+const META_FENCE: &str = "azmutexfence";
+const META_OWNER: &str = "azmutexowner";
+const META_HOST: &str = "azmutexhost";
+const META_PID: &str = "azmutexpid";
+const META_SINCE: &str = "azmutexsince";
+
+/// When a request was sent and how long its lease is therefore valid locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// When the acquire/renew request that got this answer was *sent*. The server started the
+    /// lease clock no earlier than this.
+    pub sent_at: Instant,
+    /// `sent_at + duration`; `None` for an infinite lease. Never trust the lease past it.
+    pub deadline: Option<Instant>,
+}
+
+impl Grant {
+    fn new(sent_at: Instant, duration: LeaseDuration) -> Self {
+        Self { sent_at, deadline: duration.as_duration().map(|d| sent_at + d) }
+    }
+}
+
+/// A lease we were granted on a lock.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    lock: LockName,
+    id: LeaseId,
+    duration: LeaseDuration,
+    grant: Grant,
+    fencing_token: Option<u64>,
+}
+
+impl Lease {
+    /// A lease known only by its id (e.g. from `azmutex acquire` in a script), to renew, change
+    /// or release it. It is not valid locally until renewed.
+    pub fn resume(lock: LockName, id: LeaseId, duration: LeaseDuration) -> Self {
+        let now = Instant::now();
+        Self { lock, id, duration, grant: Grant { sent_at: now, deadline: Some(now) }, fencing_token: None }
+    }
+
+    /// The lock.
+    pub fn lock(&self) -> &LockName {
+        &self.lock
+    }
+
+    /// The lease id.
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+
+    /// The lease duration.
+    pub fn duration(&self) -> LeaseDuration {
+        self.duration
+    }
+
+    /// The latest grant (acquire or renewal).
+    pub fn grant(&self) -> Grant {
+        self.grant
+    }
+
+    /// The local deadline: the lease must not be trusted at or after it. `None` if infinite.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.grant.deadline
+    }
+
+    /// Whether the lease is still valid locally at `now` (before its deadline).
+    pub fn is_valid_at(&self, now: Instant) -> bool {
+        self.grant.deadline.is_none_or(|d| now < d)
+    }
+
+    /// The fencing token, when fencing is enabled.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fencing_token
+    }
+}
+
+/// Who holds a lock, recorded in the lock blob's metadata when configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// A caller-chosen description (e.g. a job name).
+    pub owner: Option<String>,
+    /// The host name.
+    pub host: Option<String>,
+    /// The process id.
+    pub pid: Option<u32>,
+}
+
+/// A recorded holder, as read back by [`AzureMutex::inspect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderInfo {
+    /// What the holder recorded.
+    pub holder: Holder,
+    /// When it acquired the lock (its own clock).
+    pub since: Option<SystemTime>,
+}
+
+/// `x-ms-lease-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Not leased.
+    Available,
+    /// Leased.
+    Leased,
+    /// The lease ran out.
+    Expired,
+    /// Broken, but still locking until the break period ends.
+    Breaking,
+    /// Broken.
+    Broken,
+}
+
+impl LeaseState {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "available" => Self::Available,
+            "leased" => Self::Leased,
+            "expired" => Self::Expired,
+            "breaking" => Self::Breaking,
+            "broken" => Self::Broken,
+            _ => return None,
+        })
+    }
+
+    /// The service's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::Leased => "leased",
+            Self::Expired => "expired",
+            Self::Breaking => "breaking",
+            Self::Broken => "broken",
+        }
+    }
+}
+
+/// What [`AzureMutex::inspect`] found.
+#[derive(Debug, Clone)]
+pub struct LockInfo {
+    /// The lock.
+    pub lock: LockName,
+    /// Whether the lock blob exists (a lock never used has none).
+    pub exists: bool,
+    /// `x-ms-lease-state`.
+    pub state: LeaseState,
+    /// `x-ms-lease-status`: `true` when `locked`.
+    pub locked: bool,
+    /// `x-ms-lease-duration` while leased: `Some(None)` infinite, `Some(Some(()))` fixed.
+    pub duration: Option<LeaseKind>,
+    /// The last fencing token handed out, when fencing was used on this lock.
+    pub fencing_token: Option<u64>,
+    /// The holder recorded by the last acquire that recorded one; `None` when not locked.
+    pub holder: Option<HolderInfo>,
+    /// All metadata on the blob, including this crate's own `azmutex*` names.
+    pub metadata: BTreeMap<String, String>,
+    /// The blob's ETag.
+    pub etag: Option<String>,
+}
+
+/// `x-ms-lease-duration` of an active lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseKind {
+    /// A lease of 15–60 s.
+    Fixed,
+    /// An infinite lease.
+    Infinite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobKind {
+    Page,
+    Other,
+}
+
+/// Builds an [`AzureMutex`].
+#[derive(Debug)]
+pub struct AzureMutexBuilder {
+    config: StorageConfig,
+    container: String,
+    options: ClientOptions,
+    create_container: bool,
+    fencing: bool,
+    holder: Option<Holder>,
+}
+
+impl AzureMutexBuilder {
+    /// Whether acquire may create the container when it is missing (default `true`).
+    pub fn create_container(mut self, yes: bool) -> Self {
+        self.create_container = yes;
+        self
+    }
+
+    /// Whether every acquire returns a fencing token (default `false`): one extra request per
+    /// acquire on a lock blob this crate created, at most two on another blob.
+    pub fn fencing(mut self, yes: bool) -> Self {
+        self.fencing = yes;
+        self
+    }
+
+    /// Records `holder` in the lock blob's metadata on every acquire (one HEAD and one Set Blob
+    /// Metadata request; other metadata is preserved).
+    pub fn holder(mut self, holder: Holder) -> Self {
+        self.holder = Some(holder);
+        self
+    }
+
+    /// HTTP client options (timeouts, retries, `x-ms-version`, extra CA certificates).
+    pub fn client_options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Checks the options and makes the client. No request is sent.
+    pub fn build(self) -> Result<AzureMutex, InvalidInput> {
+        let container = ContainerName::new(self.container)?;
+        let client = BlobClient::new(&self.config, self.options)?;
+        Ok(AzureMutex {
+            inner: Arc::new(Inner {
+                client,
+                container,
+                create_container: self.create_container,
+                fencing: self.fencing,
+                holder: self.holder,
+                kinds: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// Leases on named locks (blobs) in one container. Cheap to clone; clones share one connection
+/// pool.
+///
+/// ```no_run
+/// use azmutex::{AzureMutex, LeaseDuration, StorageConfig};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let mutex = AzureMutex::builder(StorageConfig::development(), "locks").build()?;
+/// let mut lease = mutex.acquire("nightly-report", LeaseDuration::seconds(30)?).await?;
+/// mutex.renew(&mut lease).await?;
+/// mutex.release(&lease).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AzureMutex {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: BlobClient,
+    container: ContainerName,
+    create_container: bool,
+    fencing: bool,
+    holder: Option<Holder>,
+    kinds: Mutex<HashMap<LockName, BlobKind>>,
+}
+
+fn name(lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockName, InvalidInput> {
+    lock.try_into()
+}
+
+impl AzureMutex {
+    /// Starts building a mutex for locks in `container`.
+    pub fn builder(config: StorageConfig, container: impl Into<String>) -> AzureMutexBuilder {
+        AzureMutexBuilder {
+            config,
+            container: container.into(),
+            options: ClientOptions::default(),
+            create_container: true,
+            fencing: false,
+            holder: None,
+        }
+    }
+
+    /// The REST client (for its request counter and options).
+    pub fn client(&self) -> &BlobClient {
+        &self.inner.client
+    }
+
+    /// The container.
+    pub fn container(&self) -> &ContainerName {
+        &self.inner.container
+    }
+
+    /// Whether fencing tokens are on.
+    pub fn fencing(&self) -> bool {
+        self.inner.fencing
+    }
+
+    fn lease_request(&self, lock: &LockName, action: &'static str) -> RestRequest {
+        RestRequest::new(action, Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
+            .query("comp", "lease")
+            .header("x-ms-lease-action", action)
+    }
+
+    /// Acquires `lock` for `duration` under a fresh random lease id.
+    ///
+    /// Creates the container (if allowed) and an empty lock blob when missing; never
+    /// overwrites an existing blob. [`Error::Conflict`] when someone else holds the lock.
+    pub async fn acquire(
+        &self,
+        lock: impl TryInto<LockName, Error = InvalidInput>,
+        duration: LeaseDuration,
+    ) -> Result<Lease, Error> {
+        let lock = name(lock)?;
+        self.acquire_until(&lock, duration, LeaseId::new_random(), self.inner.client.default_deadline())
+            .await
+    }
+
+    /// Acquires `lock` proposing lease id `id`. Repeating it while the lease is ours succeeds
+    /// again (and restarts the lease clock); a holder can also change the duration this way.
+    pub async fn acquire_with_id(
+        &self,
+        lock: impl TryInto<LockName, Error = InvalidInput>,
+        duration: LeaseDuration,
+        id: LeaseId,
+    ) -> Result<Lease, Error> {
+        let lock = name(lock)?;
+        self.acquire_until(&lock, duration, id, self.inner.client.default_deadline()).await
+    }
+
+    /// [`AzureMutex::acquire_with_id`] with retries bounded by `deadline`.
+    pub async fn acquire_until(
+        &self,
+        lock: &LockName,
+        duration: LeaseDuration,
+        id: LeaseId,
+        deadline: Instant,
+    ) -> Result<Lease, Error> {
+        let req = self
+            .lease_request(lock, "acquire")
+            .header("x-ms-lease-duration", duration.header())
+            .header("x-ms-proposed-lease-id", id.to_string());
+        // Steady state: one request. Only a 404 leads to creating what is missing (bounded).
+        let mut creations = 0;
+        let resp = loop {
+            let resp = self.inner.client.send(&req, deadline).await?;
+            match (resp.status, resp.error().code.as_deref()) {
+                (201, _) => break resp,
+                (404, Some("ContainerNotFound")) if self.inner.create_container && creations < 3 => {
+                    self.create_container(deadline).await?;
+                }
+                (404, Some("BlobNotFound")) if creations < 3 => self.create_blob(lock, deadline).await?,
+                _ => return Err(self.classify(lock, &resp, Op::Acquire)),
+            }
+            creations += 1;
+        };
+        self.check_returned_id(lock, &resp, id)?;
+        let grant = Grant::new(resp.sent_at, duration);
+        let mut lease = Lease { lock: lock.clone(), id, duration, grant, fencing_token: None };
+        tracing::debug!(lock = %lock, lease_id = %id, "acquired");
+        if self.inner.fencing || self.inner.holder.is_some() {
+            match self.stamp(lock, id, deadline).await {
+                Ok(token) => lease.fencing_token = token,
+                Err(e) => {
+                    // Do not keep a lease the caller will never hear of.
+                    if let Err(release) = self.release_until(&lease, self.inner.client.default_deadline()).await {
+                        tracing::warn!(lock = %lock, error = %release, "could not release after a failed fencing/holder update");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// Renews `lease` (one request) and updates its grant. A lost lease is
+    /// [`Error::LeaseLost`]; the returned id is checked against ours.
+    pub async fn renew(&self, lease: &mut Lease) -> Result<Grant, Error> {
+        self.renew_until(lease, self.inner.client.default_deadline()).await
+    }
+
+    /// [`AzureMutex::renew`] with retries bounded by `deadline`.
+    pub async fn renew_until(&self, lease: &mut Lease, deadline: Instant) -> Result<Grant, Error> {
+        let req = self.lease_request(&lease.lock, "renew").header("x-ms-lease-id", lease.id.to_string());
+        let resp = self.inner.client.send(&req, deadline).await?;
+        if resp.status != 200 {
+            return Err(self.classify(&lease.lock, &resp, Op::Renew));
+        }
+        // Azurite renews an expired lease whatever id is sent, under the old id: check.
+        self.check_returned_id(&lease.lock, &resp, lease.id)?;
+        lease.grant = Grant::new(resp.sent_at, lease.duration);
+        Ok(lease.grant)
+    }
+
+    /// Changes the lease id of `lease` to `new_id` (one request). The lease clock is not
+    /// restarted. Safe to retry.
+    pub async fn change(&self, lease: &mut Lease, new_id: LeaseId) -> Result<(), Error> {
+        let req = self
+            .lease_request(&lease.lock, "change")
+            .header("x-ms-lease-id", lease.id.to_string())
+            .header("x-ms-proposed-lease-id", new_id.to_string());
+        let resp = self.inner.client.send(&req, self.inner.client.default_deadline()).await?;
+        if resp.status != 200 {
+            return Err(self.classify(&lease.lock, &resp, Op::Renew));
+        }
+        self.check_returned_id(&lease.lock, &resp, new_id)?;
+        lease.id = new_id;
+        Ok(())
+    }
+
+    /// Releases `lease` (one request): the lock is free at once.
+    ///
+    /// If the request had to be retried and the retry is told the id does not match, the first
+    /// attempt released it: that counts as released.
+    pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.release_until(lease, self.inner.client.default_deadline()).await
+    }
+
+    /// [`AzureMutex::release`] with retries bounded by `deadline`.
+    pub async fn release_until(&self, lease: &Lease, deadline: Instant) -> Result<(), Error> {
+        let req = self.lease_request(&lease.lock, "release").header("x-ms-lease-id", lease.id.to_string());
+        let resp = self.inner.client.send(&req, deadline).await?;
+        match resp.status {
+            200 => Ok(()),
+            409 if resp.attempts > 1 && resp.error().is("LeaseIdMismatchWithLeaseOperation") => {
+                tracing::debug!(lock = %lease.lock, "release retried: counting the mismatch as released");
+                Ok(())
+            }
+            _ => Err(self.classify(&lease.lock, &resp, Op::Release)),
+        }
+    }
+
+    /// Breaks whatever lease is on `lock`; no lease id needed. Returns how long until the lock is
+    /// free (zero: free now; also when there was no lease). `period` `None` lets a fixed lease run
+    /// out and breaks an infinite one at once.
+    pub async fn break_lease(
+        &self,
+        lock: impl TryInto<LockName, Error = InvalidInput>,
+        period: Option<BreakPeriod>,
+    ) -> Result<Duration, Error> {
+        let lock = name(lock)?;
+        let mut req = self.lease_request(&lock, "break");
+        if let Some(p) = period {
+            req = req.header("x-ms-lease-break-period", p.get().to_string());
+        }
+        let resp = self.inner.client.send(&req, self.inner.client.default_deadline()).await?;
+        match resp.status {
+            202 => {
+                let secs = resp.header("x-ms-lease-time").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                Ok(Duration::from_secs(secs))
+            }
+            409 if resp.error().is("LeaseNotPresentWithLeaseOperation") => Ok(Duration::ZERO),
+            _ => Err(self.classify(&lock, &resp, Op::Inspect)),
+        }
+    }
+
+    /// Reads the lock's lease state, holder and fencing token (one HEAD request).
+    pub async fn inspect(&self, lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockInfo, Error> {
+        let lock = name(lock)?;
+        let resp = self.head(&lock, self.inner.client.default_deadline()).await?;
+        if resp.status == 404 {
+            return Ok(LockInfo {
+                lock,
+                exists: false,
+                state: LeaseState::Available,
+                locked: false,
+                duration: None,
+                fencing_token: None,
+                holder: None,
+                metadata: BTreeMap::new(),
+                etag: None,
+            });
+        }
+        let props = Props::from(&resp);
+        let state = resp.header("x-ms-lease-state").and_then(LeaseState::parse).unwrap_or(LeaseState::Available);
+        let locked = resp.header("x-ms-lease-status") == Some("locked");
+        let duration = match resp.header("x-ms-lease-duration") {
+            Some("infinite") => Some(LeaseKind::Infinite),
+            Some("fixed") => Some(LeaseKind::Fixed),
+            _ => None,
+        };
+        let holder = if locked { props.holder() } else { None };
+        Ok(LockInfo {
+            lock,
+            exists: true,
+            state,
+            locked,
+            duration,
+            fencing_token: props.fencing_token(),
+            holder,
+            metadata: props.metadata,
+            etag: props.etag,
+        })
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    async fn head(&self, lock: &LockName, deadline: Instant) -> Result<RestResponse, Error> {
+        let req = RestRequest::new("get-properties", Method::HEAD, self.inner.container.as_str(), Some(lock.as_str()));
+        let resp = self.inner.client.send(&req, deadline).await?;
+        match resp.status {
+            200 | 404 => Ok(resp),
+            _ => Err(self.classify(lock, &resp, Op::Inspect)),
+        }
+    }
+
+    /// [Create Container](https://learn.microsoft.com/en-us/rest/api/storageservices/create-container);
+    /// "already exists" is success.
+    async fn create_container(&self, deadline: Instant) -> Result<(), Error> {
+        let req = RestRequest::new("create-container", Method::PUT, self.inner.container.as_str(), None)
+            .query("restype", "container");
+        let resp = self.inner.client.send(&req, deadline).await?;
+        match resp.status {
+            201 => {
+                tracing::info!(container = %self.inner.container, "created container");
+                Ok(())
+            }
+            409 if resp.error().is("ContainerAlreadyExists") => Ok(()),
+            _ => Err(Error::Unexpected { service: resp.error(), detail: "creating the container".into() }),
+        }
+    }
+
+    /// [Put Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/put-blob) of an empty
+    /// lock blob with `If-None-Match: *`: never overwrites. A zero-length page blob when fencing
+    /// (its sequence number is the token), falling back to a block blob where page blobs are
+    /// not supported.
+    async fn create_blob(&self, lock: &LockName, deadline: Instant) -> Result<(), Error> {
+        let mut page = self.inner.fencing;
+        loop {
+            let mut req = RestRequest::new("create-blob", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
+                .header("if-none-match", "*");
+            req = if page {
+                req.header("x-ms-blob-type", "PageBlob").header("x-ms-blob-content-length", "0")
+            } else {
+                req.header("x-ms-blob-type", "BlockBlob")
+            };
+            let resp = self.inner.client.send(&req, deadline).await?;
+            let err = resp.error();
+            match resp.status {
+                201 => {
+                    let kind = if page { BlobKind::Page } else { BlobKind::Other };
+                    self.set_kind(lock, kind);
+                    tracing::debug!(lock = %lock, page, "created lock blob");
+                    return Ok(());
+                }
+                // Someone else created it first (409 on a plain blob, 412 on a leased one on Azure).
+                409 if err.is("BlobAlreadyExists") => return Ok(()),
+                412 if err.is("LeaseIdMissing") || err.is("ConditionNotMet") => return Ok(()),
+                404 => return Err(self.classify(lock, &resp, Op::Acquire)),
+                400 | 409 if page => {
+                    tracing::info!(lock = %lock, error = %err, "page blobs unsupported here: using a block blob");
+                    page = false;
+                }
+                _ => return Err(Error::Unexpected { service: err, detail: "creating the lock blob".into() }),
+            }
+        }
+    }
+
+    fn kind(&self, lock: &LockName) -> Option<BlobKind> {
+        self.inner.kinds.lock().ok().and_then(|k| k.get(lock).copied())
+    }
+
+    fn set_kind(&self, lock: &LockName, kind: BlobKind) {
+        if let Ok(mut k) = self.inner.kinds.lock() {
+            k.insert(lock.clone(), kind);
+        }
+    }
+
+    /// After an acquire: bumps the fencing token and/or records the holder, under our lease.
+    async fn stamp(&self, lock: &LockName, id: LeaseId, deadline: Instant) -> Result<Option<u64>, Error> {
+        let fencing = self.inner.fencing;
+        if fencing && self.inner.holder.is_none() && self.kind(lock) == Some(BlobKind::Page) {
+            return self.increment(lock, id, None, deadline).await.map(|(n, _)| Some(n));
+        }
+        for _ in 0..3 {
+            let resp = self.head(lock, deadline).await?;
+            if resp.status == 404 {
+                return Err(Error::LeaseLost { lock: lock.to_string(), reason: LostReason::Deleted, service: Some(resp.error()) });
+            }
+            let props = Props::from(&resp);
+            let page = props.page;
+            self.set_kind(lock, if page { BlobKind::Page } else { BlobKind::Other });
+            let mut metadata = props.metadata.clone();
+            let mut etag = props.etag.clone();
+            let mut token = None;
+            if fencing && page {
+                let (n, new_etag) = self.increment(lock, id, Some(&resp), deadline).await?;
+                token = Some(n);
+                etag = new_etag.or(etag);
+            } else if fencing {
+                let n = props.fencing_token().unwrap_or(0) + 1;
+                metadata.insert(META_FENCE.into(), n.to_string());
+                token = Some(n);
+            }
+            if let Some(holder) = &self.inner.holder {
+                for k in [META_OWNER, META_HOST, META_PID] {
+                    metadata.remove(k);
+                }
+                let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+                if let Some(o) = &holder.owner {
+                    metadata.insert(META_OWNER.into(), enc(o));
+                }
+                if let Some(h) = &holder.host {
+                    metadata.insert(META_HOST.into(), enc(h));
+                }
+                if let Some(p) = holder.pid {
+                    metadata.insert(META_PID.into(), p.to_string());
+                }
+                let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                metadata.insert(META_SINCE.into(), since.to_string());
+            } else if page || !fencing {
+                return Ok(token); // fenced by the sequence number alone
+            }
+            match self.set_metadata(lock, id, &metadata, etag.as_deref(), deadline).await? {
+                true => return Ok(token),
+                false => continue, // ETag moved (our own retried write, most likely): read again.
+            }
+        }
+        Err(Error::Unexpected {
+            service: ServiceError { status: 412, code: Some("ConditionNotMet".into()), request_id: None, message: None },
+            detail: "the lock blob kept changing while recording the fencing token/holder".into(),
+        })
+    }
+
+    /// [Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties)
+    /// with `x-ms-sequence-number-action: increment`: one request, atomic on the server.
+    /// Content headers read by `head` are sent back, since this call sets them all.
+    async fn increment(
+        &self,
+        lock: &LockName,
+        id: LeaseId,
+        head: Option<&RestResponse>,
+        deadline: Instant,
+    ) -> Result<(u64, Option<String>), Error> {
+        let mut req = RestRequest::new("fence", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
+            .query("comp", "properties")
+            .header("x-ms-lease-id", id.to_string())
+            .header("x-ms-sequence-number-action", "increment");
+        if let Some(head) = head {
+            for (from, to) in [
+                ("content-type", "x-ms-blob-content-type"),
+                ("content-encoding", "x-ms-blob-content-encoding"),
+                ("content-language", "x-ms-blob-content-language"),
+                ("content-disposition", "x-ms-blob-content-disposition"),
+                ("cache-control", "x-ms-blob-cache-control"),
+                ("content-md5", "x-ms-blob-content-md5"),
+            ] {
+                if let Some(v) = head.header(from).filter(|v| !v.trim().is_empty()) {
+                    req = req.header(to, v.trim().to_string());
+                }
+            }
+        }
+        let resp = self.inner.client.send(&req, deadline).await?;
+        if resp.status != 200 {
+            return Err(self.classify(lock, &resp, Op::Write));
+        }
+        let n = resp
+            .header("x-ms-blob-sequence-number")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Error::Unexpected { service: resp.error(), detail: "no x-ms-blob-sequence-number".into() })?;
+        Ok((n, resp.header("etag").map(str::to_string)))
+    }
+
+    /// [Set Blob Metadata](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-metadata)
+    /// under our lease and `If-Match`. `Ok(false)` when the ETag no longer matches.
+    async fn set_metadata(
+        &self,
+        lock: &LockName,
+        id: LeaseId,
+        metadata: &BTreeMap<String, String>,
+        etag: Option<&str>,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        let mut req = RestRequest::new("set-metadata", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
+            .query("comp", "metadata")
+            .header("x-ms-lease-id", id.to_string());
+        if let Some(etag) = etag {
+            req = req.header("if-match", etag.to_string());
+        }
+        for (k, v) in metadata {
+            req = req.header_owned(&format!("x-ms-meta-{k}"), v.clone())?;
+        }
+        let resp = self.inner.client.send(&req, deadline).await?;
+        match resp.status {
+            200 => Ok(true),
+            412 if resp.error().is("ConditionNotMet") => Ok(false),
+            _ => Err(self.classify(lock, &resp, Op::Write)),
+        }
+    }
+
+    fn check_returned_id(&self, lock: &LockName, resp: &RestResponse, ours: LeaseId) -> Result<(), Error> {
+        match resp.header("x-ms-lease-id").map(LeaseId::parse) {
+            Some(Ok(id)) if id == ours => Ok(()),
+            _ => Err(Error::LeaseLost {
+                lock: lock.to_string(),
+                reason: LostReason::ReturnedOtherId,
+                service: Some(resp.error()),
+            }),
+        }
+    }
+
+    /// Turns a failed answer into the error kind a caller decides on.
+    fn classify(&self, lock: &LockName, resp: &RestResponse, op: Op) -> Error {
+        let service = resp.error();
+        let lost = |reason| Error::LeaseLost { lock: lock.to_string(), reason, service: Some(service.clone()) };
+        let code = service.code.as_deref().unwrap_or("");
+        match (resp.status, code) {
+            (409, "LeaseAlreadyPresent") | (409, "LeaseIsBreakingAndCannotBeAcquired") => {
+                Error::Conflict { lock: lock.to_string(), service }
+            }
+            (409, "LeaseIdMismatchWithLeaseOperation") | (412, "LeaseIdMismatchWithBlobOperation") => {
+                lost(LostReason::IdMismatch)
+            }
+            (409, "LeaseNotPresentWithLeaseOperation") | (412, "LeaseNotPresentWithBlobOperation") => {
+                lost(LostReason::NotPresent)
+            }
+            (412, "LeaseIdMissing") => lost(LostReason::IdMismatch),
+            (409, "LeaseIsBrokenAndCannotBeRenewed") | (409, "LeaseIsBreakingAndCannotBeChanged") => {
+                lost(LostReason::Broken)
+            }
+            (404, _) if matches!(op, Op::Renew | Op::Release | Op::Write) => lost(LostReason::Deleted),
+            (404, "ContainerNotFound") => {
+                Error::NotFound { what: format!("container {:?}", self.inner.container.as_str()), service }
+            }
+            (404, _) => Error::NotFound { what: format!("lock blob {:?}", lock.as_str()), service },
+            _ => Error::Unexpected { service, detail: String::new() },
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Acquire,
+    Renew,
+    Release,
+    Write,
+    Inspect,
+}
+
+/// Blob properties this crate reads from a HEAD answer.
+struct Props {
+    page: bool,
+    sequence_number: Option<u64>,
+    metadata: BTreeMap<String, String>,
+    etag: Option<String>,
+}
+
+impl From<&RestResponse> for Props {
+    fn from(resp: &RestResponse) -> Self {
+        let metadata = resp
+            .headers
+            .iter()
+            .filter_map(|(n, v)| {
+                let name = n.as_str().strip_prefix("x-ms-meta-")?;
+                Some((name.to_string(), v.to_str().ok()?.to_string()))
+            })
+            .collect();
+        Self {
+            page: resp.header("x-ms-blob-type") == Some("PageBlob"),
+            sequence_number: resp.header("x-ms-blob-sequence-number").and_then(|v| v.parse().ok()),
+            metadata,
+            etag: resp.header("etag").map(str::to_string),
+        }
+    }
+}
+
+impl Props {
+    fn fencing_token(&self) -> Option<u64> {
+        if self.page {
+            self.sequence_number
+        } else {
+            self.metadata.get(META_FENCE).and_then(|v| v.parse().ok())
+        }
+    }
+
+    fn holder(&self) -> Option<HolderInfo> {
+        let dec = |k: &str| self.metadata.get(k).map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
+        let since = self
+            .metadata
+            .get(META_SINCE)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        let holder = Holder {
+            owner: dec(META_OWNER),
+            host: dec(META_HOST),
+            pid: self.metadata.get(META_PID).and_then(|v| v.parse().ok()),
+        };
+        (holder != Holder::default() || since.is_some()).then_some(HolderInfo { holder, since })
+    }
+}

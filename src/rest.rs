@@ -1,0 +1,537 @@
+//! The REST client: builds, authorizes and sends Blob service requests, retries transient
+//! failures inside a per-call deadline, and reads error answers.
+//!
+//! It knows HTTP and the service's conventions (headers, error bodies, retryable statuses), not
+//! leases: [`AzureMutex`](crate::AzureMutex) gives meaning to the answers.
+//! Conventions: [Versioning](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services),
+//! [Common REST API error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use reqwest::Method;
+use url::Url;
+
+use crate::auth::{signer, Credential};
+use crate::config::StorageConfig;
+use crate::error::{Error, InvalidInput, ServiceError, TransientCause};
+
+/// The `x-ms-version` sent by default.
+///
+/// `2025-11-05` is accepted by Azure and by Azurite 3.35 and later (Azurite accepts only the
+/// versions it knows, up to `2026-06-06` in 3.37). The lease behaviour this crate relies on dates
+/// from `2012-02-12`, so older endpoints (Azure Stack Hub) can set an older version with
+/// [`ClientOptions::api_version`]. Bearer tokens need `2017-11-09` or later.
+pub const DEFAULT_API_VERSION: &str = "2025-11-05";
+
+/// Characters left unencoded in a blob path: unreserved characters and `/`.
+const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+
+/// How transient failures are retried: capped, jittered exponential backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// The first backoff.
+    pub initial_backoff: Duration,
+    /// The largest backoff.
+    pub max_backoff: Duration,
+    /// How long one call (with all its retries) may take unless the caller sets a deadline.
+    pub call_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(4),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before retry number `retry` (1-based): exponential, capped, with jitter in
+    /// `[d/2, d]` so that clients that failed together do not retry together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self.initial_backoff.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_backoff);
+        let half = capped / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Options of the HTTP client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `x-ms-version` to send (default [`DEFAULT_API_VERSION`]).
+    pub api_version: String,
+    /// The timeout of one HTTP request (default 5 s); a call's retries share its own deadline.
+    pub request_timeout: Duration,
+    /// The TCP connect timeout (default 3 s).
+    pub connect_timeout: Duration,
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+    /// Extra trusted root certificates (PEM), for endpoints with a private CA. The system roots
+    /// stay trusted.
+    pub ca_certificates_pem: Vec<Vec<u8>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            api_version: DEFAULT_API_VERSION.to_string(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            retry: RetryPolicy::default(),
+            ca_certificates_pem: Vec::new(),
+        }
+    }
+}
+
+/// One request to the Blob service, before authorization.
+#[derive(Debug, Clone)]
+pub struct RestRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// The container.
+    pub container: String,
+    /// The blob, or `None` for a container request.
+    pub blob: Option<String>,
+    /// Query parameters (not yet encoded), e.g. `("comp", "lease")`.
+    pub query: Vec<(&'static str, String)>,
+    /// Headers other than the ones the client adds (`x-ms-date`, `x-ms-version`,
+    /// `x-ms-client-request-id`, `Authorization`, `Content-Length`).
+    pub headers: Vec<(HeaderName, String)>,
+    /// The body (empty for every lease operation).
+    pub body: Vec<u8>,
+    /// A short name for logs, e.g. `acquire`.
+    pub op: &'static str,
+}
+
+impl RestRequest {
+    /// A request without query, headers or body.
+    pub fn new(op: &'static str, method: Method, container: &str, blob: Option<&str>) -> Self {
+        Self {
+            method,
+            container: container.to_string(),
+            blob: blob.map(str::to_string),
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            op,
+        }
+    }
+
+    /// Adds a query parameter.
+    pub fn query(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.query.push((name, value.into()));
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((HeaderName::from_static(name), value.into()));
+        self
+    }
+
+    /// Adds a header with a name made at run time (e.g. `x-ms-meta-*`), lower-cased.
+    pub fn header_owned(mut self, name: &str, value: impl Into<String>) -> Result<Self, InvalidInput> {
+        let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).map_err(|_| InvalidInput::Option {
+            option: "header",
+            why: format!("{name:?} is not a valid header name"),
+        })?;
+        self.headers.push((name, value.into()));
+        Ok(self)
+    }
+}
+
+/// A response that was not retried away: success or a definite (non-transient) failure.
+#[derive(Debug)]
+pub struct RestResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// When the request that got this answer was sent (before connecting).
+    pub sent_at: Instant,
+    /// How many requests this call made (1 if not retried).
+    pub attempts: u32,
+    body: Vec<u8>,
+}
+
+impl RestResponse {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The service's error: status, `x-ms-error-code` (or the XML `<Code>`), request id and message.
+    pub fn error(&self) -> ServiceError {
+        service_error(self.status, &self.headers, &self.body)
+    }
+
+    /// The response body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+fn service_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ServiceError {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (xml_code, message) = parse_error_body(body);
+    ServiceError { status, code: h("x-ms-error-code").or(xml_code), request_id: h("x-ms-request-id"), message }
+}
+
+/// Reads `<Error><Code>…</Code><Message>…</Message></Error>`; tolerant of empty or non-XML bodies.
+/// See [Status and error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/status-and-error-codes2).
+pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let (mut code, mut message, mut current) = (None, None, Vec::new());
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => current = e.name().as_ref().to_vec(),
+            Ok(Event::Text(t)) => {
+                let text = t.decode().ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+                match current.as_slice() {
+                    b"Code" if code.is_none() => code = text,
+                    b"Message" if message.is_none() => {
+                        message = text.map(|m| m.lines().next().unwrap_or_default().to_string())
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Event::End(_)) => current.clear(),
+            Ok(Event::Eof) | Err(_) => break,
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// The Blob service REST client. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct BlobClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    endpoint: Url,
+    credential: Credential,
+    options: ClientOptions,
+    requests: AtomicU64,
+}
+
+impl std::fmt::Debug for BlobClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobClient")
+            .field("endpoint", &self.inner.endpoint.as_str())
+            .field("credential", &self.inner.credential)
+            .finish()
+    }
+}
+
+enum Attempt {
+    Done(RestResponse),
+    Retry { cause: TransientCause, throttled: Option<ServiceError>, retry_after: Option<Duration> },
+}
+
+impl BlobClient {
+    /// Makes a client for `config`. Installs rustls's `ring` provider as the process default if
+    /// no provider is installed yet.
+    pub fn new(config: &StorageConfig, options: ClientOptions) -> Result<Self, InvalidInput> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(50))
+            .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")));
+        for pem in &options.ca_certificates_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| InvalidInput::CaCertificate(e.without_url().to_string()))?;
+            if certs.is_empty() {
+                return Err(InvalidInput::CaCertificate("no PEM certificate found".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(proxy) = &config.proxy {
+            let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|e| InvalidInput::Option {
+                option: "DevelopmentStorageProxyUri",
+                why: e.without_url().to_string(),
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|e| InvalidInput::Option {
+            option: "http client",
+            why: e.without_url().to_string(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoint: config.endpoint.clone(),
+                credential: config.credential.clone(),
+                options,
+                requests: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Url {
+        &self.inner.endpoint
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// HTTP requests sent so far by this client and its clones (retries included).
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The deadline of a call started now with the default call timeout.
+    pub fn default_deadline(&self) -> Instant {
+        Instant::now() + self.inner.options.retry.call_timeout
+    }
+
+    /// The URL of a container or blob, with `query` (and the SAS token, if any) appended.
+    pub fn url(&self, container: &str, blob: Option<&str>, query: &[(&'static str, String)]) -> Result<Url, InvalidInput> {
+        let mut s = String::with_capacity(128);
+        s.push_str(self.inner.endpoint.as_str().trim_end_matches('/'));
+        s.push('/');
+        s.push_str(container);
+        if let Some(blob) = blob {
+            s.push('/');
+            s.extend(utf8_percent_encode(blob, PATH_SET));
+        }
+        let mut sep = '?';
+        for (k, v) in query {
+            s.push(sep);
+            sep = '&';
+            s.push_str(k);
+            s.push('=');
+            s.extend(utf8_percent_encode(v, NON_ALPHANUMERIC));
+        }
+        if let Credential::Sas(sas) = &self.inner.credential {
+            s.push(sep);
+            s.push_str(sas.query());
+        }
+        Url::parse(&s).map_err(|e| InvalidInput::Option { option: "url", why: e.to_string() })
+    }
+
+    /// Sends `req`, retrying transient failures (connection errors, timeouts, 408, 429, 500,
+    /// 502, 503, 504, honouring `Retry-After`) until `deadline`.
+    ///
+    /// Returns every other answer, success or not, as a [`RestResponse`], except 401/403 which
+    /// become [`Error::Auth`].
+    pub async fn send(&self, req: &RestRequest, deadline: Instant) -> Result<RestResponse, Error> {
+        let url = self.url(&req.container, req.blob.as_deref(), &req.query)?;
+        let client_request_id = uuid::Uuid::new_v4().to_string();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            let timeout = self.inner.options.request_timeout.min(remaining);
+            let attempt = if timeout.is_zero() {
+                Attempt::Retry { cause: TransientCause::Timeout, throttled: None, retry_after: None }
+            } else {
+                self.attempt(req, &url, &client_request_id, timeout, attempts).await?
+            };
+            let (cause, throttled, retry_after) = match attempt {
+                Attempt::Done(mut resp) => {
+                    resp.attempts = attempts;
+                    if resp.status == 401 || resp.status == 403 {
+                        return Err(Error::Auth { service: Some(resp.error()), detail: String::new() });
+                    }
+                    return Ok(resp);
+                }
+                Attempt::Retry { cause, throttled, retry_after } => (cause, throttled, retry_after),
+            };
+            let wait = self.inner.options.retry.backoff(attempts).max(retry_after.unwrap_or_default());
+            if Instant::now() + wait >= deadline {
+                tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
+                return Err(match throttled {
+                    Some(service) => Error::Throttled { attempts, service },
+                    None => Error::Transient { attempts, cause },
+                });
+            }
+            tracing::debug!(op = req.op, attempts, cause = %cause, wait_ms = wait.as_millis() as u64, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        req: &RestRequest,
+        url: &Url,
+        client_request_id: &str,
+        timeout: Duration,
+        attempt: u32,
+    ) -> Result<Attempt, Error> {
+        let date = httpdate::fmt_http_date(SystemTime::now());
+        let mut headers = HeaderMap::with_capacity(req.headers.len() + 6);
+        let put = |headers: &mut HeaderMap, name: HeaderName, value: &str| -> Result<(), Error> {
+            let value = HeaderValue::from_str(value).map_err(|_| InvalidInput::Option {
+                option: "header",
+                why: format!("the value of {name} is not a valid header value"),
+            })?;
+            headers.append(name, value);
+            Ok(())
+        };
+        put(&mut headers, HeaderName::from_static("x-ms-date"), &date)?;
+        put(&mut headers, HeaderName::from_static("x-ms-version"), &self.inner.options.api_version)?;
+        put(&mut headers, HeaderName::from_static("x-ms-client-request-id"), client_request_id)?;
+        for (name, value) in &req.headers {
+            put(&mut headers, name.clone(), value)?;
+        }
+        if req.method == Method::PUT || !req.body.is_empty() {
+            put(&mut headers, reqwest::header::CONTENT_LENGTH, &req.body.len().to_string())?;
+        }
+        match &self.inner.credential {
+            Credential::SharedKey { account, key } => {
+                let pairs: Vec<(&str, &str)> =
+                    headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
+                let auth = signer::authorization(req.method.as_str(), url, pairs.iter().copied(), account, key);
+                put(&mut headers, AUTHORIZATION, &auth)?;
+            }
+            Credential::Bearer(provider) => {
+                let token = provider.token().await.map_err(|e| Error::Auth {
+                    service: None,
+                    detail: format!("the token provider failed: {e}"),
+                })?;
+                put(&mut headers, AUTHORIZATION, &format!("Bearer {}", token.0))?;
+            }
+            Credential::Sas(_) => {}
+        }
+
+        let request = self
+            .inner
+            .http
+            .request(req.method.clone(), url.clone())
+            .headers(headers)
+            .timeout(timeout)
+            .body(req.body.clone());
+        let sent_at = Instant::now();
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        let result = request.send().await;
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let cause = if e.is_timeout() {
+                    TransientCause::Timeout
+                } else {
+                    TransientCause::Network(error_chain(&e.without_url()))
+                };
+                tracing::debug!(op = req.op, attempt, cause = %cause, "request failed");
+                return Ok(Attempt::Retry { cause, throttled: None, retry_after: None });
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = match response.bytes().await {
+            Ok(b) => b.to_vec(),
+            Err(e) => {
+                let cause = if e.is_timeout() {
+                    TransientCause::Timeout
+                } else {
+                    TransientCause::Network(error_chain(&e.without_url()))
+                };
+                return Ok(Attempt::Retry { cause, throttled: None, retry_after: None });
+            }
+        };
+        tracing::debug!(
+            op = req.op,
+            attempt,
+            status,
+            request_id = headers.get("x-ms-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            error_code = headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            elapsed_ms = sent_at.elapsed().as_millis() as u64,
+            "response"
+        );
+        match status {
+            408 | 429 | 500 | 502 | 503 | 504 => {
+                let service = service_error(status, &headers, &body);
+                let retry_after = headers
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+                let throttled = (status == 503 || status == 429).then(|| service.clone());
+                Ok(Attempt::Retry { cause: TransientCause::Service(service), throttled, retry_after })
+            }
+            _ => Ok(Attempt::Done(RestResponse { status, headers, sent_at, attempts: attempt, body })),
+        }
+    }
+}
+
+/// `Retry-After`: seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    httpdate::parse_http_date(v).ok().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// An error and its sources on one line (reqwest hides the useful part in the sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies() {
+        let body = br#"<?xml version="1.0" encoding="utf-8"?><Error><Code>LeaseAlreadyPresent</Code><Message>There is already a lease present.
+RequestId:abc
+Time:2026-11-23T01:00:00Z</Message></Error>"#;
+        let (code, msg) = parse_error_body(body);
+        assert_eq!(code.as_deref(), Some("LeaseAlreadyPresent"));
+        assert_eq!(msg.as_deref(), Some("There is already a lease present."));
+        assert_eq!(parse_error_body(b""), (None, None));
+        assert_eq!(parse_error_body(b"not xml <<"), (None, None));
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = RetryPolicy::default();
+        for i in 1..40 {
+            let d = p.backoff(i);
+            assert!(d <= p.max_backoff && d >= p.initial_backoff / 2, "{i}: {d:?}");
+        }
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn urls_are_encoded_and_sas_appended() {
+        let cfg = StorageConfig::parse_connection_string(
+            "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=sv=1&sig=a%2Bb",
+        )
+        .unwrap();
+        let c = BlobClient::new(&cfg, ClientOptions::default()).unwrap();
+        let url = c.url("locks", Some("nightly job/é"), &[("comp", "lease".into())]).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:10000/devstoreaccount1/locks/nightly%20job/%C3%A9?comp=lease&sv=1&sig=a%2Bb"
+        );
+        assert!(!format!("{c:?}").contains("a%2Bb"));
+    }
+}
