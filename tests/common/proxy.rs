@@ -11,14 +11,17 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Proxy {
     pub addr: SocketAddr,
     dropping: Arc<AtomicBool>,
+    dropping_responses: Arc<AtomicBool>,
 }
 
 impl Proxy {
     /// Starts a proxy to `target` on its own thread and runtime.
     pub fn start(target: SocketAddr) -> Proxy {
         let dropping = Arc::new(AtomicBool::new(false));
+        let dropping_responses = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let flag = dropping.clone();
+        let rflag = dropping_responses.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
@@ -27,17 +30,18 @@ impl Proxy {
                 loop {
                     let Ok((client, _)) = listener.accept().await else { return };
                     let flag = flag.clone();
+                    let rflag = rflag.clone();
                     tokio::spawn(async move {
                         let Ok(server) = TcpStream::connect(target).await else { return };
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
-                        tokio::spawn(pipe(cr, sw, flag.clone()));
-                        pipe(sr, cw, flag).await;
+                        tokio::spawn(pipe(cr, sw, flag.clone(), None));
+                        pipe(sr, cw, flag, Some(rflag)).await;
                     });
                 }
             });
         });
-        Proxy { addr: rx.recv().unwrap(), dropping }
+        Proxy { addr: rx.recv().unwrap(), dropping, dropping_responses }
     }
 
     /// Drops every byte from now on, in both directions, on old and new connections.
@@ -45,24 +49,70 @@ impl Proxy {
         self.dropping.store(true, Ordering::SeqCst);
     }
 
+    /// Forwards requests to the server but swallows its answers (lost responses).
+    pub fn drop_responses(&self) {
+        self.dropping_responses.store(true, Ordering::SeqCst);
+    }
+
     /// Forwards again.
     pub fn heal(&self) {
         self.dropping.store(false, Ordering::SeqCst);
+        self.dropping_responses.store(false, Ordering::SeqCst);
     }
 }
 
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, dropping: Arc<AtomicBool>) {
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    dropping: Arc<AtomicBool>,
+    also: Option<Arc<AtomicBool>>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if dropping.load(Ordering::SeqCst) {
+        if dropping.load(Ordering::SeqCst) || also.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
             continue; // swallowed
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
+}
+
+/// A server that answers every request `503 ServerBusy` with `Retry-After: 1` (throttling), to
+/// test the retry policy; it knows nothing of leases.
+pub fn busy_server() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = conn.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = "HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nx-ms-request-id: busy-1\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+                            if conn.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
 }
