@@ -93,7 +93,7 @@ pub enum LockError {
         holder: Option<HolderInfo>,
     },
     /// The wait timed out while the lock stayed busy.
-    #[error("timed out after {waited:?} waiting for lock {lock:?}{}", holder_suffix(.holder))]
+    #[error("timed out after {:.1}s waiting for lock {lock:?}{}", .waited.as_secs_f64(), holder_suffix(.holder))]
     TimedOut {
         /// The lock.
         lock: String,
@@ -237,13 +237,25 @@ impl Locker {
         Ok(value)
     }
 
+    /// Waits (at most `timeout`, if given) for the lock and returns the bare [`Lease`], with no
+    /// renewal and no release on drop: for callers that manage the lease themselves, such as
+    /// `azmutex acquire` in a script.
+    pub async fn lock_detached(&self, timeout: Option<Duration>) -> Result<Lease, LockError> {
+        let limit = Limit::Until(timeout.map(|t| Instant::now() + t));
+        self.wait(limit, std::future::pending(), Detached).await
+    }
+
     async fn acquire(&self, limit: Limit, cancel: impl Future<Output = ()>) -> Result<LockGuard, LockError> {
+        self.wait(limit, cancel, Guarded).await
+    }
+
+    async fn wait<H: Handout>(&self, limit: Limit, cancel: impl Future<Output = ()>, handout: H) -> Result<H::Out, LockError> {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter { mutex: self.mutex.clone(), lock: self.lock.clone(), options: self.options.clone() };
         // The attempts run in their own task so that dropping this future never abandons a
         // request whose lease we would not hear of: the task releases what it gets if nobody
-        // is listening any more (the guard's Drop does it).
-        tokio::spawn(waiter.run(limit, tx));
+        // is listening any more.
+        tokio::spawn(waiter.run(limit, tx, handout));
         tokio::select! {
             result = rx => result.unwrap_or_else(|_| Err(LockError::Cancelled { lock: self.lock.to_string() })),
             _ = cancel => Err(LockError::Cancelled { lock: self.lock.to_string() }),
@@ -266,19 +278,47 @@ struct Waiter {
     options: LockerOptions,
 }
 
+/// What a wait hands out once the lease is ours.
+trait Handout: Send + 'static {
+    type Out: Send + 'static;
+    fn wrap(&self, mutex: &AzureMutex, lease: Lease, options: &LockerOptions) -> Self::Out;
+    /// Called when nobody takes the result any more.
+    fn unclaimed(out: Self::Out, mutex: &AzureMutex) -> impl Future<Output = ()> + Send;
+}
+
+struct Guarded;
+impl Handout for Guarded {
+    type Out = LockGuard;
+    fn wrap(&self, mutex: &AzureMutex, lease: Lease, options: &LockerOptions) -> LockGuard {
+        LockGuard::start(mutex.clone(), lease, options)
+    }
+    async fn unclaimed(out: LockGuard, _: &AzureMutex) {
+        drop(out); // its Drop releases the lease
+    }
+}
+
+struct Detached;
+impl Handout for Detached {
+    type Out = Lease;
+    fn wrap(&self, _: &AzureMutex, lease: Lease, _: &LockerOptions) -> Lease {
+        lease
+    }
+    async fn unclaimed(out: Lease, mutex: &AzureMutex) {
+        let _ = mutex.release(&out).await;
+    }
+}
+
 impl Waiter {
-    async fn run(self, limit: Limit, tx: oneshot::Sender<Result<LockGuard, LockError>>) {
-        let mut tx = tx;
+    async fn run<H: Handout>(self, limit: Limit, mut tx: oneshot::Sender<Result<H::Out, LockError>>, handout: H) {
         let result = self.attempts(limit, &mut tx).await;
-        // If the receiver is gone, the guard comes back here and its Drop releases the lease.
-        let _ = tx.send(result);
+        let result = result.map(|lease| handout.wrap(&self.mutex, lease, &self.options));
+        // If the receiver is gone, the result comes back here: give the lease back.
+        if let Err(Ok(out)) = tx.send(result) {
+            H::unclaimed(out, &self.mutex).await;
+        }
     }
 
-    async fn attempts(
-        &self,
-        limit: Limit,
-        tx: &mut oneshot::Sender<Result<LockGuard, LockError>>,
-    ) -> Result<LockGuard, LockError> {
+    async fn attempts<T>(&self, limit: Limit, tx: &mut oneshot::Sender<Result<T, LockError>>) -> Result<Lease, LockError> {
         let started = Instant::now();
         // One lease id for the whole wait: a retry whose first answer was lost is idempotent.
         let id = LeaseId::new_random();
@@ -289,7 +329,7 @@ impl Waiter {
             let call_deadline = self.mutex.client().default_deadline();
             let result = self.mutex.acquire_until(&self.lock, self.options.lease, id, call_deadline).await;
             let maybe_granted = match result {
-                Ok(lease) => return Ok(LockGuard::start(self.mutex.clone(), lease, &self.options)),
+                Ok(lease) => return Ok(lease),
                 Err(Error::Conflict { .. }) => {
                     if self.options.report_holder && !reported {
                         reported = true;

@@ -1,0 +1,189 @@
+//! The script-facing commands: acquire, renew, release, status, break.
+
+use std::time::Duration;
+
+use azmutex::{BreakPeriod, LeaseDuration, LeaseId, LeaseKind, Lease, LockName, Locker, LockerOptions};
+use clap::Args;
+
+use super::output::{json_str, parse_duration, rfc3339, wall_clock};
+use super::{Context, Failure};
+
+/// `acquire` options.
+#[derive(Args, Debug)]
+pub struct AcquireArgs {
+    /// The lock's name (a blob name in the container).
+    pub lock: String,
+    /// Lease duration in seconds (15-60).
+    #[arg(long, default_value_t = 60, conflicts_with = "infinite")]
+    pub lease: u64,
+    /// An infinite lease (until released or broken).
+    #[arg(long)]
+    pub infinite: bool,
+    /// Wait at most this long for the lock (default: do not wait).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<std::time::Duration>,
+    /// Print JSON: lease id, fencing token, deadline.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `renew` / `release` options.
+#[derive(Args, Debug)]
+pub struct LeaseArgs {
+    /// The lock's name.
+    pub lock: String,
+    /// The lease id printed by `azmutex acquire`.
+    #[arg(long)]
+    pub lease_id: String,
+    /// The lease duration in seconds (for the printed deadline).
+    #[arg(long, default_value_t = 60)]
+    pub lease: u64,
+}
+
+/// `status` options.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The lock's name.
+    pub lock: String,
+    /// Print JSON with keys lock, state, status, duration, holder, fencing_token.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `break` options.
+#[derive(Args, Debug)]
+pub struct BreakArgs {
+    /// The lock's name.
+    pub lock: String,
+    /// Seconds (0-60) the broken lease keeps locking; default: a fixed lease runs out, an
+    /// infinite one breaks at once.
+    #[arg(long)]
+    pub period: Option<u64>,
+}
+
+fn duration(secs: u64, infinite: bool) -> Result<LeaseDuration, Failure> {
+    if infinite {
+        Ok(LeaseDuration::Infinite)
+    } else {
+        Ok(LeaseDuration::seconds(secs)?)
+    }
+}
+
+fn print_lease(lease: &Lease, json: bool) {
+    if json {
+        let deadline = match lease.deadline() {
+            Some(d) => json_str(&rfc3339(wall_clock(d))),
+            None => "null".into(),
+        };
+        let token = lease.fencing_token().map_or("null".to_string(), |t| t.to_string());
+        println!(
+            "{{\"lock\":{},\"lease_id\":\"{}\",\"fencing_token\":{token},\"deadline\":{deadline}}}",
+            json_str(lease.lock().as_str()),
+            lease.id()
+        );
+    } else {
+        println!("{}", lease.id());
+    }
+}
+
+pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
+    let lease_duration = duration(args.lease, args.infinite)?;
+    let lock = LockName::new(args.lock)?;
+    let mutex = ctx.mutex(true, Some(super::run::holder(None)))?;
+    let lease = match args.wait {
+        None => mutex.acquire(&lock, lease_duration).await?,
+        Some(wait) => {
+            let options = LockerOptions { lease: lease_duration, ..LockerOptions::default() };
+            Locker::with_options(mutex, &lock, options)?.lock_detached(Some(wait)).await?
+        }
+    };
+    print_lease(&lease, args.json);
+    Ok(0)
+}
+
+pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
+    let mut lease = resume(&args)?;
+    ctx.mutex(false, None)?.renew(&mut lease).await?;
+    Ok(0)
+}
+
+pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
+    let lease = resume(&args)?;
+    ctx.mutex(false, None)?.release(&lease).await?;
+    Ok(0)
+}
+
+fn resume(args: &LeaseArgs) -> Result<Lease, Failure> {
+    Ok(Lease::resume(LockName::new(args.lock.as_str())?, LeaseId::parse(&args.lease_id)?, LeaseDuration::seconds(args.lease)?))
+}
+
+pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
+    let info = ctx.mutex(false, None)?.inspect(args.lock.as_str()).await?;
+    let duration = match info.duration {
+        Some(LeaseKind::Fixed) => Some("fixed"),
+        Some(LeaseKind::Infinite) => Some("infinite"),
+        None => None,
+    };
+    let status = if info.locked { "locked" } else { "unlocked" };
+    if args.json {
+        let opt = |s: Option<String>| s.map_or("null".to_string(), |s| json_str(&s));
+        let holder = match &info.holder {
+            Some(h) => format!(
+                "{{\"owner\":{},\"host\":{},\"pid\":{},\"since\":{}}}",
+                opt(h.holder.owner.clone()),
+                opt(h.holder.host.clone()),
+                h.holder.pid.map_or("null".into(), |p| p.to_string()),
+                opt(h.since.map(rfc3339)),
+            ),
+            None => "null".into(),
+        };
+        println!(
+            "{{\"lock\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{}}}",
+            json_str(info.lock.as_str()),
+            info.state.as_str(),
+            opt(duration.map(str::to_string)),
+            info.fencing_token.map_or("null".into(), |t| t.to_string()),
+        );
+    } else {
+        println!("lock:          {}", info.lock);
+        println!("state:         {} ({status})", info.state.as_str());
+        if let Some(d) = duration {
+            println!("duration:      {d}");
+        }
+        if let Some(h) = &info.holder {
+            let since = h.since.map(|s| {
+                let ago = s.elapsed().unwrap_or_default().as_secs();
+                format!("{} ({ago}s ago)", rfc3339(s))
+            });
+            println!(
+                "holder:        {}{}{}",
+                h.holder.owner.as_deref().unwrap_or("-"),
+                h.holder.host.as_ref().map(|x| format!(" on {x}")).unwrap_or_default(),
+                h.holder.pid.map(|p| format!(" pid {p}")).unwrap_or_default()
+            );
+            if let Some(since) = since {
+                println!("since:         {since}");
+            }
+        }
+        if let Some(t) = info.fencing_token {
+            println!("fencing token: {t}");
+        }
+        if !info.exists {
+            println!("(no lock blob yet: never acquired)");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn break_lease(ctx: &Context, args: BreakArgs) -> Result<u8, Failure> {
+    let period = args.period.map(BreakPeriod::seconds).transpose()?;
+    let left = ctx.mutex(false, None)?.break_lease(args.lock.as_str(), period).await?;
+    if !ctx.quiet {
+        if left == Duration::ZERO {
+            eprintln!("azmutex: lock {:?} is free now", args.lock);
+        } else {
+            eprintln!("azmutex: lock {:?} breaks in {}s", args.lock, left.as_secs());
+        }
+    }
+    Ok(0)
+}

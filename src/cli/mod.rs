@@ -1,0 +1,313 @@
+//! Command-line interface: argument parsing, configuration, dispatch and exit codes.
+
+mod commands;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use azmutex::{
+    AccountKey, AzureMutex, ClientOptions, ConfigError, Credential, Error, Holder, InvalidInput, LockError,
+    SasToken, StorageConfig,
+};
+use clap::{Args, Parser, Subcommand};
+
+/// Exit codes (sysexits.h), documented in `--help` and the README.
+pub mod exit {
+    /// The lock is busy, or the wait timed out.
+    pub const BUSY: u8 = 75;
+    /// The lock was lost while the command ran.
+    pub const LOST: u8 = 70;
+    /// Storage unreachable (network, timeouts, throttling) after retries.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Authentication or permission refused.
+    pub const AUTH: u8 = 77;
+    /// Invalid configuration (connection string, key, URL, CA file).
+    pub const CONFIG: u8 = 78;
+    /// Usage error.
+    pub const USAGE: u8 = 2;
+    /// Anything else.
+    pub const OTHER: u8 = 1;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  run       the command's own exit code (128+N if it was killed by signal N)
+  75        lock busy (--no-wait) or wait timed out (see --conflict-exit-code)
+  70        lock lost while the command ran (it got SIGTERM, then SIGKILL after --kill-grace)
+  69        storage unreachable after retries
+  77        authentication or permission refused
+  78        invalid configuration (connection string, key, URL, CA certificate)
+  2         usage error
+  1         other errors
+
+Connection (first match wins): --connection-string / AZURE_STORAGE_CONNECTION_STRING;
+--account-url or --account-name with --account-key / AZURE_STORAGE_KEY or
+--sas-token / AZURE_STORAGE_SAS_TOKEN; otherwise local development storage
+(UseDevelopmentStorage=true: Azurite on 127.0.0.1:10000).";
+
+/// Distributed locks on Azure Blob Storage leases.
+#[derive(Parser, Debug)]
+#[command(name = "azmutex", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    /// Say less: no waiting line, no development-storage notice.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG (e.g. azmutex=debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the storage account is and how to authorize.
+#[derive(Args, Debug)]
+pub struct Connection {
+    /// Azure Storage connection string.
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, global = true)]
+    pub connection_string: Option<String>,
+    /// Blob endpoint URL (Azure Stack, custom domains, emulators), e.g. https://acct.blob.local.azurestack.external
+    #[arg(long, global = true)]
+    pub account_url: Option<String>,
+    /// Storage account name.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", global = true)]
+    pub account_name: Option<String>,
+    /// Storage account key (base64). Prefer the environment variable over the command line.
+    #[arg(long, env = "AZURE_STORAGE_KEY", hide_env_values = true, global = true)]
+    pub account_key: Option<String>,
+    /// SAS token (query string).
+    #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true, global = true)]
+    pub sas_token: Option<String>,
+    /// Container holding the lock blobs (created if missing).
+    #[arg(long, default_value = "azmutex", global = true)]
+    pub container: String,
+    /// Extra trusted CA certificate(s), PEM, for endpoints with a private CA.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Give up on an unreachable or failing storage service after this long, per call.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_duration, global = true)]
+    pub timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command while holding the lock (renewed in the background), then release it.
+    Run(run::RunArgs),
+    /// Acquire the lock and print the lease id (for scripts; no renewal: renew it yourself).
+    Acquire(commands::AcquireArgs),
+    /// Renew a lease acquired with `azmutex acquire`.
+    Renew(commands::LeaseArgs),
+    /// Release a lease acquired with `azmutex acquire`.
+    Release(commands::LeaseArgs),
+    /// Show the lock's lease state, holder and fencing token.
+    Status(commands::StatusArgs),
+    /// Break the lock's lease, whoever holds it.
+    Break(commands::BreakArgs),
+}
+
+/// A failure the CLI reports: message and exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::new(exit::CONFIG, format!("invalid configuration: {e}"))
+    }
+}
+
+impl From<InvalidInput> for Failure {
+    fn from(e: InvalidInput) -> Self {
+        let code = match e {
+            InvalidInput::CaCertificate(_) | InvalidInput::Option { .. } | InvalidInput::ContainerName { .. } => {
+                exit::CONFIG
+            }
+            _ => exit::USAGE,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (code, hint) = match &e {
+            Error::Auth { .. } => (
+                exit::AUTH,
+                "check the account key or SAS token (permissions r,w,c; not expired) and this machine's clock",
+            ),
+            Error::Transient { .. } | Error::Throttled { .. } => {
+                (exit::UNAVAILABLE, "check the endpoint URL, network and proxy settings, or raise --timeout")
+            }
+            Error::Conflict { .. } => (exit::BUSY, "someone else holds the lock; see `azmutex status`"),
+            Error::LeaseLost { .. } => (exit::LOST, "the lease is no longer ours"),
+            Error::InvalidInput(i) => return Failure::from(i.clone()),
+            _ => (exit::OTHER, ""),
+        };
+        let mut message = e.to_string();
+        if !hint.is_empty() {
+            message.push_str(&format!("\n  hint: {hint}"));
+        }
+        Failure::new(code, message)
+    }
+}
+
+impl From<LockError> for Failure {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Storage(e) => e.into(),
+            LockError::Busy { .. } | LockError::TimedOut { .. } => Failure::new(exit::BUSY, e.to_string()),
+            LockError::Lost { .. } => Failure::new(exit::LOST, e.to_string()),
+            LockError::Cancelled { .. } => Failure::new(exit::OTHER, e.to_string()),
+            _ => Failure::new(exit::OTHER, e.to_string()),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("azmutex: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("azmutex: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "error",
+        1 => "azmutex=info",
+        _ => "azmutex=debug",
+    };
+    let filter = std::env::var("AZMUTEX_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    let config = storage_config(&cli.conn, cli.quiet)?;
+    let ctx = Context { config, conn: cli.conn, quiet: cli.quiet };
+    match cli.command {
+        Command::Run(args) => run::run(&ctx, args).await,
+        Command::Acquire(args) => commands::acquire(&ctx, args).await,
+        Command::Renew(args) => commands::renew(&ctx, args).await,
+        Command::Release(args) => commands::release(&ctx, args).await,
+        Command::Status(args) => commands::status(&ctx, args).await,
+        Command::Break(args) => commands::break_lease(&ctx, args).await,
+    }
+}
+
+/// Everything a command needs to talk to storage.
+pub struct Context {
+    pub config: StorageConfig,
+    pub conn: Connection,
+    pub quiet: bool,
+}
+
+impl Context {
+    /// A mutex on the configured container. `fencing` and `holder` as the command needs.
+    pub fn mutex(&self, fencing: bool, holder: Option<Holder>) -> Result<AzureMutex, Failure> {
+        let mut options = ClientOptions::default();
+        options.retry.call_timeout = self.conn.timeout;
+        if let Some(path) = &self.conn.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                Failure::new(exit::CONFIG, format!("cannot read CA certificate {}: {e}", path.display()))
+            })?;
+            options.ca_certificates_pem.push(pem);
+        }
+        let mut builder =
+            AzureMutex::builder(self.config.clone(), &self.conn.container).client_options(options).fencing(fencing);
+        if let Some(holder) = holder {
+            builder = builder.holder(holder);
+        }
+        Ok(builder.build()?)
+    }
+}
+
+fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
+    if let Some(cs) = &conn.connection_string {
+        return Ok(StorageConfig::parse_connection_string(cs)?);
+    }
+    let credential = match (&conn.account_key, &conn.sas_token) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Conflict { a: "AZURE_STORAGE_KEY", b: "AZURE_STORAGE_SAS_TOKEN" }.into())
+        }
+        (Some(key), None) => {
+            let account = conn.account_name.clone().ok_or(ConfigError::Missing {
+                key: "AZURE_STORAGE_ACCOUNT",
+                why: "--account-key needs --account-name (or AZURE_STORAGE_ACCOUNT)",
+            })?;
+            let key = AccountKey::from_base64(key)
+                .map_err(|source| ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", source })?;
+            Some(Credential::SharedKey { account, key })
+        }
+        (None, Some(sas)) => Some(Credential::Sas(
+            SasToken::parse(sas).map_err(|source| ConfigError::InvalidSas { key: "AZURE_STORAGE_SAS_TOKEN", source })?,
+        )),
+        (None, None) => None,
+    };
+    let url = match (&conn.account_url, &conn.account_name) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(name)) => Some(format!("https://{name}.blob.core.windows.net")),
+        (None, None) => None,
+    };
+    match (url, credential) {
+        (Some(url), Some(credential)) => {
+            StorageConfig::new(&url, credential).map_err(|e| match e {
+                ConfigError::InvalidValue { reason, .. } => {
+                    Failure::new(exit::CONFIG, format!("invalid configuration: --account-url is invalid: {reason}"))
+                }
+                other => other.into(),
+            })
+        }
+        (Some(_), None) => Err(ConfigError::Missing {
+            key: "AZURE_STORAGE_KEY",
+            why: "give --account-key or --sas-token (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)",
+        }
+        .into()),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            key: "AZURE_STORAGE_ACCOUNT",
+            why: "give --account-name or --account-url",
+        }
+        .into()),
+        (None, None) => {
+            if !quiet {
+                eprintln!(
+                    "azmutex: no storage configured; using local development storage \
+                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
+                );
+            }
+            Ok(StorageConfig::development())
+        }
+    }
+}
