@@ -198,7 +198,8 @@ impl Locker {
         &self.mutex
     }
 
-    /// One attempt: the guard, or [`LockError::Busy`] at once.
+    /// One attempt: the guard, or [`LockError::Busy`] at once. A transient failure (after the
+    /// call's own retries) is returned as [`LockError::Storage`].
     pub async fn try_lock(&self) -> Result<LockGuard, LockError> {
         self.acquire(Limit::Once, std::future::pending()).await
     }
@@ -328,7 +329,7 @@ impl Waiter {
         loop {
             let call_deadline = self.mutex.client().default_deadline();
             let result = self.mutex.acquire_until(&self.lock, self.options.lease, id, call_deadline).await;
-            let maybe_granted = match result {
+            let failure = match result {
                 Ok(lease) => return Ok(lease),
                 Err(Error::Conflict { .. }) => {
                     if self.options.report_holder && !reported {
@@ -336,18 +337,23 @@ impl Waiter {
                         holder = self.mutex.inspect(&self.lock).await.ok().and_then(|i| i.holder);
                         tracing::info!(lock = %self.lock, holder = ?holder, "lock is busy; waiting");
                     }
-                    false
+                    None
                 }
                 Err(e) if e.is_transient() => {
                     tracing::warn!(lock = %self.lock, error = %e, "acquire failed; will retry");
-                    true
+                    Some(e)
                 }
                 Err(e) => return Err(e.into()),
             };
+            // A transient failure may hide a lease granted to us whose answer never came.
+            let maybe_granted = failure.is_some();
             let deadline = match limit {
                 Limit::Once => {
                     self.cleanup(id, maybe_granted).await;
-                    return Err(LockError::Busy { lock: self.lock.to_string(), holder });
+                    return Err(match failure {
+                        Some(e) => e.into(),
+                        None => LockError::Busy { lock: self.lock.to_string(), holder },
+                    });
                 }
                 Limit::Until(d) => d,
             };
