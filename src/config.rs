@@ -139,8 +139,7 @@ const OTHER_SERVICE_KEYS: [&str; 8] = [
 impl StorageConfig {
     /// Local development storage: Azurite's well-known account on `127.0.0.1:10000`.
     pub fn development() -> Self {
-        Self::parse_connection_string("UseDevelopmentStorage=true")
-            .expect("the development storage defaults are valid")
+        Self::parse_connection_string("UseDevelopmentStorage=true").expect("the development storage defaults are valid")
     }
 
     /// Parses an Azure Storage connection string.
@@ -162,9 +161,7 @@ impl StorageConfig {
                 continue; // tolerate `;;` and a trailing `;`
             }
             any = true;
-            let (key, value) = part
-                .split_once('=')
-                .ok_or(ConfigError::NotKeyValue { index: i + 1 })?;
+            let (key, value) = part.split_once('=').ok_or(ConfigError::NotKeyValue { index: i + 1 })?;
             let key = key.trim();
             let value = value.trim();
             if key.is_empty() {
@@ -196,9 +193,16 @@ impl StorageConfig {
                     reason: "the only accepted value is `true`".into(),
                 });
             }
-            for (k, v) in [("AccountName", account), ("AccountKey", key), ("SharedAccessSignature", sas)] {
+            for (k, v) in [
+                ("AccountName", account),
+                ("AccountKey", key),
+                ("SharedAccessSignature", sas),
+            ] {
                 if v.is_some() {
-                    return Err(ConfigError::Conflict { a: "UseDevelopmentStorage", b: k });
+                    return Err(ConfigError::Conflict {
+                        a: "UseDevelopmentStorage",
+                        b: k,
+                    });
                 }
             }
             let endpoint = match blob_endpoint {
@@ -210,8 +214,10 @@ impl StorageConfig {
                 endpoint,
                 credential: Credential::SharedKey {
                     account: DEV_ACCOUNT.into(),
-                    key: AccountKey::from_base64(DEV_ACCOUNT_KEY)
-                        .map_err(|source| ConfigError::InvalidKey { key: "AccountKey", source })?,
+                    key: AccountKey::from_base64(DEV_ACCOUNT_KEY).map_err(|source| ConfigError::InvalidKey {
+                        key: "AccountKey",
+                        source,
+                    })?,
                 },
                 proxy,
             });
@@ -257,7 +263,10 @@ impl StorageConfig {
         };
         let credential = match (key, sas) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict { a: "AccountKey", b: "SharedAccessSignature" })
+                return Err(ConfigError::Conflict {
+                    a: "AccountKey",
+                    b: "SharedAccessSignature",
+                })
             }
             (Some(k), None) => {
                 let account = match account {
@@ -269,14 +278,16 @@ impl StorageConfig {
                         })
                     }
                 };
-                let key = AccountKey::from_base64(k)
-                    .map_err(|source| ConfigError::InvalidKey { key: "AccountKey", source })?;
+                let key = AccountKey::from_base64(k).map_err(|source| ConfigError::InvalidKey {
+                    key: "AccountKey",
+                    source,
+                })?;
                 Credential::SharedKey { account, key }
             }
-            (None, Some(s)) => Credential::Sas(
-                SasToken::parse(s)
-                    .map_err(|source| ConfigError::InvalidSas { key: "SharedAccessSignature", source })?,
-            ),
+            (None, Some(s)) => Credential::Sas(SasToken::parse(s).map_err(|source| ConfigError::InvalidSas {
+                key: "SharedAccessSignature",
+                source,
+            })?),
             (None, None) => {
                 return Err(ConfigError::Missing {
                     key: "AccountKey",
@@ -284,7 +295,11 @@ impl StorageConfig {
                 })
             }
         };
-        Ok(Self { endpoint, credential, proxy: None })
+        Ok(Self {
+            endpoint,
+            credential,
+            proxy: None,
+        })
     }
 
     /// Builds a configuration from the environment variables the Azure CLI reads:
@@ -322,7 +337,10 @@ impl StorageConfig {
         };
         let credential = match (key, sas) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict { a: "AZURE_STORAGE_KEY", b: "AZURE_STORAGE_SAS_TOKEN" })
+                return Err(ConfigError::Conflict {
+                    a: "AZURE_STORAGE_KEY",
+                    b: "AZURE_STORAGE_SAS_TOKEN",
+                })
             }
             (Some(k), None) => {
                 let account = account.ok_or(ConfigError::Missing {
@@ -330,14 +348,16 @@ impl StorageConfig {
                     why: "SharedKey signing with `AZURE_STORAGE_KEY` needs the account name",
                 })?;
                 check_account_name("AZURE_STORAGE_ACCOUNT", &account)?;
-                let key = AccountKey::from_base64(&k)
-                    .map_err(|source| ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", source })?;
+                let key = AccountKey::from_base64(&k).map_err(|source| ConfigError::InvalidKey {
+                    key: "AZURE_STORAGE_KEY",
+                    source,
+                })?;
                 Credential::SharedKey { account, key }
             }
-            (None, Some(s)) => Credential::Sas(
-                SasToken::parse(&s)
-                    .map_err(|source| ConfigError::InvalidSas { key: "AZURE_STORAGE_SAS_TOKEN", source })?,
-            ),
+            (None, Some(s)) => Credential::Sas(SasToken::parse(&s).map_err(|source| ConfigError::InvalidSas {
+                key: "AZURE_STORAGE_SAS_TOKEN",
+                source,
+            })?),
             (None, None) => {
                 return Err(ConfigError::Missing {
                     key: "AZURE_STORAGE_KEY",
@@ -345,13 +365,21 @@ impl StorageConfig {
                 })
             }
         };
-        Ok(Some(Self { endpoint, credential, proxy: None }))
+        Ok(Some(Self {
+            endpoint,
+            credential,
+            proxy: None,
+        }))
     }
 
     /// A configuration from an explicit endpoint URL (host-style or path-style, e.g. for Azure
     /// Stack or a custom domain) and a credential.
     pub fn new(endpoint: &str, credential: Credential) -> Result<Self, ConfigError> {
-        Ok(Self { endpoint: parse_endpoint("endpoint", endpoint)?, credential, proxy: None })
+        Ok(Self {
+            endpoint: parse_endpoint("endpoint", endpoint)?,
+            credential,
+            proxy: None,
+        })
     }
 
     /// Whether this is the well-known development storage account.
@@ -363,8 +391,7 @@ impl StorageConfig {
 /// Storage account names: 3–24 lower-case letters and digits.
 /// See [Storage account name](https://learn.microsoft.com/en-us/azure/azure-resource-manager/management/resource-name-rules#microsoftstorage).
 fn check_account_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
-    let ok = (3..=24).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let ok = (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(())
     } else {
@@ -387,7 +414,10 @@ fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
         });
     }
     if url.host().is_none() {
-        return Err(ConfigError::InvalidValue { key, reason: "the URL has no host".into() });
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: "the URL has no host".into(),
+        });
     }
     Ok(url)
 }
@@ -399,8 +429,7 @@ pub(crate) fn parse_endpoint(key: &'static str, value: &str) -> Result<Url, Conf
     if url.query().is_some() {
         return Err(ConfigError::InvalidValue {
             key,
-            reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)"
-                .into(),
+            reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)".into(),
         });
     }
     if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
@@ -440,7 +469,10 @@ mod tests {
         assert_eq!(c.endpoint.as_str(), "https://acct.blob.core.usgovcloudapi.net/");
         assert_eq!(account_of(&c), "acct");
 
-        let c = parse(&format!("defaultendpointsprotocol=HTTP;ACCOUNTNAME=acct;accountkey={KEY};")).unwrap();
+        let c = parse(&format!(
+            "defaultendpointsprotocol=HTTP;ACCOUNTNAME=acct;accountkey={KEY};"
+        ))
+        .unwrap();
         assert_eq!(c.endpoint.as_str(), "http://acct.blob.core.windows.net/");
 
         let c = parse(&format!(
@@ -449,8 +481,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.endpoint.as_str(), "https://azs.local:8443/acct");
 
-        let c = parse("BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2025-11-05&sp=rw&sig=SECRETSIG")
-            .unwrap();
+        let c = parse(
+            "BlobEndpoint=https://acct.blob.core.windows.net;SharedAccessSignature=sv=2025-11-05&sp=rw&sig=SECRETSIG",
+        )
+        .unwrap();
         assert!(matches!(c.credential, Credential::Sas(_)));
         assert!(!format!("{c:?}").contains("SECRETSIG"));
 
@@ -480,23 +514,118 @@ mod tests {
             ("".into(), Empty),
             ("AccountName".into(), NotKeyValue { index: 1 }),
             (format!("AccountKey={secret};=x"), NotKeyValue { index: 2 }),
-            ("AccountName=a;AccountName=b".into(), DuplicateKey { key: "AccountName".into() }),
-            ("AccountNme=acct".into(), UnknownKey { key: "AccountNme".into() }),
+            (
+                "AccountName=a;AccountName=b".into(),
+                DuplicateKey {
+                    key: "AccountName".into(),
+                },
+            ),
+            (
+                "AccountNme=acct".into(),
+                UnknownKey {
+                    key: "AccountNme".into(),
+                },
+            ),
             ("AccountName=;AccountKey=x".into(), EmptyValue { key: "AccountName" }),
-            ("AccountName=acct;AccountKey=not*base64".into(), InvalidKey { key: "AccountKey", source: KeyError::NotBase64 }),
-            (format!("DefaultEndpointsProtocol=ftp;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "DefaultEndpointsProtocol", reason: "must be `http` or `https`".into() }),
-            (format!("AccountKey={secret}"), Missing { key: "AccountName", why: "needed to build the endpoint when no `BlobEndpoint` is given" }),
-            ("AccountName=acct".into(), Missing { key: "AccountKey", why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`" }),
-            ("UseDevelopmentStorage=false".into(), InvalidValue { key: "UseDevelopmentStorage", reason: "the only accepted value is `true`".into() }),
-            ("DevelopmentStorageProxyUri=http://p".into(), InvalidValue { key: "DevelopmentStorageProxyUri", reason: "it is only used together with `UseDevelopmentStorage=true`".into() }),
-            (format!("AccountName=Bad_Name;AccountKey={secret}"), InvalidValue { key: "AccountName", reason: "account name \"Bad_Name\" must be 3-24 lower-case letters and digits".into() }),
-            (format!("AccountName=acct;AccountKey={secret};SharedAccessSignature=sv=1&sig=x"), Conflict { a: "AccountKey", b: "SharedAccessSignature" }),
-            ("AccountName=acct;SharedAccessSignature=sv=1&sp=r".into(), InvalidSas { key: "SharedAccessSignature", source: SasError::MissingSignature }),
-            (format!("AccountName=acct;AccountKey={secret};EndpointSuffix=/evil"), InvalidValue { key: "EndpointSuffix", reason: "must be a DNS suffix such as `core.windows.net`".into() }),
-            (format!("BlobEndpoint=ftp://x;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "BlobEndpoint", reason: "scheme `ftp` is not http or https".into() }),
-            (format!("BlobEndpoint=https://x/?sv=1&sig=y;AccountName=acct;AccountKey={secret}"), InvalidValue { key: "BlobEndpoint", reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)".into() }),
-            (format!("UseDevelopmentStorage=true;AccountKey={secret}"), Conflict { a: "UseDevelopmentStorage", b: "AccountKey" }),
-            (format!("BlobEndpoint=https://x;AccountKey={secret}"), Missing { key: "AccountName", why: "SharedKey signing with `AccountKey` needs the account name" }),
+            (
+                "AccountName=acct;AccountKey=not*base64".into(),
+                InvalidKey {
+                    key: "AccountKey",
+                    source: KeyError::NotBase64,
+                },
+            ),
+            (
+                format!("DefaultEndpointsProtocol=ftp;AccountName=acct;AccountKey={secret}"),
+                InvalidValue {
+                    key: "DefaultEndpointsProtocol",
+                    reason: "must be `http` or `https`".into(),
+                },
+            ),
+            (
+                format!("AccountKey={secret}"),
+                Missing {
+                    key: "AccountName",
+                    why: "needed to build the endpoint when no `BlobEndpoint` is given",
+                },
+            ),
+            (
+                "AccountName=acct".into(),
+                Missing {
+                    key: "AccountKey",
+                    why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`",
+                },
+            ),
+            (
+                "UseDevelopmentStorage=false".into(),
+                InvalidValue {
+                    key: "UseDevelopmentStorage",
+                    reason: "the only accepted value is `true`".into(),
+                },
+            ),
+            (
+                "DevelopmentStorageProxyUri=http://p".into(),
+                InvalidValue {
+                    key: "DevelopmentStorageProxyUri",
+                    reason: "it is only used together with `UseDevelopmentStorage=true`".into(),
+                },
+            ),
+            (
+                format!("AccountName=Bad_Name;AccountKey={secret}"),
+                InvalidValue {
+                    key: "AccountName",
+                    reason: "account name \"Bad_Name\" must be 3-24 lower-case letters and digits".into(),
+                },
+            ),
+            (
+                format!("AccountName=acct;AccountKey={secret};SharedAccessSignature=sv=1&sig=x"),
+                Conflict {
+                    a: "AccountKey",
+                    b: "SharedAccessSignature",
+                },
+            ),
+            (
+                "AccountName=acct;SharedAccessSignature=sv=1&sp=r".into(),
+                InvalidSas {
+                    key: "SharedAccessSignature",
+                    source: SasError::MissingSignature,
+                },
+            ),
+            (
+                format!("AccountName=acct;AccountKey={secret};EndpointSuffix=/evil"),
+                InvalidValue {
+                    key: "EndpointSuffix",
+                    reason: "must be a DNS suffix such as `core.windows.net`".into(),
+                },
+            ),
+            (
+                format!("BlobEndpoint=ftp://x;AccountName=acct;AccountKey={secret}"),
+                InvalidValue {
+                    key: "BlobEndpoint",
+                    reason: "scheme `ftp` is not http or https".into(),
+                },
+            ),
+            (
+                format!("BlobEndpoint=https://x/?sv=1&sig=y;AccountName=acct;AccountKey={secret}"),
+                InvalidValue {
+                    key: "BlobEndpoint",
+                    reason: "the endpoint must not have a query string (put a SAS token in `SharedAccessSignature`)"
+                        .into(),
+                },
+            ),
+            (
+                format!("UseDevelopmentStorage=true;AccountKey={secret}"),
+                Conflict {
+                    a: "UseDevelopmentStorage",
+                    b: "AccountKey",
+                },
+            ),
+            (
+                format!("BlobEndpoint=https://x;AccountKey={secret}"),
+                Missing {
+                    key: "AccountName",
+                    why: "SharedKey signing with `AccountKey` needs the account name",
+                },
+            ),
         ];
         assert!(cases.len() >= 10);
         assert_eq!(parse(" ; ;").unwrap_err(), Empty);
@@ -525,9 +654,12 @@ mod tests {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
         assert!(StorageConfig::from_vars(env(&[])).unwrap().is_none());
-        let c = StorageConfig::from_vars(env(&[("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")]))
-            .unwrap()
-            .unwrap();
+        let c = StorageConfig::from_vars(env(&[(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "UseDevelopmentStorage=true",
+        )]))
+        .unwrap()
+        .unwrap();
         assert!(c.is_development());
         let c = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct"), ("AZURE_STORAGE_KEY", KEY)]))
             .unwrap()
@@ -543,9 +675,21 @@ mod tests {
         assert!(matches!(c.credential, Credential::Sas(_)));
         assert_eq!(c.endpoint.as_str(), "http://127.0.0.1:10000/acct");
         let e = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct")])).unwrap_err();
-        assert!(matches!(e, ConfigError::Missing { key: "AZURE_STORAGE_KEY", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::Missing {
+                key: "AZURE_STORAGE_KEY",
+                ..
+            }
+        ));
         let e = StorageConfig::from_vars(env(&[("AZURE_STORAGE_ACCOUNT", "acct"), ("AZURE_STORAGE_KEY", "!!")]))
             .unwrap_err();
-        assert!(matches!(e, ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", .. }));
+        assert!(matches!(
+            e,
+            ConfigError::InvalidKey {
+                key: "AZURE_STORAGE_KEY",
+                ..
+            }
+        ));
     }
 }

@@ -231,7 +231,10 @@ impl Error {
             | Error::Throttled { service, .. }
             | Error::Unexpected { service, .. } => Some(service),
             Error::LeaseLost { service, .. } | Error::Auth { service, .. } => service.as_ref(),
-            Error::Transient { cause: TransientCause::Service(s), .. } => Some(s),
+            Error::Transient {
+                cause: TransientCause::Service(s),
+                ..
+            } => Some(s),
             _ => None,
         }
     }

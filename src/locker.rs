@@ -185,7 +185,11 @@ impl Locker {
         options: LockerOptions,
     ) -> Result<Self, InvalidInput> {
         options.check()?;
-        Ok(Self { mutex, lock: lock.try_into()?, options })
+        Ok(Self {
+            mutex,
+            lock: lock.try_into()?,
+            options,
+        })
     }
 
     /// The lock.
@@ -211,7 +215,8 @@ impl Locker {
 
     /// Waits at most `timeout`, then [`LockError::TimedOut`].
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard, LockError> {
-        self.acquire(Limit::Until(Some(Instant::now() + timeout)), std::future::pending()).await
+        self.acquire(Limit::Until(Some(Instant::now() + timeout)), std::future::pending())
+            .await
     }
 
     /// Waits until the lock is ours or `cancel` completes ([`LockError::Cancelled`]).
@@ -223,17 +228,27 @@ impl Locker {
         timeout: Option<Duration>,
         cancel: impl Future<Output = ()>,
     ) -> Result<LockGuard, LockError> {
-        self.acquire(Limit::Until(timeout.map(|t| Instant::now() + t)), cancel).await
+        self.acquire(Limit::Until(timeout.map(|t| Instant::now() + t)), cancel)
+            .await
     }
 
     /// Acquires the lock, runs `work` while it is held, and releases it. If the lock is lost
     /// first, `work` is dropped (cancelled) and the result is [`LockError::Lost`].
-    pub async fn with_lock<T, Fut: Future<Output = T>>(&self, work: impl FnOnce(LockInfoRef) -> Fut) -> Result<T, LockError> {
+    pub async fn with_lock<T, Fut: Future<Output = T>>(
+        &self,
+        work: impl FnOnce(LockInfoRef) -> Fut,
+    ) -> Result<T, LockError> {
         let mut guard = self.lock().await?;
-        let info = LockInfoRef { lease_id: guard.lease_id(), fencing_token: guard.fencing_token() };
+        let info = LockInfoRef {
+            lease_id: guard.lease_id(),
+            fencing_token: guard.fencing_token(),
+        };
         let result = guard.run(work(info)).await;
         let released = guard.release().await;
-        let value = result.map_err(|reason| LockError::Lost { lock: self.lock.to_string(), reason })?;
+        let value = result.map_err(|reason| LockError::Lost {
+            lock: self.lock.to_string(),
+            reason,
+        })?;
         released?;
         Ok(value)
     }
@@ -250,9 +265,18 @@ impl Locker {
         self.wait(limit, cancel, Guarded).await
     }
 
-    async fn wait<H: Handout>(&self, limit: Limit, cancel: impl Future<Output = ()>, handout: H) -> Result<H::Out, LockError> {
+    async fn wait<H: Handout>(
+        &self,
+        limit: Limit,
+        cancel: impl Future<Output = ()>,
+        handout: H,
+    ) -> Result<H::Out, LockError> {
         let (tx, rx) = oneshot::channel();
-        let waiter = Waiter { mutex: self.mutex.clone(), lock: self.lock.clone(), options: self.options.clone() };
+        let waiter = Waiter {
+            mutex: self.mutex.clone(),
+            lock: self.lock.clone(),
+            options: self.options.clone(),
+        };
         // The attempts run in their own task so that dropping this future never abandons a
         // request whose lease we would not hear of: the task releases what it gets if nobody
         // is listening any more.
@@ -319,7 +343,11 @@ impl Waiter {
         }
     }
 
-    async fn attempts<T>(&self, limit: Limit, tx: &mut oneshot::Sender<Result<T, LockError>>) -> Result<Lease, LockError> {
+    async fn attempts<T>(
+        &self,
+        limit: Limit,
+        tx: &mut oneshot::Sender<Result<T, LockError>>,
+    ) -> Result<Lease, LockError> {
         let started = Instant::now();
         // One lease id for the whole wait: a retry whose first answer was lost is idempotent.
         let id = LeaseId::new_random();
@@ -328,7 +356,10 @@ impl Waiter {
         let mut pause = self.options.poll_initial;
         loop {
             let call_deadline = self.mutex.client().default_deadline();
-            let result = self.mutex.acquire_until(&self.lock, self.options.lease, id, call_deadline).await;
+            let result = self
+                .mutex
+                .acquire_until(&self.lock, self.options.lease, id, call_deadline)
+                .await;
             let failure = match result {
                 Ok(lease) => return Ok(lease),
                 Err(Error::Conflict { .. }) => {
@@ -352,7 +383,10 @@ impl Waiter {
                     self.cleanup(id, maybe_granted).await;
                     return Err(match failure {
                         Some(e) => e.into(),
-                        None => LockError::Busy { lock: self.lock.to_string(), holder },
+                        None => LockError::Busy {
+                            lock: self.lock.to_string(),
+                            holder,
+                        },
                     });
                 }
                 Limit::Until(d) => d,
@@ -369,7 +403,11 @@ impl Waiter {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.cleanup(id, maybe_granted).await;
-                return Err(LockError::TimedOut { lock: self.lock.to_string(), waited: started.elapsed(), holder });
+                return Err(LockError::TimedOut {
+                    lock: self.lock.to_string(),
+                    waited: started.elapsed(),
+                    holder,
+                });
             }
         }
     }
@@ -387,7 +425,9 @@ impl Waiter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Held; locally valid until `valid_until` (deadline minus margin; `None` = infinite).
-    Held { valid_until: Option<Instant> },
+    Held {
+        valid_until: Option<Instant>,
+    },
     Lost(LostReason),
     Released,
 }
@@ -434,7 +474,13 @@ impl LockGuard {
             state: state_rx,
             commands: Some(cmd_tx),
         };
-        let renewer = Renewer { mutex, lease, state: state_tx, every: options.renew_interval(), margin };
+        let renewer = Renewer {
+            mutex,
+            lease,
+            state: state_tx,
+            every: options.renew_interval(),
+            margin,
+        };
         tokio::spawn(renewer.run(cmd_rx));
         guard
     }
@@ -521,7 +567,9 @@ impl LockGuard {
     /// `Ok(())`. After a loss it still tries to release (the lease may be ours on the server),
     /// and reports no error.
     pub async fn release(&mut self) -> Result<(), Error> {
-        let Some(commands) = self.commands.take() else { return Ok(()) };
+        let Some(commands) = self.commands.take() else {
+            return Ok(());
+        };
         let (tx, rx) = oneshot::channel();
         if commands.send(Command::Release(Some(tx))).is_err() {
             return Ok(());

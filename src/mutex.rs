@@ -34,7 +34,10 @@ pub struct Grant {
 
 impl Grant {
     fn new(sent_at: Instant, duration: LeaseDuration) -> Self {
-        Self { sent_at, deadline: duration.as_duration().map(|d| sent_at + d) }
+        Self {
+            sent_at,
+            deadline: duration.as_duration().map(|d| sent_at + d),
+        }
     }
 }
 
@@ -53,7 +56,16 @@ impl Lease {
     /// or release it. It is not valid locally until renewed.
     pub fn resume(lock: LockName, id: LeaseId, duration: LeaseDuration) -> Self {
         let now = Instant::now();
-        Self { lock, id, duration, grant: Grant { sent_at: now, deadline: Some(now) }, fencing_token: None }
+        Self {
+            lock,
+            id,
+            duration,
+            grant: Grant {
+                sent_at: now,
+                deadline: Some(now),
+            },
+            fencing_token: None,
+        }
     }
 
     /// The lock.
@@ -319,8 +331,13 @@ impl AzureMutex {
         duration: LeaseDuration,
     ) -> Result<Lease, Error> {
         let lock = name(lock)?;
-        self.acquire_until(&lock, duration, LeaseId::new_random(), self.inner.client.default_deadline())
-            .await
+        self.acquire_until(
+            &lock,
+            duration,
+            LeaseId::new_random(),
+            self.inner.client.default_deadline(),
+        )
+        .await
     }
 
     /// Acquires `lock` proposing lease id `id`. Repeating it while the lease is ours succeeds
@@ -332,7 +349,8 @@ impl AzureMutex {
         id: LeaseId,
     ) -> Result<Lease, Error> {
         let lock = name(lock)?;
-        self.acquire_until(&lock, duration, id, self.inner.client.default_deadline()).await
+        self.acquire_until(&lock, duration, id, self.inner.client.default_deadline())
+            .await
     }
 
     /// [`AzureMutex::acquire_with_id`] with retries bounded by `deadline`.
@@ -363,7 +381,13 @@ impl AzureMutex {
         };
         self.check_returned_id(lock, &resp, id)?;
         let grant = Grant::new(resp.sent_at, duration);
-        let mut lease = Lease { lock: lock.clone(), id, duration, grant, fencing_token: None };
+        let mut lease = Lease {
+            lock: lock.clone(),
+            id,
+            duration,
+            grant,
+            fencing_token: None,
+        };
         tracing::debug!(lock = %lock, lease_id = %id, "acquired");
         if self.inner.fencing || self.inner.holder.is_some() {
             match self.stamp(lock, id, deadline).await {
@@ -388,7 +412,9 @@ impl AzureMutex {
 
     /// [`AzureMutex::renew`] with retries bounded by `deadline`.
     pub async fn renew_until(&self, lease: &mut Lease, deadline: Instant) -> Result<Grant, Error> {
-        let req = self.lease_request(&lease.lock, "renew").header("x-ms-lease-id", lease.id.to_string());
+        let req = self
+            .lease_request(&lease.lock, "renew")
+            .header("x-ms-lease-id", lease.id.to_string());
         let resp = self.inner.client.send(&req, deadline).await?;
         if resp.status != 200 {
             return Err(self.classify(&lease.lock, &resp, Op::Renew));
@@ -406,7 +432,11 @@ impl AzureMutex {
             .lease_request(&lease.lock, "change")
             .header("x-ms-lease-id", lease.id.to_string())
             .header("x-ms-proposed-lease-id", new_id.to_string());
-        let resp = self.inner.client.send(&req, self.inner.client.default_deadline()).await?;
+        let resp = self
+            .inner
+            .client
+            .send(&req, self.inner.client.default_deadline())
+            .await?;
         if resp.status != 200 {
             return Err(self.classify(&lease.lock, &resp, Op::Renew));
         }
@@ -425,7 +455,9 @@ impl AzureMutex {
 
     /// [`AzureMutex::release`] with retries bounded by `deadline`.
     pub async fn release_until(&self, lease: &Lease, deadline: Instant) -> Result<(), Error> {
-        let req = self.lease_request(&lease.lock, "release").header("x-ms-lease-id", lease.id.to_string());
+        let req = self
+            .lease_request(&lease.lock, "release")
+            .header("x-ms-lease-id", lease.id.to_string());
         let resp = self.inner.client.send(&req, deadline).await?;
         match resp.status {
             200 => Ok(()),
@@ -450,10 +482,17 @@ impl AzureMutex {
         if let Some(p) = period {
             req = req.header("x-ms-lease-break-period", p.get().to_string());
         }
-        let resp = self.inner.client.send(&req, self.inner.client.default_deadline()).await?;
+        let resp = self
+            .inner
+            .client
+            .send(&req, self.inner.client.default_deadline())
+            .await?;
         match resp.status {
             202 => {
-                let secs = resp.header("x-ms-lease-time").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                let secs = resp
+                    .header("x-ms-lease-time")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
                 Ok(Duration::from_secs(secs))
             }
             409 if resp.error().is("LeaseNotPresentWithLeaseOperation") => Ok(Duration::ZERO),
@@ -479,7 +518,10 @@ impl AzureMutex {
             });
         }
         let props = Props::from(&resp);
-        let state = resp.header("x-ms-lease-state").and_then(LeaseState::parse).unwrap_or(LeaseState::Available);
+        let state = resp
+            .header("x-ms-lease-state")
+            .and_then(LeaseState::parse)
+            .unwrap_or(LeaseState::Available);
         let locked = resp.header("x-ms-lease-status") == Some("locked");
         let duration = match resp.header("x-ms-lease-duration") {
             Some("infinite") => Some(LeaseKind::Infinite),
@@ -503,7 +545,12 @@ impl AzureMutex {
     // ---- helpers -------------------------------------------------------------------------
 
     async fn head(&self, lock: &LockName, deadline: Instant) -> Result<RestResponse, Error> {
-        let req = RestRequest::new("get-properties", Method::HEAD, self.inner.container.as_str(), Some(lock.as_str()));
+        let req = RestRequest::new(
+            "get-properties",
+            Method::HEAD,
+            self.inner.container.as_str(),
+            Some(lock.as_str()),
+        );
         let resp = self.inner.client.send(&req, deadline).await?;
         match resp.status {
             200 | 404 => Ok(resp),
@@ -523,7 +570,10 @@ impl AzureMutex {
                 Ok(())
             }
             409 if resp.error().is("ContainerAlreadyExists") => Ok(()),
-            _ => Err(Error::Unexpected { service: resp.error(), detail: "creating the container".into() }),
+            _ => Err(Error::Unexpected {
+                service: resp.error(),
+                detail: "creating the container".into(),
+            }),
         }
     }
 
@@ -534,10 +584,16 @@ impl AzureMutex {
     async fn create_blob(&self, lock: &LockName, deadline: Instant) -> Result<(), Error> {
         let mut page = self.inner.fencing;
         loop {
-            let mut req = RestRequest::new("create-blob", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
-                .header("if-none-match", "*");
+            let mut req = RestRequest::new(
+                "create-blob",
+                Method::PUT,
+                self.inner.container.as_str(),
+                Some(lock.as_str()),
+            )
+            .header("if-none-match", "*");
             req = if page {
-                req.header("x-ms-blob-type", "PageBlob").header("x-ms-blob-content-length", "0")
+                req.header("x-ms-blob-type", "PageBlob")
+                    .header("x-ms-blob-content-length", "0")
             } else {
                 req.header("x-ms-blob-type", "BlockBlob")
             };
@@ -558,7 +614,12 @@ impl AzureMutex {
                     tracing::info!(lock = %lock, error = %err, "page blobs unsupported here: using a block blob");
                     page = false;
                 }
-                _ => return Err(Error::Unexpected { service: err, detail: "creating the lock blob".into() }),
+                _ => {
+                    return Err(Error::Unexpected {
+                        service: err,
+                        detail: "creating the lock blob".into(),
+                    })
+                }
             }
         }
     }
@@ -582,7 +643,11 @@ impl AzureMutex {
         for _ in 0..3 {
             let resp = self.head(lock, deadline).await?;
             if resp.status == 404 {
-                return Err(Error::LeaseLost { lock: lock.to_string(), reason: LostReason::Deleted, service: Some(resp.error()) });
+                return Err(Error::LeaseLost {
+                    lock: lock.to_string(),
+                    reason: LostReason::Deleted,
+                    service: Some(resp.error()),
+                });
             }
             let props = Props::from(&resp);
             let page = props.page;
@@ -613,18 +678,29 @@ impl AzureMutex {
                 if let Some(p) = holder.pid {
                     metadata.insert(META_PID.into(), p.to_string());
                 }
-                let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                let since = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
                 metadata.insert(META_SINCE.into(), since.to_string());
             } else if page || !fencing {
                 return Ok(token); // fenced by the sequence number alone
             }
-            match self.set_metadata(lock, id, &metadata, etag.as_deref(), deadline).await? {
+            match self
+                .set_metadata(lock, id, &metadata, etag.as_deref(), deadline)
+                .await?
+            {
                 true => return Ok(token),
                 false => continue, // ETag moved (our own retried write, most likely): read again.
             }
         }
         Err(Error::Unexpected {
-            service: ServiceError { status: 412, code: Some("ConditionNotMet".into()), request_id: None, message: None },
+            service: ServiceError {
+                status: 412,
+                code: Some("ConditionNotMet".into()),
+                request_id: None,
+                message: None,
+            },
             detail: "the lock blob kept changing while recording the fencing token/holder".into(),
         })
     }
@@ -664,7 +740,10 @@ impl AzureMutex {
         let n = resp
             .header("x-ms-blob-sequence-number")
             .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| Error::Unexpected { service: resp.error(), detail: "no x-ms-blob-sequence-number".into() })?;
+            .ok_or_else(|| Error::Unexpected {
+                service: resp.error(),
+                detail: "no x-ms-blob-sequence-number".into(),
+            })?;
         Ok((n, resp.header("etag").map(str::to_string)))
     }
 
@@ -678,9 +757,14 @@ impl AzureMutex {
         etag: Option<&str>,
         deadline: Instant,
     ) -> Result<bool, Error> {
-        let mut req = RestRequest::new("set-metadata", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
-            .query("comp", "metadata")
-            .header("x-ms-lease-id", id.to_string());
+        let mut req = RestRequest::new(
+            "set-metadata",
+            Method::PUT,
+            self.inner.container.as_str(),
+            Some(lock.as_str()),
+        )
+        .query("comp", "metadata")
+        .header("x-ms-lease-id", id.to_string());
         if let Some(etag) = etag {
             req = req.header("if-match", etag.to_string());
         }
@@ -709,12 +793,17 @@ impl AzureMutex {
     /// Turns a failed answer into the error kind a caller decides on.
     fn classify(&self, lock: &LockName, resp: &RestResponse, op: Op) -> Error {
         let service = resp.error();
-        let lost = |reason| Error::LeaseLost { lock: lock.to_string(), reason, service: Some(service.clone()) };
+        let lost = |reason| Error::LeaseLost {
+            lock: lock.to_string(),
+            reason,
+            service: Some(service.clone()),
+        };
         let code = service.code.as_deref().unwrap_or("");
         match (resp.status, code) {
-            (409, "LeaseAlreadyPresent") | (409, "LeaseIsBreakingAndCannotBeAcquired") => {
-                Error::Conflict { lock: lock.to_string(), service }
-            }
+            (409, "LeaseAlreadyPresent") | (409, "LeaseIsBreakingAndCannotBeAcquired") => Error::Conflict {
+                lock: lock.to_string(),
+                service,
+            },
             (409, "LeaseIdMismatchWithLeaseOperation") | (412, "LeaseIdMismatchWithBlobOperation") => {
                 lost(LostReason::IdMismatch)
             }
@@ -726,11 +815,18 @@ impl AzureMutex {
                 lost(LostReason::Broken)
             }
             (404, _) if matches!(op, Op::Renew | Op::Release | Op::Write) => lost(LostReason::Deleted),
-            (404, "ContainerNotFound") => {
-                Error::NotFound { what: format!("container {:?}", self.inner.container.as_str()), service }
-            }
-            (404, _) => Error::NotFound { what: format!("lock blob {:?}", lock.as_str()), service },
-            _ => Error::Unexpected { service, detail: String::new() },
+            (404, "ContainerNotFound") => Error::NotFound {
+                what: format!("container {:?}", self.inner.container.as_str()),
+                service,
+            },
+            (404, _) => Error::NotFound {
+                what: format!("lock blob {:?}", lock.as_str()),
+                service,
+            },
+            _ => Error::Unexpected {
+                service,
+                detail: String::new(),
+            },
         }
     }
 }
@@ -781,7 +877,11 @@ impl Props {
     }
 
     fn holder(&self) -> Option<HolderInfo> {
-        let dec = |k: &str| self.metadata.get(k).map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned());
+        let dec = |k: &str| {
+            self.metadata
+                .get(k)
+                .map(|v| percent_decode_str(v).decode_utf8_lossy().into_owned())
+        };
         let since = self
             .metadata
             .get(META_SINCE)

@@ -28,7 +28,12 @@ use crate::error::{Error, InvalidInput, ServiceError, TransientCause};
 pub const DEFAULT_API_VERSION: &str = "2025-11-05";
 
 /// Characters left unencoded in a blob path: unreserved characters and `/`.
-const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~').remove(b'/');
+const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
 
 /// How transient failures are retried: capped, jittered exponential backoff.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +60,9 @@ impl RetryPolicy {
     /// The backoff before retry number `retry` (1-based): exponential, capped, with jitter in
     /// `[d/2, d]` so that clients that failed together do not retry together.
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self.initial_backoff.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
         let capped = exp.min(self.max_backoff);
         let half = capped / 2;
         half + half.mul_f64(fastrand::f64())
@@ -186,7 +193,12 @@ impl RestResponse {
 fn service_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ServiceError {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (xml_code, message) = parse_error_body(body);
-    ServiceError { status, code: h("x-ms-error-code").or(xml_code), request_id: h("x-ms-request-id"), message }
+    ServiceError {
+        status,
+        code: h("x-ms-error-code").or(xml_code),
+        request_id: h("x-ms-request-id"),
+        message,
+    }
 }
 
 /// Reads `<Error><Code>…</Code><Message>…</Message></Error>`; tolerant of empty or non-XML bodies.
@@ -241,7 +253,11 @@ impl std::fmt::Debug for BlobClient {
 
 enum Attempt {
     Done(RestResponse),
-    Retry { cause: TransientCause, throttled: Option<ServiceError>, retry_after: Option<Duration> },
+    Retry {
+        cause: TransientCause,
+        throttled: Option<ServiceError>,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl BlobClient {
@@ -304,7 +320,12 @@ impl BlobClient {
     }
 
     /// The URL of a container or blob, with `query` (and the SAS token, if any) appended.
-    pub fn url(&self, container: &str, blob: Option<&str>, query: &[(&'static str, String)]) -> Result<Url, InvalidInput> {
+    pub fn url(
+        &self,
+        container: &str,
+        blob: Option<&str>,
+        query: &[(&'static str, String)],
+    ) -> Result<Url, InvalidInput> {
         let mut s = String::with_capacity(128);
         s.push_str(self.inner.endpoint.as_str().trim_end_matches('/'));
         s.push('/');
@@ -325,7 +346,10 @@ impl BlobClient {
             s.push(sep);
             s.push_str(sas.query());
         }
-        Url::parse(&s).map_err(|e| InvalidInput::Option { option: "url", why: e.to_string() })
+        Url::parse(&s).map_err(|e| InvalidInput::Option {
+            option: "url",
+            why: e.to_string(),
+        })
     }
 
     /// Sends `req`, retrying transient failures (connection errors, timeouts, 408, 429, 500,
@@ -343,7 +367,11 @@ impl BlobClient {
             let remaining = deadline.saturating_duration_since(now);
             let timeout = self.inner.options.request_timeout.min(remaining);
             let attempt = if timeout.is_zero() {
-                Attempt::Retry { cause: TransientCause::Timeout, throttled: None, retry_after: None }
+                Attempt::Retry {
+                    cause: TransientCause::Timeout,
+                    throttled: None,
+                    retry_after: None,
+                }
             } else {
                 self.attempt(req, &url, &client_request_id, timeout, attempts).await?
             };
@@ -351,13 +379,25 @@ impl BlobClient {
                 Attempt::Done(mut resp) => {
                     resp.attempts = attempts;
                     if resp.status == 401 || resp.status == 403 {
-                        return Err(Error::Auth { service: Some(resp.error()), detail: String::new() });
+                        return Err(Error::Auth {
+                            service: Some(resp.error()),
+                            detail: String::new(),
+                        });
                     }
                     return Ok(resp);
                 }
-                Attempt::Retry { cause, throttled, retry_after } => (cause, throttled, retry_after),
+                Attempt::Retry {
+                    cause,
+                    throttled,
+                    retry_after,
+                } => (cause, throttled, retry_after),
             };
-            let wait = self.inner.options.retry.backoff(attempts).max(retry_after.unwrap_or_default());
+            let wait = self
+                .inner
+                .options
+                .retry
+                .backoff(attempts)
+                .max(retry_after.unwrap_or_default());
             if Instant::now() + wait >= deadline {
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
                 return Err(match throttled {
@@ -389,18 +429,32 @@ impl BlobClient {
             Ok(())
         };
         put(&mut headers, HeaderName::from_static("x-ms-date"), &date)?;
-        put(&mut headers, HeaderName::from_static("x-ms-version"), &self.inner.options.api_version)?;
-        put(&mut headers, HeaderName::from_static("x-ms-client-request-id"), client_request_id)?;
+        put(
+            &mut headers,
+            HeaderName::from_static("x-ms-version"),
+            &self.inner.options.api_version,
+        )?;
+        put(
+            &mut headers,
+            HeaderName::from_static("x-ms-client-request-id"),
+            client_request_id,
+        )?;
         for (name, value) in &req.headers {
             put(&mut headers, name.clone(), value)?;
         }
         if req.method == Method::PUT || !req.body.is_empty() {
-            put(&mut headers, reqwest::header::CONTENT_LENGTH, &req.body.len().to_string())?;
+            put(
+                &mut headers,
+                reqwest::header::CONTENT_LENGTH,
+                &req.body.len().to_string(),
+            )?;
         }
         match &self.inner.credential {
             Credential::SharedKey { account, key } => {
-                let pairs: Vec<(&str, &str)> =
-                    headers.iter().filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))).collect();
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+                    .collect();
                 let auth = signer::authorization(req.method.as_str(), url, pairs.iter().copied(), account, key);
                 put(&mut headers, AUTHORIZATION, &auth)?;
             }
@@ -433,7 +487,11 @@ impl BlobClient {
                     TransientCause::Network(error_chain(&e.without_url()))
                 };
                 tracing::debug!(op = req.op, attempt, cause = %cause, "request failed");
-                return Ok(Attempt::Retry { cause, throttled: None, retry_after: None });
+                return Ok(Attempt::Retry {
+                    cause,
+                    throttled: None,
+                    retry_after: None,
+                });
             }
         };
         let status = response.status().as_u16();
@@ -446,15 +504,25 @@ impl BlobClient {
                 } else {
                     TransientCause::Network(error_chain(&e.without_url()))
                 };
-                return Ok(Attempt::Retry { cause, throttled: None, retry_after: None });
+                return Ok(Attempt::Retry {
+                    cause,
+                    throttled: None,
+                    retry_after: None,
+                });
             }
         };
         tracing::debug!(
             op = req.op,
             attempt,
             status,
-            request_id = headers.get("x-ms-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
-            error_code = headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            request_id = headers
+                .get("x-ms-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            error_code = headers
+                .get("x-ms-error-code")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
             elapsed_ms = sent_at.elapsed().as_millis() as u64,
             "response"
         );
@@ -466,9 +534,19 @@ impl BlobClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_retry_after);
                 let throttled = (status == 503 || status == 429).then(|| service.clone());
-                Ok(Attempt::Retry { cause: TransientCause::Service(service), throttled, retry_after })
+                Ok(Attempt::Retry {
+                    cause: TransientCause::Service(service),
+                    throttled,
+                    retry_after,
+                })
             }
-            _ => Ok(Attempt::Done(RestResponse { status, headers, sent_at, attempts: attempt, body })),
+            _ => Ok(Attempt::Done(RestResponse {
+                status,
+                headers,
+                sent_at,
+                attempts: attempt,
+                body,
+            })),
         }
     }
 }
@@ -478,7 +556,9 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    httpdate::parse_http_date(v).ok().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+    httpdate::parse_http_date(v)
+        .ok()
+        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 /// An error and its sources on one line (reqwest hides the useful part in the sources).
@@ -527,7 +607,9 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
         )
         .unwrap();
         let c = BlobClient::new(&cfg, ClientOptions::default()).unwrap();
-        let url = c.url("locks", Some("nightly job/é"), &[("comp", "lease".into())]).unwrap();
+        let url = c
+            .url("locks", Some("nightly job/é"), &[("comp", "lease".into())])
+            .unwrap();
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:10000/devstoreaccount1/locks/nightly%20job/%C3%A9?comp=lease&sv=1&sig=a%2Bb"

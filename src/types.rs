@@ -19,7 +19,10 @@ impl LockName {
     /// Checks a lock name.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidInput> {
         let name = name.into();
-        let bad = |why: &str| InvalidInput::LockName { name: name.clone(), why: why.to_string() };
+        let bad = |why: &str| InvalidInput::LockName {
+            name: name.clone(),
+            why: why.to_string(),
+        };
         if name.is_empty() {
             return Err(bad("it is empty"));
         }
@@ -30,7 +33,9 @@ impl LockName {
             return Err(bad("it contains a control character or `\\`"));
         }
         if name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-            return Err(bad("it has an empty, `.` or `..` path segment (leading, trailing or double `/`)"));
+            return Err(bad(
+                "it has an empty, `.` or `..` path segment (leading, trailing or double `/`)",
+            ));
         }
         if name.ends_with('.') {
             return Err(bad("it ends with `.`"));
@@ -96,7 +101,8 @@ impl ContainerName {
         let name = name.into();
         let b = name.as_bytes();
         let ok = (3..=63).contains(&b.len())
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
             && !name.contains("--");
@@ -226,7 +232,9 @@ impl LeaseId {
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
         uuid::Uuid::parse_str(s.trim())
             .map(Self)
-            .map_err(|_| InvalidInput::LeaseId { value: s.chars().take(64).collect() })
+            .map_err(|_| InvalidInput::LeaseId {
+                value: s.chars().take(64).collect(),
+            })
     }
 }
 
@@ -258,8 +266,22 @@ mod tests {
         for ok in ["a", "jobs/nightly", "ünï cødé", "x.y", &"a".repeat(1024)] {
             LockName::new(ok).unwrap();
         }
-        for bad in ["", "/a", "a/", "a//b", "a/./b", "..", "a.", "a\\b", "a\nb", &"a".repeat(1025)] {
-            assert!(matches!(LockName::new(bad), Err(InvalidInput::LockName { .. })), "{bad:?}");
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "a/./b",
+            "..",
+            "a.",
+            "a\\b",
+            "a\nb",
+            &"a".repeat(1025),
+        ] {
+            assert!(
+                matches!(LockName::new(bad), Err(InvalidInput::LockName { .. })),
+                "{bad:?}"
+            );
         }
         for ok in ["abc", "a-b-c", "azmutex", &"a".repeat(63)] {
             ContainerName::new(ok).unwrap();

@@ -43,11 +43,17 @@ fn runs_never_overlap_and_no_wait_exits_75() {
     let dir = std::env::temp_dir().join(common::unique("azmutex-cli"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("log");
-    let script = format!("echo start $(date +%s%N) >> {0}; sleep 1; echo end $(date +%s%N) >> {0}", log.display());
+    let script = format!(
+        "echo start $(date +%s%N) >> {0}; sleep 1; echo end $(date +%s%N) >> {0}",
+        log.display()
+    );
     let children: Vec<_> = (0..3)
         .map(|_| {
             let mut cmd = azmutex(&c);
-            cmd.args(["-q", "run", "job", "--", "sh", "-c", &script]).stdin(Stdio::null()).spawn().unwrap()
+            cmd.args(["-q", "run", "job", "--", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for mut child in children {
@@ -63,7 +69,11 @@ fn runs_never_overlap_and_no_wait_exits_75() {
 
     // --no-wait while another holds the lock: 75, command not run.
     let mut holder = azmutex(&c);
-    let mut holder = holder.args(["-q", "run", "job", "--", "sleep", "4"]).stdin(Stdio::null()).spawn().unwrap();
+    let mut holder = holder
+        .args(["-q", "run", "job", "--", "sleep", "4"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_until_leased(&c, "job");
     let marker = dir.join("marker");
     let mut cmd = azmutex(&c);
@@ -73,7 +83,16 @@ fn runs_never_overlap_and_no_wait_exits_75() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("busy"));
     assert!(!marker.exists());
     let mut cmd = azmutex(&c);
-    cmd.args(["-q", "run", "job", "--no-wait", "--conflict-exit-code", "9", "--", "true"]);
+    cmd.args([
+        "-q",
+        "run",
+        "job",
+        "--no-wait",
+        "--conflict-exit-code",
+        "9",
+        "--",
+        "true",
+    ]);
     assert_eq!(output(cmd).status.code(), Some(9));
     let mut cmd = azmutex(&c);
     cmd.args(["-q", "run", "job", "--wait", "1s", "--", "true"]);
@@ -129,14 +148,26 @@ fn a_broken_lease_stops_the_command_and_exits_70() {
     let c = common::unique("cli-break");
     // The command ignores SIGTERM, so the SIGKILL after the grace period is exercised too.
     let mut cmd = azmutex(&c);
-    cmd.args(["run", "job", "--lease", "15", "--kill-grace", "2s", "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.2; done"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "run",
+        "job",
+        "--lease",
+        "15",
+        "--kill-grace",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 0.2; done",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     wait_until_leased(&c, "job");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(common::mutex(&c).break_lease("job", Some(BreakPeriod::NOW))).unwrap();
+    rt.block_on(common::mutex(&c).break_lease("job", Some(BreakPeriod::NOW)))
+        .unwrap();
     let broke = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = broke.elapsed();
@@ -151,12 +182,20 @@ fn a_broken_lease_stops_the_command_and_exits_70() {
 fn sigterm_stops_the_command_and_releases_the_lock() {
     let c = common::unique("cli-term");
     let mut cmd = azmutex(&c);
-    let child = cmd.args(["-q", "run", "job", "--lease", "60", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
+    let child = cmd
+        .args(["-q", "run", "job", "--lease", "60", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_until_leased(&c, "job");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(128 + 15), "the child's death by SIGTERM is passed on");
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "the child's death by SIGTERM is passed on"
+    );
     // Released: another process gets it at once.
     let mut cmd = azmutex(&c);
     cmd.args(["-q", "run", "job", "--no-wait", "--", "true"]);
@@ -175,16 +214,27 @@ fn configuration_and_connection_errors_have_their_exit_codes_and_no_secrets() {
     };
     // Wrong key: 77.
     let mut cmd = azmutex(&c);
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", format!("AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}", common::service().endpoint));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        format!(
+            "AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}",
+            common::service().endpoint
+        ),
+    );
     cmd.args(["run", "job", "--", "true"]);
     check(&output(cmd), 77);
     // Malformed connection string: 78.
     let mut cmd = azmutex(&c);
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", format!("AccountName=devstoreaccount1;AccountKey={wrong};Protocol=ftp"));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        format!("AccountName=devstoreaccount1;AccountKey={wrong};Protocol=ftp"),
+    );
     cmd.args(["status", "job"]);
     check(&output(cmd), 78);
     let mut cmd = azmutex(&c);
-    cmd.env_remove("AZURE_STORAGE_CONNECTION_STRING").env("AZURE_STORAGE_ACCOUNT", "acct").env("AZURE_STORAGE_KEY", "%%%");
+    cmd.env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .env("AZURE_STORAGE_ACCOUNT", "acct")
+        .env("AZURE_STORAGE_KEY", "%%%");
     cmd.args(["status", "job"]);
     check(&output(cmd), 78);
     // Unreachable endpoint: 69, in bounded time.
@@ -192,7 +242,12 @@ fn configuration_and_connection_errors_have_their_exit_codes_and_no_secrets() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let mut cmd = azmutex(&c);
-    cmd.env("AZURE_STORAGE_CONNECTION_STRING", format!("AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1"));
+    cmd.env(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        format!(
+            "AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1"
+        ),
+    );
     cmd.args(["--timeout", "2s", "run", "job", "--", "true"]);
     let started = Instant::now();
     check(&output(cmd), 69);
@@ -213,8 +268,16 @@ fn configuration_and_connection_errors_have_their_exit_codes_and_no_secrets() {
 fn status_json_reflects_a_lease_held_by_another_client() {
     let c = common::unique("cli-status");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let holder = azmutex::Holder { owner: Some("nightly \"report\"".into()), host: Some("etl-3".into()), pid: Some(77) };
-    let m = azmutex::AzureMutex::builder(common::config(), &c).fencing(true).holder(holder).build().unwrap();
+    let holder = azmutex::Holder {
+        owner: Some("nightly \"report\"".into()),
+        host: Some("etl-3".into()),
+        pid: Some(77),
+    };
+    let m = azmutex::AzureMutex::builder(common::config(), &c)
+        .fencing(true)
+        .holder(holder)
+        .build()
+        .unwrap();
     let lease = rt.block_on(m.acquire("report", LeaseDuration::Infinite)).unwrap();
 
     let mut cmd = azmutex(&c);
@@ -250,7 +313,11 @@ fn status_json_reflects_a_lease_held_by_another_client() {
     assert!(output(cmd).status.success());
     let mut cmd = azmutex(&c);
     cmd.args(["release", "report", "--lease-id", &id]);
-    assert_eq!(output(cmd).status.code(), Some(70), "releasing a lease we no longer hold");
+    assert_eq!(
+        output(cmd).status.code(),
+        Some(70),
+        "releasing a lease we no longer hold"
+    );
     let mut cmd = azmutex(&c);
     cmd.args(["status", "report", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&output(cmd).stdout).unwrap();

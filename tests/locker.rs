@@ -72,7 +72,9 @@ async fn eight_tasks_never_overlap() {
 #[tokio::test]
 #[ignore]
 async fn worker_process() {
-    let Ok(dir) = std::env::var("AZMUTEX_WORKER_DIR") else { return };
+    let Ok(dir) = std::env::var("AZMUTEX_WORKER_DIR") else {
+        return;
+    };
     let dir = std::path::PathBuf::from(dir);
     let container = std::env::var("AZMUTEX_WORKER_CONTAINER").unwrap();
     let locker = locker(&container, "counter", 15);
@@ -114,7 +116,11 @@ fn four_processes_never_overlap() {
     for mut child in children {
         assert!(child.wait().unwrap().success(), "a worker process failed");
     }
-    let count: u64 = std::fs::read_to_string(dir.join("counter")).unwrap().trim().parse().unwrap();
+    let count: u64 = std::fs::read_to_string(dir.join("counter"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(count, 100);
     let mut spans = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -139,7 +145,12 @@ async fn renewal_holds_a_15s_lease_for_60s() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(guard.is_held(), "lost after {:?}: {:?}", started.elapsed(), guard.lost_reason());
+        assert!(
+            guard.is_held(),
+            "lost after {:?}: {:?}",
+            started.elapsed(),
+            guard.lost_reason()
+        );
         let err = other.acquire("job", LeaseDuration::MIN).await.unwrap_err();
         assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
     }
@@ -151,28 +162,47 @@ async fn a_broken_lease_fires_the_lost_signal_within_one_renewal_interval() {
     let c = common::unique("broken");
     let guard = locker(&c, "job", 15).lock().await.unwrap();
     let lost = guard.lost();
-    common::mutex(&c).break_lease("job", Some(BreakPeriod::NOW)).await.unwrap();
+    common::mutex(&c)
+        .break_lease("job", Some(BreakPeriod::NOW))
+        .await
+        .unwrap();
     let broke_at = Instant::now();
-    let reason = tokio::time::timeout(Duration::from_secs(6), lost).await.expect("lost signal within 5 s + slack");
+    let reason = tokio::time::timeout(Duration::from_secs(6), lost)
+        .await
+        .expect("lost signal within 5 s + slack");
     assert_eq!(reason, LostReason::Broken);
     assert!(!guard.is_held());
     assert!(broke_at.elapsed() <= Duration::from_secs(6));
 }
 
 fn config_via(addr: SocketAddr) -> StorageConfig {
-    let cs = format!("AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1", common::DEV_KEY);
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1",
+        common::DEV_KEY
+    );
     StorageConfig::parse_connection_string(&cs).unwrap()
 }
 
 #[tokio::test]
 async fn an_outage_fires_the_lost_signal_before_anyone_else_can_acquire() {
     let c = common::unique("outage");
-    let azurite: SocketAddr = format!("127.0.0.1:{}", common::service().port.unwrap()).parse().unwrap();
+    let azurite: SocketAddr = format!("127.0.0.1:{}", common::service().port.unwrap())
+        .parse()
+        .unwrap();
     let proxy = Proxy::start(azurite);
-    let mut client = azmutex::ClientOptions::default();
-    client.request_timeout = Duration::from_secs(2);
-    let mutex = AzureMutex::builder(config_via(proxy.addr), &c).client_options(client).build().unwrap();
-    let guard = Locker::with_options(mutex, "job", options(15)).unwrap().lock().await.unwrap();
+    let client = azmutex::ClientOptions {
+        request_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let mutex = AzureMutex::builder(config_via(proxy.addr), &c)
+        .client_options(client)
+        .build()
+        .unwrap();
+    let guard = Locker::with_options(mutex, "job", options(15))
+        .unwrap()
+        .lock()
+        .await
+        .unwrap();
     let lost = guard.lost();
     let outage = Instant::now();
     proxy.drop_traffic();
@@ -188,15 +218,25 @@ async fn an_outage_fires_the_lost_signal_before_anyone_else_can_acquire() {
             }
         }
     });
-    let reason = tokio::time::timeout(Duration::from_secs(20), lost).await.expect("lost signal");
+    let reason = tokio::time::timeout(Duration::from_secs(20), lost)
+        .await
+        .expect("lost signal");
     let lost_at = Instant::now();
     assert_eq!(reason, LostReason::Expired);
     assert!(!guard.is_held());
     // The last renewal was sent before the outage: loss is declared no later than that send
     // time + 15 s (the local deadline), so no later than outage + 15 s.
-    assert!(lost_at - outage <= Duration::from_secs(15), "declared after {:?}", lost_at - outage);
+    assert!(
+        lost_at - outage <= Duration::from_secs(15),
+        "declared after {:?}",
+        lost_at - outage
+    );
     let (got_at, _lease) = contender.await.unwrap();
-    assert!(got_at > lost_at, "another client got the lock {:?} before loss was declared", lost_at - got_at);
+    assert!(
+        got_at > lost_at,
+        "another client got the lock {:?} before loss was declared",
+        lost_at - got_at
+    );
     proxy.heal();
 }
 
@@ -223,7 +263,10 @@ async fn try_lock_and_timeouts_report_busy() {
     let err = waiter.lock_timeout(Duration::from_secs(2)).await.unwrap_err();
     assert!(matches!(err, LockError::TimedOut { .. }), "{err:?}");
     assert!(started.elapsed() >= Duration::from_secs(2));
-    let err = waiter.lock_until(None, tokio::time::sleep(Duration::from_millis(300))).await.unwrap_err();
+    let err = waiter
+        .lock_until(None, tokio::time::sleep(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LockError::Cancelled { .. }), "{err:?}");
 }
 
@@ -237,13 +280,15 @@ async fn cancelled_waits_leave_no_lease_behind() {
         // Cancel at varied moments around the release, so some cancellations land while an
         // acquire is in flight or has just succeeded.
         let wait = tokio::spawn(async move {
-            waiter.lock_until(None, tokio::time::sleep(Duration::from_millis(200 + 7 * i))).await
+            waiter
+                .lock_until(None, tokio::time::sleep(Duration::from_millis(200 + 7 * i)))
+                .await
         });
         tokio::time::sleep(Duration::from_millis(190)).await;
         held.release().await.unwrap();
         let result = wait.await.unwrap();
         drop(result); // a guard that made it out is dropped too
-        // Whatever happened, the lock comes free promptly (well before a 15 s expiry).
+                      // Whatever happened, the lock comes free promptly (well before a 15 s expiry).
         let started = Instant::now();
         loop {
             match m.acquire("job", LeaseDuration::MIN).await {
@@ -273,7 +318,16 @@ async fn with_lock_cancels_work_on_loss() {
             "finished"
         })
         .await;
-    assert!(matches!(result, Err(LockError::Lost { reason: LostReason::Broken, .. })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(LockError::Lost {
+                reason: LostReason::Broken,
+                ..
+            })
+        ),
+        "{result:?}"
+    );
     let ok = l.with_lock(|_| async { 7 }).await.unwrap();
     assert_eq!(ok, 7);
 }
@@ -281,11 +335,24 @@ async fn with_lock_cancels_work_on_loss() {
 #[tokio::test]
 async fn permanent_errors_end_the_wait_at_once() {
     let wrong = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
-    let cs = format!("AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}", common::service().endpoint);
-    let m = AzureMutex::builder(StorageConfig::parse_connection_string(&cs).unwrap(), "perm").build().unwrap();
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}",
+        common::service().endpoint
+    );
+    let m = AzureMutex::builder(StorageConfig::parse_connection_string(&cs).unwrap(), "perm")
+        .build()
+        .unwrap();
     let l = Locker::new(m.clone(), "job").unwrap();
     let err = l.lock().await.unwrap_err();
     assert!(matches!(err, LockError::Storage(Error::Auth { .. })), "{err:?}");
     assert_eq!(m.client().requests_sent(), 1);
-    assert!(Locker::with_options(m, "job", LockerOptions { renew_every: Some(Duration::from_secs(29)), ..LockerOptions::default() }).is_err());
+    assert!(Locker::with_options(
+        m,
+        "job",
+        LockerOptions {
+            renew_every: Some(Duration::from_secs(29)),
+            ..LockerOptions::default()
+        }
+    )
+    .is_err());
 }

@@ -18,7 +18,12 @@ fn secs(n: u64) -> LeaseDuration {
 }
 
 fn azurite_addr() -> SocketAddr {
-    format!("127.0.0.1:{}", common::service().port.expect("these tests need the local Azurite")).parse().unwrap()
+    format!(
+        "127.0.0.1:{}",
+        common::service().port.expect("these tests need the local Azurite")
+    )
+    .parse()
+    .unwrap()
 }
 
 fn config_via(addr: SocketAddr) -> StorageConfig {
@@ -32,8 +37,15 @@ fn config_via(addr: SocketAddr) -> StorageConfig {
 /// A second, independent client: a bare reqwest request authorized by an account SAS made by
 /// the Python SDK (no code of ours on the request path).
 async fn raw_lease(container: &str, blob: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let url = format!("{}/{container}/{blob}?comp=lease&{}", common::service().endpoint, common::sas("account_sas_rwdlac"));
-    let mut req = reqwest::Client::new().put(url).header("x-ms-version", "2025-11-05").header("content-length", "0");
+    let url = format!(
+        "{}/{container}/{blob}?comp=lease&{}",
+        common::service().endpoint,
+        common::sas("account_sas_rwdlac")
+    );
+    let mut req = reqwest::Client::new()
+        .put(url)
+        .header("x-ms-version", "2025-11-05")
+        .header("content-length", "0");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -71,9 +83,27 @@ async fn lease_operations_behave_as_documented() {
     // Wrong ids: renew and release report a lost lease.
     let mut wrong = azmutex::Lease::resume(lease.lock().clone(), LeaseId::new_random(), secs(20));
     let err = b.renew(&mut wrong).await.unwrap_err();
-    assert!(matches!(err, Error::LeaseLost { reason: LostReason::IdMismatch, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: LostReason::IdMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let err = b.release(&wrong).await.unwrap_err();
-    assert!(matches!(err, Error::LeaseLost { reason: LostReason::IdMismatch, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: LostReason::IdMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // Inspect sees it leased.
     let info = b.inspect("job").await.unwrap();
@@ -104,11 +134,23 @@ async fn lease_operations_behave_as_documented() {
     assert_eq!(a.inspect("job").await.unwrap().state, LeaseState::Broken);
     let mut broken = other.clone();
     let err = b.renew(&mut broken).await.unwrap_err();
-    assert!(matches!(err, Error::LeaseLost { reason: LostReason::Broken, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: LostReason::Broken,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     a.acquire("job", secs(15)).await.unwrap();
 
     // Break with a period: breaking, still locked; lease time reported.
-    let left = a.break_lease("job", Some(BreakPeriod::seconds(10).unwrap())).await.unwrap();
+    let left = a
+        .break_lease("job", Some(BreakPeriod::seconds(10).unwrap()))
+        .await
+        .unwrap();
     assert!(left > Duration::ZERO && left <= Duration::from_secs(10), "{left:?}");
     let info = a.inspect("job").await.unwrap();
     assert_eq!(info.state, LeaseState::Breaking);
@@ -189,12 +231,20 @@ async fn put_block_blob(client: &BlobClient, container: &str, blob: &str, body: 
 
 async fn get_blob(client: &BlobClient, container: &str, blob: &str) -> (Vec<u8>, BTreeMap<String, String>) {
     let get = RestRequest::new("get", Method::GET, container, Some(blob));
-    let r = client.send(&get, Instant::now() + Duration::from_secs(10)).await.unwrap();
+    let r = client
+        .send(&get, Instant::now() + Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     let meta = r
         .headers
         .iter()
-        .filter_map(|(n, v)| Some((n.as_str().strip_prefix("x-ms-meta-")?.to_string(), v.to_str().ok()?.to_string())))
+        .filter_map(|(n, v)| {
+            Some((
+                n.as_str().strip_prefix("x-ms-meta-")?.to_string(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
         .collect();
     (r.body().to_vec(), meta)
 }
@@ -207,7 +257,11 @@ async fn existing_blob_content_and_metadata_survive() {
 
     let m = AzureMutex::builder(common::config(), &c)
         .fencing(true)
-        .holder(Holder { owner: Some("deploy job #7".into()), host: Some("build-01".into()), pid: Some(4242) })
+        .holder(Holder {
+            owner: Some("deploy job #7".into()),
+            host: Some("build-01".into()),
+            pid: Some(4242),
+        })
         .build()
         .unwrap();
     let mut tokens = Vec::new();
@@ -263,7 +317,10 @@ async fn fencing_tokens_strictly_increase_across_mutexes() {
         last = lease.fencing_token().unwrap();
         m.release(&lease).await.unwrap();
     }
-    assert_eq!(common::mutex(&c).inspect("job").await.unwrap().fencing_token, Some(last));
+    assert_eq!(
+        common::mutex(&c).inspect("job").await.unwrap().fencing_token,
+        Some(last)
+    );
 }
 
 #[tokio::test]
@@ -273,15 +330,38 @@ async fn a_second_client_and_ours_exclude_each_other() {
     // Ours first: the second client's acquire is refused.
     let lease = m.acquire("job", secs(15)).await.unwrap();
     let other_id = LeaseId::new_random().to_string();
-    let r = raw_lease(&c, "job", &[("x-ms-lease-action", "acquire"), ("x-ms-lease-duration", "15"), ("x-ms-proposed-lease-id", &other_id)]).await;
+    let r = raw_lease(
+        &c,
+        "job",
+        &[
+            ("x-ms-lease-action", "acquire"),
+            ("x-ms-lease-duration", "15"),
+            ("x-ms-proposed-lease-id", &other_id),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 409);
     m.release(&lease).await.unwrap();
     // Theirs first: ours is refused, with the service's code kept.
-    let r = raw_lease(&c, "job", &[("x-ms-lease-action", "acquire"), ("x-ms-lease-duration", "15"), ("x-ms-proposed-lease-id", &other_id)]).await;
+    let r = raw_lease(
+        &c,
+        "job",
+        &[
+            ("x-ms-lease-action", "acquire"),
+            ("x-ms-lease-duration", "15"),
+            ("x-ms-proposed-lease-id", &other_id),
+        ],
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let err = m.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
-    let r = raw_lease(&c, "job", &[("x-ms-lease-action", "release"), ("x-ms-lease-id", &other_id)]).await;
+    let r = raw_lease(
+        &c,
+        "job",
+        &[("x-ms-lease-action", "release"), ("x-ms-lease-id", &other_id)],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     m.release(&m.acquire("job", secs(15)).await.unwrap()).await.unwrap();
 }
@@ -289,11 +369,19 @@ async fn a_second_client_and_ours_exclude_each_other() {
 #[tokio::test]
 async fn lost_answers_are_handled_idempotently() {
     let c = common::unique("lost");
-    common::mutex(&c).release(&common::mutex(&c).acquire("job", secs(15)).await.unwrap()).await.unwrap();
+    common::mutex(&c)
+        .release(&common::mutex(&c).acquire("job", secs(15)).await.unwrap())
+        .await
+        .unwrap();
     let proxy = Proxy::start(azurite_addr());
-    let mut options = ClientOptions::default();
-    options.request_timeout = Duration::from_millis(700);
-    let m = AzureMutex::builder(config_via(proxy.addr), &c).client_options(options).build().unwrap();
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(700),
+        ..Default::default()
+    };
+    let m = AzureMutex::builder(config_via(proxy.addr), &c)
+        .client_options(options)
+        .build()
+        .unwrap();
 
     // Acquire whose answer is lost: the retry with the same proposed id succeeds.
     proxy.drop_responses();
@@ -322,7 +410,10 @@ async fn lost_answers_are_handled_idempotently() {
     let n = m.client().requests_sent();
     m.release(&lease).await.unwrap();
     assert!(m.client().requests_sent() - n >= 2, "the release was retried");
-    assert_eq!(common::mutex(&c).inspect("job").await.unwrap().state, LeaseState::Available);
+    assert_eq!(
+        common::mutex(&c).inspect("job").await.unwrap().state,
+        LeaseState::Available
+    );
 }
 
 #[tokio::test]
@@ -344,7 +435,10 @@ async fn every_error_kind() {
     assert_eq!(m.client().requests_sent(), 0);
 
     // NotFound: container missing and creation not allowed.
-    let no_create = AzureMutex::builder(common::config(), common::unique("absent")).create_container(false).build().unwrap();
+    let no_create = AzureMutex::builder(common::config(), common::unique("absent"))
+        .create_container(false)
+        .build()
+        .unwrap();
     let err = no_create.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert_eq!(err.status(), Some(404));
@@ -352,23 +446,44 @@ async fn every_error_kind() {
 
     // Conflict and LeaseLost.
     let lease = m.acquire("job", secs(15)).await.unwrap();
-    assert!(matches!(common::mutex(&c).acquire("job", secs(15)).await, Err(Error::Conflict { .. })));
+    assert!(matches!(
+        common::mutex(&c).acquire("job", secs(15)).await,
+        Err(Error::Conflict { .. })
+    ));
     let mut wrong = azmutex::Lease::resume(lease.lock().clone(), LeaseId::new_random(), secs(15));
     assert!(matches!(m.renew(&mut wrong).await, Err(Error::LeaseLost { .. })));
 
     // LeaseLost because the blob was deleted (break, then delete it).
     m.break_lease("job", Some(BreakPeriod::NOW)).await.unwrap();
     let del = RestRequest::new("delete", Method::DELETE, &c, Some("job"));
-    let r = m.client().send(&del, Instant::now() + Duration::from_secs(5)).await.unwrap();
+    let r = m
+        .client()
+        .send(&del, Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(r.status, 202);
     let mut gone = lease.clone();
     let err = m.renew(&mut gone).await.unwrap_err();
-    assert!(matches!(err, Error::LeaseLost { reason: LostReason::Deleted, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::LeaseLost {
+                reason: LostReason::Deleted,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
     // Auth.
     let wrong_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
-    let cs = format!("AccountName=devstoreaccount1;AccountKey={wrong_key};BlobEndpoint={}", common::service().endpoint);
-    let bad = AzureMutex::builder(StorageConfig::parse_connection_string(&cs).unwrap(), &c).build().unwrap();
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={wrong_key};BlobEndpoint={}",
+        common::service().endpoint
+    );
+    let bad = AzureMutex::builder(StorageConfig::parse_connection_string(&cs).unwrap(), &c)
+        .build()
+        .unwrap();
     let err = bad.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert_eq!(err.status(), Some(403));
@@ -376,9 +491,14 @@ async fn every_error_kind() {
     assert!(!format!("{err:?}{err}").contains("AAECAwQF"));
 
     // Unexpected: a version the service does not accept (400 InvalidHeaderValue).
-    let mut options = ClientOptions::default();
-    options.api_version = "2099-01-01".into();
-    let odd = AzureMutex::builder(common::config(), &c).client_options(options).build().unwrap();
+    let options = ClientOptions {
+        api_version: "2099-01-01".into(),
+        ..Default::default()
+    };
+    let odd = AzureMutex::builder(common::config(), &c)
+        .client_options(options)
+        .build()
+        .unwrap();
     let err = odd.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Unexpected { .. }), "{err:?}");
     assert_eq!(err.status(), Some(400));
@@ -386,7 +506,10 @@ async fn every_error_kind() {
     // Throttled: 503 ServerBusy with Retry-After until the call deadline.
     let mut options = ClientOptions::default();
     options.retry.call_timeout = Duration::from_millis(2500);
-    let busy = AzureMutex::builder(config_via(busy_server()), &c).client_options(options.clone()).build().unwrap();
+    let busy = AzureMutex::builder(config_via(busy_server()), &c)
+        .client_options(options.clone())
+        .build()
+        .unwrap();
     let err = busy.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Throttled { .. }), "{err:?}");
     assert_eq!(err.error_code(), Some("ServerBusy"));
@@ -398,7 +521,10 @@ async fn every_error_kind() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = listener.local_addr().unwrap();
     drop(listener);
-    let down = AzureMutex::builder(config_via(dead), &c).client_options(options).build().unwrap();
+    let down = AzureMutex::builder(config_via(dead), &c)
+        .client_options(options)
+        .build()
+        .unwrap();
     let err = down.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Transient { .. }), "{err:?}");
     assert!(err.is_transient());

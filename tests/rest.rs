@@ -55,9 +55,17 @@ async fn sas_requests_are_accepted() {
 #[tokio::test]
 async fn wrong_key_is_a_typed_auth_error_without_retries() {
     let wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==";
-    let cs = format!("AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}", common::service().endpoint);
-    let client = BlobClient::new(&StorageConfig::parse_connection_string(&cs).unwrap(), ClientOptions::default()).unwrap();
-    let req = RestRequest::new("create-container", Method::PUT, &common::unique("wk"), None).query("restype", "container");
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={wrong};BlobEndpoint={}",
+        common::service().endpoint
+    );
+    let client = BlobClient::new(
+        &StorageConfig::parse_connection_string(&cs).unwrap(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let req =
+        RestRequest::new("create-container", Method::PUT, &common::unique("wk"), None).query("restype", "container");
     let err = client.send(&req, deadline()).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert_eq!(err.status(), Some(403));
@@ -75,8 +83,13 @@ async fn read_only_sas_cannot_write() {
         common::service().endpoint,
         common::sas("account_sas_read_only")
     );
-    let client = BlobClient::new(&StorageConfig::parse_connection_string(&cs).unwrap(), ClientOptions::default()).unwrap();
-    let req = RestRequest::new("create-container", Method::PUT, &common::unique("ro"), None).query("restype", "container");
+    let client = BlobClient::new(
+        &StorageConfig::parse_connection_string(&cs).unwrap(),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let req =
+        RestRequest::new("create-container", Method::PUT, &common::unique("ro"), None).query("restype", "container");
     let err = client.send(&req, deadline()).await.unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
     assert_eq!(err.status(), Some(403));
@@ -95,7 +108,11 @@ impl TokenProvider for FailingProvider {
 
 #[tokio::test]
 async fn failing_token_provider_is_an_auth_error() {
-    let cfg = StorageConfig::new(&common::service().endpoint, Credential::Bearer(std::sync::Arc::new(FailingProvider))).unwrap();
+    let cfg = StorageConfig::new(
+        &common::service().endpoint,
+        Credential::Bearer(std::sync::Arc::new(FailingProvider)),
+    )
+    .unwrap();
     let client = BlobClient::new(&cfg, ClientOptions::default()).unwrap();
     let req = RestRequest::new("head", Method::HEAD, "c", Some("b"));
     let err = client.send(&req, deadline()).await.unwrap_err();
@@ -109,10 +126,20 @@ async fn unreachable_endpoint_gives_up_at_the_deadline() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let cs = format!("AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1", common::DEV_KEY);
-    let client = BlobClient::new(&StorageConfig::parse_connection_string(&cs).unwrap(), ClientOptions::default()).unwrap();
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1",
+        common::DEV_KEY
+    );
+    let client = BlobClient::new(
+        &StorageConfig::parse_connection_string(&cs).unwrap(),
+        ClientOptions::default(),
+    )
+    .unwrap();
     let req = RestRequest::new("head", Method::HEAD, "c", Some("b"));
-    let err = client.send(&req, Instant::now() + Duration::from_secs(2)).await.unwrap_err();
+    let err = client
+        .send(&req, Instant::now() + Duration::from_secs(2))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Transient { .. }), "{err:?}");
     assert!(err.is_transient());
     assert!(client.requests_sent() > 1, "connection errors are retried");

@@ -203,7 +203,10 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let key = AccountKey::from_base64(KEY).unwrap();
-        let cred = Credential::SharedKey { account: "a".into(), key };
+        let cred = Credential::SharedKey {
+            account: "a".into(),
+            key,
+        };
         let dbg = format!("{cred:?}");
         assert!(!dbg.contains("Eby8"), "{dbg}");
         let sas = SasToken::parse("?sv=2025-11-05&sp=rw&sig=abc%2Fdef").unwrap();

@@ -157,8 +157,7 @@ mod tests {
     }
 
     fn vectors() -> Vec<Vector> {
-        let json: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/vectors/sharedkey.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(include_str!("../../tests/vectors/sharedkey.json")).unwrap();
         json["vectors"]
             .as_array()
             .unwrap()
@@ -187,8 +186,7 @@ mod tests {
         assert!(vectors.len() >= 5);
         for v in vectors {
             let url = Url::parse(&v.url).unwrap();
-            let headers: Vec<(&str, &str)> =
-                v.headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let headers: Vec<(&str, &str)> = v.headers.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
             let sts = string_to_sign(&v.method, &url, headers.iter().copied(), &v.account);
             assert_eq!(sts, v.string_to_sign, "string-to-sign of vector {:?}", v.name);
             let key = AccountKey::from_base64(&v.key).unwrap();
@@ -205,8 +203,14 @@ mod tests {
         assert!(any(&|v| v.url.contains("/devstoreaccount1/")), "path-style");
         assert!(any(&|v| v.url.matches("include=").count() > 1), "repeated query");
         assert!(any(&|v| v.url.contains("Comp=")), "mixed-case query");
-        assert!(any(&|v| v.headers.iter().any(|(n, x)| n == "Content-Length" && x == "0")));
-        assert!(any(&|v| v.headers.iter().any(|(n, x)| n == "Content-Length" && x != "0")));
+        assert!(any(&|v| v
+            .headers
+            .iter()
+            .any(|(n, x)| n == "Content-Length" && x == "0")));
+        assert!(any(&|v| v
+            .headers
+            .iter()
+            .any(|(n, x)| n == "Content-Length" && x != "0")));
         assert!(any(&|v| v.headers.iter().any(|(n, _)| n.starts_with("x-ms-meta-"))));
     }
 

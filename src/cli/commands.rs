@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use azmutex::{BreakPeriod, LeaseDuration, LeaseId, LeaseKind, Lease, LockName, Locker, LockerOptions};
+use azmutex::{BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions};
 use clap::Args;
 
 use super::output::{json_str, parse_duration, rfc3339, wall_clock};
@@ -93,8 +93,13 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
     let lease = match args.wait {
         None => mutex.acquire(&lock, lease_duration).await?,
         Some(wait) => {
-            let options = LockerOptions { lease: lease_duration, ..LockerOptions::default() };
-            Locker::with_options(mutex, &lock, options)?.lock_detached(Some(wait)).await?
+            let options = LockerOptions {
+                lease: lease_duration,
+                ..LockerOptions::default()
+            };
+            Locker::with_options(mutex, &lock, options)?
+                .lock_detached(Some(wait))
+                .await?
         }
     };
     print_lease(&lease, args.json);
@@ -114,7 +119,11 @@ pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
 }
 
 fn resume(args: &LeaseArgs) -> Result<Lease, Failure> {
-    Ok(Lease::resume(LockName::new(args.lock.as_str())?, LeaseId::parse(&args.lease_id)?, LeaseDuration::seconds(args.lease)?))
+    Ok(Lease::resume(
+        LockName::new(args.lock.as_str())?,
+        LeaseId::parse(&args.lease_id)?,
+        LeaseDuration::seconds(args.lease)?,
+    ))
 }
 
 pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use azmutex::{
-    AccountKey, AzureMutex, ClientOptions, ConfigError, Credential, Error, Holder, InvalidInput, LockError,
-    SasToken, StorageConfig,
+    AccountKey, AzureMutex, ClientOptions, ConfigError, Credential, Error, Holder, InvalidInput, LockError, SasToken,
+    StorageConfig,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -118,7 +118,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -147,9 +150,10 @@ impl From<Error> for Failure {
                 exit::AUTH,
                 "check the account key or SAS token (permissions r,w,c; not expired) and this machine's clock",
             ),
-            Error::Transient { .. } | Error::Throttled { .. } => {
-                (exit::UNAVAILABLE, "check the endpoint URL, network and proxy settings, or raise --timeout")
-            }
+            Error::Transient { .. } | Error::Throttled { .. } => (
+                exit::UNAVAILABLE,
+                "check the endpoint URL, network and proxy settings, or raise --timeout",
+            ),
             Error::Conflict { .. } => (exit::BUSY, "someone else holds the lock; see `azmutex status`"),
             Error::LeaseLost { .. } => (exit::LOST, "the lease is no longer ours"),
             Error::InvalidInput(i) => return Failure::from(i.clone()),
@@ -184,7 +188,11 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("azmutex: cannot start the async runtime: {e}");
@@ -211,12 +219,20 @@ fn init_logging(verbose: u8) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     let config = storage_config(&cli.conn, cli.quiet)?;
-    let ctx = Context { config, conn: cli.conn, quiet: cli.quiet };
+    let ctx = Context {
+        config,
+        conn: cli.conn,
+        quiet: cli.quiet,
+    };
     match cli.command {
         Command::Run(args) => run::run(&ctx, args).await,
         Command::Acquire(args) => commands::acquire(&ctx, args).await,
@@ -241,12 +257,16 @@ impl Context {
         options.retry.call_timeout = self.conn.timeout;
         if let Some(path) = &self.conn.ca_cert {
             let pem = std::fs::read(path).map_err(|e| {
-                Failure::new(exit::CONFIG, format!("cannot read CA certificate {}: {e}", path.display()))
+                Failure::new(
+                    exit::CONFIG,
+                    format!("cannot read CA certificate {}: {e}", path.display()),
+                )
             })?;
             options.ca_certificates_pem.push(pem);
         }
-        let mut builder =
-            AzureMutex::builder(self.config.clone(), &self.conn.container).client_options(options).fencing(fencing);
+        let mut builder = AzureMutex::builder(self.config.clone(), &self.conn.container)
+            .client_options(options)
+            .fencing(fencing);
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }
@@ -260,20 +280,29 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
     }
     let credential = match (&conn.account_key, &conn.sas_token) {
         (Some(_), Some(_)) => {
-            return Err(ConfigError::Conflict { a: "AZURE_STORAGE_KEY", b: "AZURE_STORAGE_SAS_TOKEN" }.into())
+            return Err(ConfigError::Conflict {
+                a: "AZURE_STORAGE_KEY",
+                b: "AZURE_STORAGE_SAS_TOKEN",
+            }
+            .into())
         }
         (Some(key), None) => {
             let account = conn.account_name.clone().ok_or(ConfigError::Missing {
                 key: "AZURE_STORAGE_ACCOUNT",
                 why: "--account-key needs --account-name (or AZURE_STORAGE_ACCOUNT)",
             })?;
-            let key = AccountKey::from_base64(key)
-                .map_err(|source| ConfigError::InvalidKey { key: "AZURE_STORAGE_KEY", source })?;
+            let key = AccountKey::from_base64(key).map_err(|source| ConfigError::InvalidKey {
+                key: "AZURE_STORAGE_KEY",
+                source,
+            })?;
             Some(Credential::SharedKey { account, key })
         }
-        (None, Some(sas)) => Some(Credential::Sas(
-            SasToken::parse(sas).map_err(|source| ConfigError::InvalidSas { key: "AZURE_STORAGE_SAS_TOKEN", source })?,
-        )),
+        (None, Some(sas)) => Some(Credential::Sas(SasToken::parse(sas).map_err(|source| {
+            ConfigError::InvalidSas {
+                key: "AZURE_STORAGE_SAS_TOKEN",
+                source,
+            }
+        })?)),
         (None, None) => None,
     };
     let url = match (&conn.account_url, &conn.account_name) {
@@ -282,14 +311,13 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
         (None, None) => None,
     };
     match (url, credential) {
-        (Some(url), Some(credential)) => {
-            StorageConfig::new(&url, credential).map_err(|e| match e {
-                ConfigError::InvalidValue { reason, .. } => {
-                    Failure::new(exit::CONFIG, format!("invalid configuration: --account-url is invalid: {reason}"))
-                }
-                other => other.into(),
-            })
-        }
+        (Some(url), Some(credential)) => StorageConfig::new(&url, credential).map_err(|e| match e {
+            ConfigError::InvalidValue { reason, .. } => Failure::new(
+                exit::CONFIG,
+                format!("invalid configuration: --account-url is invalid: {reason}"),
+            ),
+            other => other.into(),
+        }),
         (Some(_), None) => Err(ConfigError::Missing {
             key: "AZURE_STORAGE_KEY",
             why: "give --account-key or --sas-token (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)",

@@ -42,7 +42,11 @@ pub struct RunArgs {
 
 /// This process as a lock holder.
 pub fn holder(owner: Option<String>) -> Holder {
-    Holder { owner, host: hostname(), pid: Some(std::process::id()) }
+    Holder {
+        owner,
+        host: hostname(),
+        pid: Some(std::process::id()),
+    }
 }
 
 fn hostname() -> Option<String> {
@@ -65,7 +69,11 @@ struct Signals {
 impl Signals {
     fn new() -> Result<Self, Failure> {
         let make = |k| signal(k).map_err(|e| Failure::new(exit::OTHER, format!("cannot handle signals: {e}")));
-        Ok(Self { term: make(SignalKind::terminate())?, int: make(SignalKind::interrupt())?, hup: make(SignalKind::hangup())? })
+        Ok(Self {
+            term: make(SignalKind::terminate())?,
+            int: make(SignalKind::interrupt())?,
+            hup: make(SignalKind::hangup())?,
+        })
     }
 
     /// The next of SIGTERM, SIGINT, SIGHUP.
@@ -80,7 +88,11 @@ impl Signals {
 
 fn describe_holder(info: &azmutex::LockInfo) -> String {
     let Some(h) = &info.holder else {
-        return if info.locked { " (holder not recorded)".into() } else { String::new() };
+        return if info.locked {
+            " (holder not recorded)".into()
+        } else {
+            String::new()
+        };
     };
     let mut parts = Vec::new();
     if let Some(o) = &h.holder.owner {
@@ -105,7 +117,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
         cmd.join(" ").chars().take(200).collect()
     });
     let mutex = ctx.mutex(true, Some(holder(Some(owner))))?;
-    let options = LockerOptions { lease, report_holder: false, ..LockerOptions::default() };
+    let options = LockerOptions {
+        lease,
+        report_holder: false,
+        ..LockerOptions::default()
+    };
     let locker = Locker::with_options(mutex.clone(), args.lock.as_str(), options)?;
     let mut signals = Signals::new()?;
 
@@ -133,7 +149,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
                 Ok(g) => g,
                 Err(LockError::TimedOut { waited, .. }) => {
                     if !ctx.quiet {
-                        eprintln!("azmutex: gave up waiting for lock {:?} after {:.1}s", args.lock, waited.as_secs_f64());
+                        eprintln!(
+                            "azmutex: gave up waiting for lock {:?} after {:.1}s",
+                            args.lock,
+                            waited.as_secs_f64()
+                        );
                     }
                     return Ok(args.conflict_exit_code);
                 }
@@ -156,13 +176,20 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
         .args(&args.command[1..])
         .env("AZMUTEX_LOCK", &args.lock)
         .env("AZMUTEX_LEASE_ID", guard.lease_id().to_string())
-        .env("AZMUTEX_FENCING_TOKEN", guard.fencing_token().map(|t| t.to_string()).unwrap_or_default())
+        .env(
+            "AZMUTEX_FENCING_TOKEN",
+            guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
+        )
         .spawn();
     let child = match child {
         Ok(c) => c,
         Err(e) => {
             let _ = guard.release().await;
-            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
             return Err(Failure::new(code, format!("cannot run {:?}: {e}", args.command[0])));
         }
     };
@@ -211,7 +238,10 @@ async fn stop_on_loss(
     }
     if tokio::time::timeout(args.kill_grace, child.wait()).await.is_err() {
         if !ctx.quiet {
-            eprintln!("azmutex: the command did not stop within {:?}; killing it", args.kill_grace);
+            eprintln!(
+                "azmutex: the command did not stop within {:?}; killing it",
+                args.kill_grace
+            );
         }
         let _ = child.kill().await;
     }

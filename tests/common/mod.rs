@@ -39,7 +39,12 @@ pub fn service() -> &'static Service {
     SERVICE.get_or_init(|| {
         if let Ok(cs) = std::env::var("AZMUTEX_TEST_CONNECTION_STRING") {
             let cfg = StorageConfig::parse_connection_string(&cs).expect("AZMUTEX_TEST_CONNECTION_STRING");
-            return Service { endpoint: cfg.endpoint.to_string(), connection_string: cs, port: None, _child: None };
+            return Service {
+                endpoint: cfg.endpoint.to_string(),
+                connection_string: cs,
+                port: None,
+                _child: None,
+            };
         }
         start_azurite()
     })
@@ -92,7 +97,12 @@ kill -9 $pid 2>/dev/null"#;
     let connection_string = format!(
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint={endpoint};"
     );
-    Service { endpoint, connection_string, port: Some(port), _child: Some(child) }
+    Service {
+        endpoint,
+        connection_string,
+        port: Some(port),
+        _child: Some(child),
+    }
 }
 
 pub fn config() -> StorageConfig {
@@ -102,7 +112,12 @@ pub fn config() -> StorageConfig {
 /// A container name no other test uses.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), fastrand::u32(..) % 100_000)
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        fastrand::u32(..) % 100_000
+    )
 }
 
 pub fn fast_options() -> ClientOptions {
@@ -112,7 +127,10 @@ pub fn fast_options() -> ClientOptions {
 }
 
 pub fn mutex(container: &str) -> AzureMutex {
-    AzureMutex::builder(config(), container).client_options(fast_options()).build().unwrap()
+    AzureMutex::builder(config(), container)
+        .client_options(fast_options())
+        .build()
+        .unwrap()
 }
 
 pub fn sas(name: &str) -> String {

@@ -23,16 +23,23 @@ impl Proxy {
         let flag = dropping.clone();
         let rflag = dropping_responses.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 loop {
-                    let Ok((client, _)) = listener.accept().await else { return };
+                    let Ok((client, _)) = listener.accept().await else {
+                        return;
+                    };
                     let flag = flag.clone();
                     let rflag = rflag.clone();
                     tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else { return };
+                        let Ok(server) = TcpStream::connect(target).await else {
+                            return;
+                        };
                         let (cr, cw) = client.into_split();
                         let (sr, sw) = server.into_split();
                         tokio::spawn(pipe(cr, sw, flag.clone(), None));
@@ -41,7 +48,11 @@ impl Proxy {
                 }
             });
         });
-        Proxy { addr: rx.recv().unwrap(), dropping, dropping_responses }
+        Proxy {
+            addr: rx.recv().unwrap(),
+            dropping,
+            dropping_responses,
+        }
     }
 
     /// Drops every byte from now on, in both directions, on old and new connections.
@@ -87,7 +98,10 @@ async fn pipe(
 pub fn busy_server() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
