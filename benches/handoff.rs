@@ -1,6 +1,8 @@
 //! Hand-off with 8 waiters on one lock: the delay from a holder starting its release to the
 //! next holder's successful acquire (p50, p99), and the request rate per waiter, with the
-//! default `LockerOptions` (poll 100 ms doubling ×1.5 up to 1 s, jittered).
+//! default `LockerOptions` (first pause 100 ms, ×1.5 up to 1 s, each jittered to 50–100 %).
+//! Each waiter holds the lock 200 ms, then does 2 s of other work (longer than the longest poll
+//! pause) before contending again, so hand-offs go to tasks that were already waiting.
 //!
 //!     cargo bench --bench handoff
 //!
@@ -23,12 +25,12 @@ async fn main() {
     let waiters = 8;
     let rounds_each = 8;
     let hold = Duration::from_millis(200);
-    let last_release: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let last_release: Arc<Mutex<Option<(usize, Instant)>>> = Arc::new(Mutex::new(None));
     let delays = Arc::new(Mutex::new(Vec::new()));
     let mut mutexes = Vec::new();
     let mut tasks = Vec::new();
     let started = Instant::now();
-    for _ in 0..waiters {
+    for me in 0..waiters {
         let mutex = AzureMutex::builder(common::config(), &container).build().unwrap();
         mutexes.push(mutex.clone());
         let options = LockerOptions {
@@ -41,12 +43,16 @@ async fn main() {
             for _ in 0..rounds_each {
                 let mut guard = locker.lock().await.unwrap();
                 let acquired = Instant::now();
-                if let Some(released) = last_release.lock().unwrap().take() {
-                    delays.lock().unwrap().push(acquired - released);
+                let previous = last_release.lock().unwrap().take();
+                if let Some((who, released)) = previous {
+                    if who != me {
+                        delays.lock().unwrap().push(acquired - released);
+                    }
                 }
                 tokio::time::sleep(hold).await;
-                *last_release.lock().unwrap() = Some(Instant::now());
+                *last_release.lock().unwrap() = Some((me, Instant::now()));
                 guard.release().await.unwrap();
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }));
     }

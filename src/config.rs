@@ -261,40 +261,7 @@ impl StorageConfig {
                 })
             }
         };
-        let credential = match (key, sas) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    a: "AccountKey",
-                    b: "SharedAccessSignature",
-                })
-            }
-            (Some(k), None) => {
-                let account = match account {
-                    Some(a) => a.to_string(),
-                    None => {
-                        return Err(ConfigError::Missing {
-                            key: "AccountName",
-                            why: "SharedKey signing with `AccountKey` needs the account name",
-                        })
-                    }
-                };
-                let key = AccountKey::from_base64(k).map_err(|source| ConfigError::InvalidKey {
-                    key: "AccountKey",
-                    source,
-                })?;
-                Credential::SharedKey { account, key }
-            }
-            (None, Some(s)) => Credential::Sas(SasToken::parse(s).map_err(|source| ConfigError::InvalidSas {
-                key: "SharedAccessSignature",
-                source,
-            })?),
-            (None, None) => {
-                return Err(ConfigError::Missing {
-                    key: "AccountKey",
-                    why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`",
-                })
-            }
-        };
+        let credential = credential(&CONNECTION_STRING_NAMES, account, key, sas)?;
         Ok(Self {
             endpoint,
             credential,
@@ -335,36 +302,7 @@ impl StorageConfig {
                 })
             }
         };
-        let credential = match (key, sas) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Conflict {
-                    a: "AZURE_STORAGE_KEY",
-                    b: "AZURE_STORAGE_SAS_TOKEN",
-                })
-            }
-            (Some(k), None) => {
-                let account = account.ok_or(ConfigError::Missing {
-                    key: "AZURE_STORAGE_ACCOUNT",
-                    why: "SharedKey signing with `AZURE_STORAGE_KEY` needs the account name",
-                })?;
-                check_account_name("AZURE_STORAGE_ACCOUNT", &account)?;
-                let key = AccountKey::from_base64(&k).map_err(|source| ConfigError::InvalidKey {
-                    key: "AZURE_STORAGE_KEY",
-                    source,
-                })?;
-                Credential::SharedKey { account, key }
-            }
-            (None, Some(s)) => Credential::Sas(SasToken::parse(&s).map_err(|source| ConfigError::InvalidSas {
-                key: "AZURE_STORAGE_SAS_TOKEN",
-                source,
-            })?),
-            (None, None) => {
-                return Err(ConfigError::Missing {
-                    key: "AZURE_STORAGE_KEY",
-                    why: "`AZURE_STORAGE_ACCOUNT` needs `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN`",
-                })
-            }
-        };
+        let credential = credential(&ENV_NAMES, account.as_deref(), key.as_deref(), sas.as_deref())?;
         Ok(Some(Self {
             endpoint,
             credential,
@@ -385,6 +323,61 @@ impl StorageConfig {
     /// Whether this is the well-known development storage account.
     pub fn is_development(&self) -> bool {
         matches!(&self.credential, Credential::SharedKey { account, .. } if account == DEV_ACCOUNT)
+    }
+}
+
+/// What the account, key and SAS settings are called where they came from, for error messages.
+struct Names {
+    account: &'static str,
+    key: &'static str,
+    sas: &'static str,
+}
+
+const CONNECTION_STRING_NAMES: Names = Names {
+    account: "AccountName",
+    key: "AccountKey",
+    sas: "SharedAccessSignature",
+};
+const ENV_NAMES: Names = Names {
+    account: "AZURE_STORAGE_ACCOUNT",
+    key: "AZURE_STORAGE_KEY",
+    sas: "AZURE_STORAGE_SAS_TOKEN",
+};
+
+/// The credential from an account name, key and SAS token: exactly one of key and SAS.
+fn credential(
+    names: &Names,
+    account: Option<&str>,
+    key: Option<&str>,
+    sas: Option<&str>,
+) -> Result<Credential, ConfigError> {
+    match (key, sas) {
+        (Some(_), Some(_)) => Err(ConfigError::Conflict {
+            a: names.key,
+            b: names.sas,
+        }),
+        (Some(key), None) => {
+            let account = account.ok_or(ConfigError::Missing {
+                key: names.account,
+                why: "SharedKey signing with an account key needs the account name",
+            })?;
+            check_account_name(names.account, account)?;
+            let key =
+                AccountKey::from_base64(key).map_err(|source| ConfigError::InvalidKey { key: names.key, source })?;
+            Ok(Credential::SharedKey {
+                account: account.to_string(),
+                key,
+            })
+        }
+        (None, Some(sas)) => {
+            Ok(Credential::Sas(SasToken::parse(sas).map_err(|source| {
+                ConfigError::InvalidSas { key: names.sas, source }
+            })?))
+        }
+        (None, None) => Err(ConfigError::Missing {
+            key: names.key,
+            why: "a lock needs write access: give an account key or a SAS token",
+        }),
     }
 }
 
@@ -552,7 +545,7 @@ mod tests {
                 "AccountName=acct".into(),
                 Missing {
                     key: "AccountKey",
-                    why: "a lock needs write access: give `AccountKey` or `SharedAccessSignature`",
+                    why: "a lock needs write access: give an account key or a SAS token",
                 },
             ),
             (
@@ -623,7 +616,7 @@ mod tests {
                 format!("BlobEndpoint=https://x;AccountKey={secret}"),
                 Missing {
                     key: "AccountName",
-                    why: "SharedKey signing with `AccountKey` needs the account name",
+                    why: "SharedKey signing with an account key needs the account name",
                 },
             ),
         ];

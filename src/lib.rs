@@ -67,3 +67,8 @@ pub use locker::{LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo};
 pub use rest::{BlobClient, ClientOptions, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
+
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

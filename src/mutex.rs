@@ -321,7 +321,8 @@ impl AzureMutex {
             .header("x-ms-lease-action", action)
     }
 
-    /// Acquires `lock` for `duration` under a fresh random lease id.
+    /// Acquires `lock` for `duration` under a fresh random lease id
+    /// ([Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob), `x-ms-lease-action: acquire`).
     ///
     /// Creates the container (if allowed) and an empty lock blob when missing; never
     /// overwrites an existing blob. [`Error::Conflict`] when someone else holds the lock.
@@ -404,7 +405,7 @@ impl AzureMutex {
         Ok(lease)
     }
 
-    /// Renews `lease` (one request) and updates its grant. A lost lease is
+    /// Renews `lease` (one [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request, `renew`) and updates its grant. A lost lease is
     /// [`Error::LeaseLost`]; the returned id is checked against ours.
     pub async fn renew(&self, lease: &mut Lease) -> Result<Grant, Error> {
         self.renew_until(lease, self.inner.client.default_deadline()).await
@@ -425,7 +426,7 @@ impl AzureMutex {
         Ok(lease.grant)
     }
 
-    /// Changes the lease id of `lease` to `new_id` (one request). The lease clock is not
+    /// Changes the lease id of `lease` to `new_id` (one [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request, `change`). The lease clock is not
     /// restarted. Safe to retry.
     pub async fn change(&self, lease: &mut Lease, new_id: LeaseId) -> Result<(), Error> {
         let req = self
@@ -445,7 +446,7 @@ impl AzureMutex {
         Ok(())
     }
 
-    /// Releases `lease` (one request): the lock is free at once.
+    /// Releases `lease` (one [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request, `release`): the lock is free at once.
     ///
     /// If the request had to be retried and the retry is told the id does not match, the first
     /// attempt released it: that counts as released.
@@ -469,7 +470,7 @@ impl AzureMutex {
         }
     }
 
-    /// Breaks whatever lease is on `lock`; no lease id needed. Returns how long until the lock is
+    /// Breaks whatever lease is on `lock` ([Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob), `break`); no lease id needed. Returns how long until the lock is
     /// free (zero: free now; also when there was no lease). `period` `None` lets a fixed lease run
     /// out and breaks an infinite one at once.
     pub async fn break_lease(
@@ -500,7 +501,9 @@ impl AzureMutex {
         }
     }
 
-    /// Reads the lock's lease state, holder and fencing token (one HEAD request).
+    /// Reads the lock's lease state, holder and fencing token (one
+    /// [Get Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/get-blob-properties)
+    /// request).
     pub async fn inspect(&self, lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockInfo, Error> {
         let lock = name(lock)?;
         let resp = self.head(&lock, self.inner.client.default_deadline()).await?;
@@ -544,6 +547,8 @@ impl AzureMutex {
 
     // ---- helpers -------------------------------------------------------------------------
 
+    /// [Get Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/get-blob-properties)
+    /// (HEAD); a 404 is an answer, not an error.
     async fn head(&self, lock: &LockName, deadline: Instant) -> Result<RestResponse, Error> {
         let req = RestRequest::new(
             "get-properties",

@@ -186,9 +186,14 @@ fn config_via(addr: SocketAddr) -> StorageConfig {
 #[tokio::test]
 async fn an_outage_fires_the_lost_signal_before_anyone_else_can_acquire() {
     let c = common::unique("outage");
-    let azurite: SocketAddr = format!("127.0.0.1:{}", common::service().port.unwrap())
-        .parse()
-        .unwrap();
+    let azurite: SocketAddr = format!(
+        "127.0.0.1:{}",
+        common::service()
+            .port
+            .expect("this test needs the local Azurite (unset AZMUTEX_TEST_CONNECTION_STRING)")
+    )
+    .parse()
+    .unwrap();
     let proxy = Proxy::start(azurite);
     let client = azmutex::ClientOptions {
         request_timeout: Duration::from_secs(2),

@@ -8,10 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use azmutex::{
-    AccountKey, AzureMutex, ClientOptions, ConfigError, Credential, Error, Holder, InvalidInput, LockError, SasToken,
-    StorageConfig,
-};
+use azmutex::{AzureMutex, ClientOptions, ConfigError, Error, Holder, InvalidInput, LockError, StorageConfig};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit codes (sysexits.h), documented in `--help` and the README.
@@ -71,7 +68,7 @@ pub struct Connection {
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, global = true)]
     pub connection_string: Option<String>,
     /// Blob endpoint URL (Azure Stack, custom domains, emulators), e.g. https://acct.blob.local.azurestack.external
-    #[arg(long, global = true)]
+    #[arg(long, env = "AZURE_STORAGE_SERVICE_ENDPOINT", global = true)]
     pub account_url: Option<String>,
     /// Storage account name.
     #[arg(long, env = "AZURE_STORAGE_ACCOUNT", global = true)]
@@ -274,61 +271,37 @@ impl Context {
     }
 }
 
+/// The storage configuration from the flags, which clap has already merged with their
+/// environment variables: the same rules as [`StorageConfig::from_vars`], else development storage.
 fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
-    if let Some(cs) = &conn.connection_string {
-        return Ok(StorageConfig::parse_connection_string(cs)?);
-    }
-    let credential = match (&conn.account_key, &conn.sas_token) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::Conflict {
-                a: "AZURE_STORAGE_KEY",
-                b: "AZURE_STORAGE_SAS_TOKEN",
-            }
-            .into())
+    let config = StorageConfig::from_vars(|name| {
+        match name {
+            "AZURE_STORAGE_CONNECTION_STRING" => &conn.connection_string,
+            "AZURE_STORAGE_ACCOUNT" => &conn.account_name,
+            "AZURE_STORAGE_KEY" => &conn.account_key,
+            "AZURE_STORAGE_SAS_TOKEN" => &conn.sas_token,
+            "AZURE_STORAGE_SERVICE_ENDPOINT" => &conn.account_url,
+            _ => &None,
         }
-        (Some(key), None) => {
-            let account = conn.account_name.clone().ok_or(ConfigError::Missing {
-                key: "AZURE_STORAGE_ACCOUNT",
-                why: "--account-key needs --account-name (or AZURE_STORAGE_ACCOUNT)",
-            })?;
-            let key = AccountKey::from_base64(key).map_err(|source| ConfigError::InvalidKey {
-                key: "AZURE_STORAGE_KEY",
-                source,
-            })?;
-            Some(Credential::SharedKey { account, key })
+        .clone()
+        .filter(|v| !v.is_empty())
+    })
+    .map_err(|e| {
+        let mut f = Failure::from(e);
+        for (var, flag) in [
+            ("AZURE_STORAGE_CONNECTION_STRING", "--connection-string"),
+            ("AZURE_STORAGE_ACCOUNT", "--account-name"),
+            ("AZURE_STORAGE_KEY", "--account-key"),
+            ("AZURE_STORAGE_SAS_TOKEN", "--sas-token"),
+            ("AZURE_STORAGE_SERVICE_ENDPOINT", "--account-url"),
+        ] {
+            f.message = f.message.replace(&format!("`{var}`"), &format!("`{flag}`/`{var}`"));
         }
-        (None, Some(sas)) => Some(Credential::Sas(SasToken::parse(sas).map_err(|source| {
-            ConfigError::InvalidSas {
-                key: "AZURE_STORAGE_SAS_TOKEN",
-                source,
-            }
-        })?)),
-        (None, None) => None,
-    };
-    let url = match (&conn.account_url, &conn.account_name) {
-        (Some(url), _) => Some(url.clone()),
-        (None, Some(name)) => Some(format!("https://{name}.blob.core.windows.net")),
-        (None, None) => None,
-    };
-    match (url, credential) {
-        (Some(url), Some(credential)) => StorageConfig::new(&url, credential).map_err(|e| match e {
-            ConfigError::InvalidValue { reason, .. } => Failure::new(
-                exit::CONFIG,
-                format!("invalid configuration: --account-url is invalid: {reason}"),
-            ),
-            other => other.into(),
-        }),
-        (Some(_), None) => Err(ConfigError::Missing {
-            key: "AZURE_STORAGE_KEY",
-            why: "give --account-key or --sas-token (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)",
-        }
-        .into()),
-        (None, Some(_)) => Err(ConfigError::Missing {
-            key: "AZURE_STORAGE_ACCOUNT",
-            why: "give --account-name or --account-url",
-        }
-        .into()),
-        (None, None) => {
+        f
+    })?;
+    match config {
+        Some(config) => Ok(config),
+        None => {
             if !quiet {
                 eprintln!(
                     "azmutex: no storage configured; using local development storage \

@@ -46,11 +46,13 @@ pub fn service() -> &'static Service {
                 _child: None,
             };
         }
-        start_azurite()
+        start_azurite("http", &[])
     })
 }
 
-fn start_azurite() -> Service {
+/// Starts a separate Azurite with `extra` arguments (e.g. `--cert`/`--key` for HTTPS, in which
+/// case `scheme` is `https` and the endpoint host is `localhost`).
+pub fn start_azurite(scheme: &str, extra: &[&str]) -> Service {
     let main = repo_root().join("tools/azurite/node_modules/azurite/dist/src/blob/main.js");
     if !main.exists() {
         panic!(
@@ -62,7 +64,7 @@ fn start_azurite() -> Service {
     }
     // `sh` keeps Azurite tied to this process: when the test process exits, the pipe on sh's
     // stdin closes, `read` returns and Azurite is killed (in-memory, so nothing is lost).
-    let script = r#"node "$0" --blobHost 127.0.0.1 --blobPort 0 --inMemoryPersistence --silent --disableTelemetry --extentMemoryLimit 256 </dev/null &
+    let script = r#"node "$0" --blobHost 127.0.0.1 --blobPort 0 --inMemoryPersistence --silent --disableTelemetry --extentMemoryLimit 256 "$@" </dev/null &
 pid=$!
 read _unused
 kill -9 $pid 2>/dev/null"#;
@@ -70,6 +72,7 @@ kill -9 $pid 2>/dev/null"#;
         .arg("-c")
         .arg(script)
         .arg(&main)
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -82,7 +85,11 @@ kill -9 $pid 2>/dev/null"#;
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             if !sent {
-                if let Some(rest) = line.split("successfully listens on http://127.0.0.1:").nth(1) {
+                if let Some(rest) = line
+                    .split("successfully listens on ")
+                    .nth(1)
+                    .and_then(|r| r.rsplit(':').next())
+                {
                     let port: u16 = rest.trim().parse().expect("Azurite port");
                     let _ = tx.send(port);
                     sent = true;
@@ -93,7 +100,8 @@ kill -9 $pid 2>/dev/null"#;
     let port = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| panic!("Azurite did not report its port within 60 s (is `node` on PATH?)"));
-    let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+    let host = if scheme == "https" { "localhost" } else { "127.0.0.1" };
+    let endpoint = format!("{scheme}://{host}:{port}/devstoreaccount1");
     let connection_string = format!(
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint={endpoint};"
     );
