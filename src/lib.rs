@@ -63,7 +63,7 @@ pub mod types;
 pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider};
 pub use config::{ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
-pub use locker::{LockError, LockGuard, Locker, LockerOptions};
+pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo};
 pub use rest::{BlobClient, ClientOptions, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};

@@ -8,13 +8,13 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::sleep_until;
 
 use crate::error::{Error, InvalidInput, LostReason};
-use crate::mutex::{AzureMutex, HolderInfo, Lease};
+use crate::mutex::{AzureMutex, Grant, HolderInfo, Lease};
 use crate::types::{LeaseDuration, LeaseId, LockName};
 
 /// How a [`Locker`] acquires and renews.
@@ -236,10 +236,10 @@ impl Locker {
     /// first, `work` is dropped (cancelled) and the result is [`LockError::Lost`].
     pub async fn with_lock<T, Fut: Future<Output = T>>(
         &self,
-        work: impl FnOnce(LockInfoRef) -> Fut,
+        work: impl FnOnce(LeaseInfo) -> Fut,
     ) -> Result<T, LockError> {
         let mut guard = self.lock().await?;
-        let info = LockInfoRef {
+        let info = LeaseInfo {
             lease_id: guard.lease_id(),
             fencing_token: guard.fencing_token(),
         };
@@ -290,7 +290,7 @@ impl Locker {
 
 /// The lease id and fencing token handed to [`Locker::with_lock`]'s work.
 #[derive(Debug, Clone, Copy)]
-pub struct LockInfoRef {
+pub struct LeaseInfo {
     /// The lease id.
     pub lease_id: LeaseId,
     /// The fencing token, when fencing is on.
@@ -424,9 +424,10 @@ impl Waiter {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Held; locally valid until `valid_until` (deadline minus margin; `None` = infinite).
+    /// Held under this grant, valid until its deadlines minus `margin` on both clocks.
     Held {
-        valid_until: Option<Instant>,
+        grant: Grant,
+        margin: Duration,
     },
     Lost(LostReason),
     Released,
@@ -464,8 +465,10 @@ impl fmt::Debug for LockGuard {
 impl LockGuard {
     fn start(mutex: AzureMutex, lease: Lease, options: &LockerOptions) -> Self {
         let margin = options.safety_margin;
-        let valid_until = lease.deadline().map(|d| d - margin);
-        let (state_tx, state_rx) = watch::channel(State::Held { valid_until });
+        let (state_tx, state_rx) = watch::channel(State::Held {
+            grant: lease.grant(),
+            margin,
+        });
         let (cmd_tx, cmd_rx) = oneshot::channel();
         let guard = Self {
             lock: lease.lock().clone(),
@@ -504,7 +507,7 @@ impl LockGuard {
     /// Cheap (no I/O).
     pub fn is_held(&self) -> bool {
         match *self.state.borrow() {
-            State::Held { valid_until } => valid_until.is_none_or(|d| Instant::now() < d),
+            State::Held { grant, margin } => grant.is_valid(Instant::now(), SystemTime::now(), margin),
             _ => false,
         }
     }
@@ -513,7 +516,9 @@ impl LockGuard {
     pub fn lost_reason(&self) -> Option<LostReason> {
         match *self.state.borrow() {
             State::Lost(r) => Some(r),
-            State::Held { valid_until: Some(d) } if Instant::now() >= d => Some(LostReason::Expired),
+            State::Held { grant, margin } if !grant.is_valid(Instant::now(), SystemTime::now(), margin) => {
+                Some(LostReason::Expired)
+            }
             _ => None,
         }
     }
@@ -529,12 +534,26 @@ impl LockGuard {
                 match current {
                     State::Lost(r) => return r,
                     State::Released => std::future::pending::<()>().await,
-                    State::Held { valid_until } => {
-                        // Fire at the local deadline even if the renewal task is late.
+                    State::Held { grant, margin } => {
+                        // Fire at the local deadline even if the renewal task is late, and check
+                        // the wall clock every second in case the machine slept.
                         let expiry = async {
-                            match valid_until {
-                                Some(d) => sleep_until(d.into()).await,
-                                None => std::future::pending().await,
+                            let mut tick = tokio::time::interval(Duration::from_secs(1));
+                            let monotonic = grant.deadline.map(|d| d.checked_sub(margin).unwrap_or(d));
+                            loop {
+                                tokio::select! {
+                                    _ = async {
+                                        match monotonic {
+                                            Some(d) => sleep_until(d.into()).await,
+                                            None => std::future::pending().await,
+                                        }
+                                    } => return,
+                                    _ = tick.tick() => {
+                                        if !grant.is_valid(Instant::now(), SystemTime::now(), margin) {
+                                            return;
+                                        }
+                                    }
+                                }
                             }
                         };
                         tokio::select! {
@@ -610,6 +629,16 @@ impl Renewer {
                 _ = sleep_until(next.into()) => {}
                 c = &mut commands => break c.ok(),
             }
+            // Slept through the deadline (machine suspended)? Then the lock may be gone.
+            if !self
+                .lease
+                .grant()
+                .is_valid(Instant::now(), SystemTime::now(), self.margin)
+            {
+                tracing::warn!(lock = %self.lease.lock(), "lock lost: the local deadline passed before renewal");
+                self.state.send_replace(State::Lost(LostReason::Expired));
+                continue;
+            }
             // Renew; give up at the local deadline minus the margin.
             let valid_until = self.lease.deadline().map(|d| d - self.margin).unwrap_or(next + every);
             let outcome = tokio::select! {
@@ -619,8 +648,10 @@ impl Renewer {
             };
             match outcome {
                 Some(Ok(grant)) => {
-                    let valid_until = grant.deadline.map(|d| d - self.margin);
-                    self.state.send_replace(State::Held { valid_until });
+                    self.state.send_replace(State::Held {
+                        grant,
+                        margin: self.margin,
+                    });
                 }
                 Some(Err(e)) => {
                     let reason = match &e {
@@ -654,14 +685,14 @@ impl Renewer {
         let result = if definitely_not_ours {
             Ok(())
         } else {
-            let r = self.mutex.release(&self.lease).await;
-            match (&r, lost) {
+            let result = self.mutex.release(&self.lease).await;
+            match (result, lost) {
+                // After a loss, releasing is a courtesy: report nothing.
                 (Err(e), Some(_)) => {
                     tracing::debug!(lock = %self.lease.lock(), error = %e, "release after loss failed (ignored)");
                     Ok(())
                 }
-                (Err(Error::LeaseLost { .. }), None) => r,
-                _ => r,
+                (result, _) => result,
             }
         };
         self.state.send_replace(State::Released);

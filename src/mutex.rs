@@ -23,6 +23,11 @@ const META_PID: &str = "azmutexpid";
 const META_SINCE: &str = "azmutexsince";
 
 /// When a request was sent and how long its lease is therefore valid locally.
+///
+/// Validity is checked on two clocks: the monotonic clock (immune to clock changes, but stopped
+/// while the machine is suspended) and the wall clock (which keeps counting through a suspend).
+/// A lease is valid only while both say so, so a process that slept through its deadline never
+/// wakes up believing it still holds the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     /// When the acquire/renew request that got this answer was *sent*. The server started the
@@ -30,14 +35,26 @@ pub struct Grant {
     pub sent_at: Instant,
     /// `sent_at + duration`; `None` for an infinite lease. Never trust the lease past it.
     pub deadline: Option<Instant>,
+    /// The same deadline on the wall clock; `None` for an infinite lease.
+    pub wall_deadline: Option<SystemTime>,
 }
 
 impl Grant {
-    fn new(sent_at: Instant, duration: LeaseDuration) -> Self {
+    fn new(sent_at: Instant, sent_at_wall: SystemTime, duration: LeaseDuration) -> Self {
+        let d = duration.as_duration();
         Self {
             sent_at,
-            deadline: duration.as_duration().map(|d| sent_at + d),
+            deadline: d.map(|d| sent_at + d),
+            wall_deadline: d.map(|d| sent_at_wall + d),
         }
+    }
+
+    /// Whether the grant is still valid at `now` and, on the wall clock, `wall_now`, keeping
+    /// `margin` in hand on both.
+    pub fn is_valid(&self, now: Instant, wall_now: SystemTime, margin: Duration) -> bool {
+        let mono = self.deadline.is_none_or(|d| now + margin < d);
+        let wall = self.wall_deadline.is_none_or(|d| wall_now + margin < d);
+        mono && wall
     }
 }
 
@@ -63,6 +80,7 @@ impl Lease {
             grant: Grant {
                 sent_at: now,
                 deadline: Some(now),
+                wall_deadline: Some(SystemTime::now()),
             },
             fencing_token: None,
         }
@@ -93,9 +111,10 @@ impl Lease {
         self.grant.deadline
     }
 
-    /// Whether the lease is still valid locally at `now` (before its deadline).
+    /// Whether the lease is still valid locally at `now` (before its deadline), also checked on
+    /// the wall clock (see [`Grant`]).
     pub fn is_valid_at(&self, now: Instant) -> bool {
-        self.grant.deadline.is_none_or(|d| now < d)
+        self.grant.is_valid(now, SystemTime::now(), Duration::ZERO)
     }
 
     /// The fencing token, when fencing is enabled.
@@ -381,7 +400,7 @@ impl AzureMutex {
             creations += 1;
         };
         self.check_returned_id(lock, &resp, id)?;
-        let grant = Grant::new(resp.sent_at, duration);
+        let grant = Grant::new(resp.sent_at, resp.sent_at_wall, duration);
         let mut lease = Lease {
             lock: lock.clone(),
             id,
@@ -422,7 +441,7 @@ impl AzureMutex {
         }
         // Azurite renews an expired lease whatever id is sent, under the old id: check.
         self.check_returned_id(&lease.lock, &resp, lease.id)?;
-        lease.grant = Grant::new(resp.sent_at, lease.duration);
+        lease.grant = Grant::new(resp.sent_at, resp.sent_at_wall, lease.duration);
         Ok(lease.grant)
     }
 
@@ -898,5 +917,32 @@ impl Props {
             pid: self.metadata.get(META_PID).and_then(|v| v.parse().ok()),
         };
         (holder != Holder::default() || since.is_some()).then_some(HolderInfo { holder, since })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_needs_both_clocks() {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let g = Grant::new(now, wall, LeaseDuration::seconds(15).unwrap());
+        assert_eq!(g.deadline, Some(now + Duration::from_secs(15)));
+        assert!(g.is_valid(now, wall, Duration::from_secs(2)));
+        assert!(!g.is_valid(now + Duration::from_secs(14), wall, Duration::from_secs(2)));
+        // The machine slept: the monotonic clock did not move, the wall clock did.
+        assert!(!g.is_valid(
+            now + Duration::from_secs(1),
+            wall + Duration::from_secs(60),
+            Duration::ZERO
+        ));
+        let infinite = Grant::new(now, wall, LeaseDuration::Infinite);
+        assert!(infinite.is_valid(
+            now + Duration::from_secs(3600),
+            wall + Duration::from_secs(3600),
+            Duration::ZERO
+        ));
     }
 }

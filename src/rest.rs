@@ -163,6 +163,9 @@ pub struct RestResponse {
     pub headers: HeaderMap,
     /// When the request that got this answer was sent (before connecting).
     pub sent_at: Instant,
+    /// The wall-clock time at `sent_at` (a second clock, which keeps counting while the machine
+    /// sleeps: the monotonic clock does not).
+    pub sent_at_wall: SystemTime,
     /// How many requests this call made (1 if not retried).
     pub attempts: u32,
     body: Vec<u8>,
@@ -476,6 +479,7 @@ impl BlobClient {
             .timeout(timeout)
             .body(req.body.clone());
         let sent_at = Instant::now();
+        let sent_at_wall = SystemTime::now();
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let result = request.send().await;
         let response = match result {
@@ -544,6 +548,7 @@ impl BlobClient {
                 status,
                 headers,
                 sent_at,
+                sent_at_wall,
                 attempts: attempt,
                 body,
             })),
