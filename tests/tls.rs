@@ -1,9 +1,17 @@
 //! HTTPS to an endpoint whose certificate comes from a private CA (as on Azure Stack or behind
-//! a corporate proxy): refused by default, accepted once the CA is added.
+//! a corporate proxy): refused by default, accepted once the CA is added. Over the same HTTPS
+//! Azurite (started with `--oauth basic`), bearer tokens from a caller's `TokenProvider`.
 
 mod common;
 
-use azmutex::{AzureMutex, ClientOptions, Error, InvalidInput, LeaseDuration, StorageConfig};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use azmutex::{
+    AccessToken, AzureMutex, ClientOptions, Credential, Error, InvalidInput, LeaseDuration, StorageConfig, TokenFuture,
+    TokenProvider,
+};
+use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
 struct Pki {
@@ -33,15 +41,35 @@ fn make_pki() -> Pki {
     }
 }
 
+/// One HTTPS Azurite (certificate from a private CA, OAuth "basic") for this test binary.
+fn https_azurite() -> &'static (Pki, common::Service) {
+    static AZURITE: OnceLock<(Pki, common::Service)> = OnceLock::new();
+    AZURITE.get_or_init(|| {
+        let pki = make_pki();
+        let cert = pki.dir.join("cert.pem");
+        let key = pki.dir.join("key.pem");
+        let args = [
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--oauth",
+            "basic",
+        ];
+        let azurite = common::start_azurite("https", &args);
+        (pki, azurite)
+    })
+}
+
+fn trusting_options(pki: &Pki) -> ClientOptions {
+    let mut options = ClientOptions::default();
+    options.ca_certificates_pem.push(pki.ca_pem.clone().into_bytes());
+    options
+}
+
 #[tokio::test]
 async fn private_ca_is_refused_by_default_and_accepted_when_added() {
-    let pki = make_pki();
-    let cert = pki.dir.join("cert.pem");
-    let key = pki.dir.join("key.pem");
-    let azurite = common::start_azurite(
-        "https",
-        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
-    );
+    let (pki, azurite) = https_azurite();
     assert!(azurite.endpoint.starts_with("https://localhost:"));
     let config = StorageConfig::parse_connection_string(&azurite.connection_string).unwrap();
     let container = common::unique("tls");
@@ -59,10 +87,8 @@ async fn private_ca_is_refused_by_default_and_accepted_when_added() {
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
 
     // With the private CA: works.
-    let mut trusting = options.clone();
-    trusting.ca_certificates_pem.push(pki.ca_pem.clone().into_bytes());
     let m = AzureMutex::builder(config.clone(), &container)
-        .client_options(trusting)
+        .client_options(trusting_options(pki))
         .build()
         .unwrap();
     let lease = m.acquire("job", duration).await.unwrap();
@@ -76,5 +102,55 @@ async fn private_ca_is_refused_by_default_and_accepted_when_added() {
         .build()
         .unwrap_err();
     assert!(matches!(err, InvalidInput::CaCertificate(_)), "{err:?}");
-    let _ = std::fs::remove_dir_all(pki.dir);
+}
+
+/// Hands out an unsigned JWT with the claims Azurite's basic OAuth checks (audience, issuer,
+/// lifetime), counting calls. Azure would check the signature too: this tests our plumbing.
+struct FakeEntra {
+    calls: AtomicU32,
+}
+
+impl TokenProvider for FakeEntra {
+    fn token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let header = b64.encode(r#"{"alg":"RS256","typ":"JWT"}"#);
+            let claims = format!(
+                r#"{{"aud":"https://storage.azure.com","iss":"https://sts.windows.net/ab1f708d-50f6-404c-a006-d71b2ac7a606/","iat":{0},"nbf":{0},"exp":{1},"oid":"00000000-0000-0000-0000-000000000001"}}"#,
+                now - 60,
+                now + 3600,
+            );
+            Ok(AccessToken(format!(
+                "{header}.{}.{}",
+                b64.encode(claims),
+                b64.encode("not-a-signature")
+            )))
+        })
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_from_a_token_provider() {
+    let (pki, azurite) = https_azurite();
+    let provider = Arc::new(FakeEntra {
+        calls: AtomicU32::new(0),
+    });
+    let config = StorageConfig::new(&azurite.endpoint, Credential::Bearer(provider.clone())).unwrap();
+    let m = AzureMutex::builder(config, common::unique("bearer"))
+        .client_options(trusting_options(pki))
+        .build()
+        .unwrap();
+    let mut lease = m.acquire("job", LeaseDuration::seconds(15).unwrap()).await.unwrap();
+    m.renew(&mut lease).await.unwrap();
+    m.release(&lease).await.unwrap();
+    assert!(
+        provider.calls.load(Ordering::Relaxed) >= 3,
+        "called before every request"
+    );
+    assert!(!format!("{config_dbg:?}", config_dbg = Credential::Bearer(provider)).contains("eyJ"));
 }
