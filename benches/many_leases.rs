@@ -13,12 +13,23 @@ use std::time::{Duration, Instant};
 
 use azmutex::{AzureMutex, Locker};
 
+/// CPU time (user + system) of this process, and its peak RSS in KiB.
+///
+/// The peak comes from `VmHWM` in /proc/self/status, not from `getrusage`: `ru_maxrss` survives
+/// `execve`, so under `cargo bench` it reports cargo's own footprint (about 68 MiB here).
 fn usage() -> (Duration, u64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_maxrss as u64)
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(ru.ru_maxrss as u64);
+    (tv(ru.ru_utime) + tv(ru.ru_stime), hwm)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -175,14 +175,6 @@ async fn a_broken_lease_fires_the_lost_signal_within_one_renewal_interval() {
     assert!(broke_at.elapsed() <= Duration::from_secs(6));
 }
 
-fn config_via(addr: SocketAddr) -> StorageConfig {
-    let cs = format!(
-        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1",
-        common::DEV_KEY
-    );
-    StorageConfig::parse_connection_string(&cs).unwrap()
-}
-
 #[tokio::test]
 async fn an_outage_fires_the_lost_signal_before_anyone_else_can_acquire() {
     let c = common::unique("outage");
@@ -199,7 +191,7 @@ async fn an_outage_fires_the_lost_signal_before_anyone_else_can_acquire() {
         request_timeout: Duration::from_secs(2),
         ..Default::default()
     };
-    let mutex = AzureMutex::builder(config_via(proxy.addr), &c)
+    let mutex = AzureMutex::builder(common::config_via(proxy.addr), &c)
         .client_options(client)
         .build()
         .unwrap();

@@ -26,14 +26,6 @@ fn azurite_addr() -> SocketAddr {
     .unwrap()
 }
 
-fn config_via(addr: SocketAddr) -> StorageConfig {
-    let cs = format!(
-        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1",
-        common::DEV_KEY
-    );
-    StorageConfig::parse_connection_string(&cs).unwrap()
-}
-
 /// A second, independent client: a bare reqwest request authorized by an account SAS made by
 /// the Python SDK (no code of ours on the request path).
 async fn raw_lease(container: &str, blob: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -50,6 +42,15 @@ async fn raw_lease(container: &str, blob: &str, headers: &[(&str, &str)]) -> req
         req = req.header(*k, *v);
     }
     req.send().await.unwrap()
+}
+
+async fn raw_acquire(container: &str, blob: &str, id: &str) -> reqwest::Response {
+    let headers = [
+        ("x-ms-lease-action", "acquire"),
+        ("x-ms-lease-duration", "15"),
+        ("x-ms-proposed-lease-id", id),
+    ];
+    raw_lease(container, blob, &headers).await
 }
 
 #[tokio::test]
@@ -330,29 +331,11 @@ async fn a_second_client_and_ours_exclude_each_other() {
     // Ours first: the second client's acquire is refused.
     let lease = m.acquire("job", secs(15)).await.unwrap();
     let other_id = LeaseId::new_random().to_string();
-    let r = raw_lease(
-        &c,
-        "job",
-        &[
-            ("x-ms-lease-action", "acquire"),
-            ("x-ms-lease-duration", "15"),
-            ("x-ms-proposed-lease-id", &other_id),
-        ],
-    )
-    .await;
+    let r = raw_acquire(&c, "job", &other_id).await;
     assert_eq!(r.status(), 409);
     m.release(&lease).await.unwrap();
     // Theirs first: ours is refused, with the service's code kept.
-    let r = raw_lease(
-        &c,
-        "job",
-        &[
-            ("x-ms-lease-action", "acquire"),
-            ("x-ms-lease-duration", "15"),
-            ("x-ms-proposed-lease-id", &other_id),
-        ],
-    )
-    .await;
+    let r = raw_acquire(&c, "job", &other_id).await;
     assert_eq!(r.status(), 201);
     let err = m.acquire("job", secs(15)).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
@@ -378,7 +361,7 @@ async fn lost_answers_are_handled_idempotently() {
         request_timeout: Duration::from_millis(700),
         ..Default::default()
     };
-    let m = AzureMutex::builder(config_via(proxy.addr), &c)
+    let m = AzureMutex::builder(common::config_via(proxy.addr), &c)
         .client_options(options)
         .build()
         .unwrap();
@@ -506,7 +489,7 @@ async fn every_error_kind() {
     // Throttled: 503 ServerBusy with Retry-After until the call deadline.
     let mut options = ClientOptions::default();
     options.retry.call_timeout = Duration::from_millis(2500);
-    let busy = AzureMutex::builder(config_via(busy_server()), &c)
+    let busy = AzureMutex::builder(common::config_via(busy_server()), &c)
         .client_options(options.clone())
         .build()
         .unwrap();
@@ -521,7 +504,7 @@ async fn every_error_kind() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = listener.local_addr().unwrap();
     drop(listener);
-    let down = AzureMutex::builder(config_via(dead), &c)
+    let down = AzureMutex::builder(common::config_via(dead), &c)
         .client_options(options)
         .build()
         .unwrap();

@@ -145,3 +145,9 @@ pub fn sas(name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(include_str!("../vectors/sas.json")).unwrap();
     v[name].as_str().unwrap().to_string()
 }
+
+/// The development account reached through `addr` (e.g. a test proxy in front of Azurite).
+pub fn config_via(addr: std::net::SocketAddr) -> StorageConfig {
+    let cs = format!("AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint=http://{addr}/devstoreaccount1");
+    StorageConfig::parse_connection_string(&cs).unwrap()
+}
