@@ -153,12 +153,14 @@ fn holder_suffix(h: &Option<HolderInfo>) -> String {
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let mutex = AzureMutex::builder(StorageConfig::development(), "locks").build()?;
 /// let locker = Locker::new(mutex, "nightly-report")?;
-/// let guard = locker.lock().await?;
+/// let mut guard = locker.lock().await?;
 /// // Stop working the moment the lock may be lost:
-/// let result = guard.run(async { /* critical section */ 42 }).await;
-/// let mut guard = guard;
+/// match guard.run(async { /* critical section */ 42 }).await {
+///     Ok(answer) => println!("done: {answer}"),
+///     Err(reason) => eprintln!("lock lost ({reason}); work cancelled"),
+/// }
 /// guard.release().await?;
-/// # let _ = result; Ok(()) }
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Locker {
