@@ -324,3 +324,64 @@ fn status_json_reflects_a_lease_held_by_another_client() {
     assert_eq!(v["state"], "available");
     assert!(v["holder"].is_null());
 }
+
+#[test]
+fn explicit_endpoint_flags_and_sas_token() {
+    let c = common::unique("cli-flags");
+    // Path-style endpoint given as a URL (as for Azure Stack), with name and key flags.
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args([
+            "--container",
+            &c,
+            "--account-url",
+            &common::service().endpoint,
+            "--account-name",
+            "devstoreaccount1",
+            "--account-key",
+            common::DEV_KEY,
+            "-q",
+            "run",
+            "job",
+            "--",
+            "true",
+        ]);
+    let out = output(cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same with a SAS token from the environment.
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_STORAGE_SERVICE_ENDPOINT", &common::service().endpoint)
+        .env("AZURE_STORAGE_SAS_TOKEN", common::sas("account_sas_rwdlac"))
+        .args(["--container", &c, "status", "job", "--json"]);
+    let out = output(cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "available");
+    // A bad SAS token names the flag and variable, not the token.
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_STORAGE_SERVICE_ENDPOINT", &common::service().endpoint)
+        .env("AZURE_STORAGE_SAS_TOKEN", "sv=2025-11-05&sp=rw")
+        .args(["status", "job"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--sas-token") && stderr.contains("sig"), "{stderr}");
+}
+
+#[test]
+fn with_nothing_configured_it_says_it_uses_development_storage() {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["--timeout", "1s", "status", "job"]);
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("UseDevelopmentStorage=true"), "{stderr}");
+    // 0 if an Azurite happens to listen on 127.0.0.1:10000, else unreachable.
+    assert!(matches!(out.status.code(), Some(0) | Some(69)), "{stderr}");
+}
