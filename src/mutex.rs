@@ -389,8 +389,10 @@ impl AzureMutex {
         let mut creations = 0;
         let resp = loop {
             let resp = self.inner.client.send(&req, deadline).await?;
+            if resp.status == 201 {
+                break resp;
+            }
             match (resp.status, resp.error().code.as_deref()) {
-                (201, _) => break resp,
                 (404, Some("ContainerNotFound")) if self.inner.create_container && creations < 3 => {
                     self.create_container(deadline).await?;
                 }
