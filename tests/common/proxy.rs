@@ -19,37 +19,21 @@ impl Proxy {
     pub fn start(target: SocketAddr) -> Proxy {
         let dropping = Arc::new(AtomicBool::new(false));
         let dropping_responses = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let flag = dropping.clone();
-        let rflag = dropping_responses.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((client, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let flag = flag.clone();
-                    let rflag = rflag.clone();
-                    tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        let (cr, cw) = client.into_split();
-                        let (sr, sw) = server.into_split();
-                        tokio::spawn(pipe(cr, sw, flag.clone(), None));
-                        pipe(sr, cw, flag, Some(rflag)).await;
-                    });
-                }
-            });
+        let (flag, rflag) = (dropping.clone(), dropping_responses.clone());
+        let addr = serve(move |client| {
+            let (flag, rflag) = (flag.clone(), rflag.clone());
+            async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, flag.clone(), None));
+                pipe(sr, cw, flag, Some(rflag)).await;
+            }
         });
         Proxy {
-            addr: rx.recv().unwrap(),
+            addr,
             dropping,
             dropping_responses,
         }
@@ -96,6 +80,33 @@ async fn pipe(
 /// A server that answers every request `503 ServerBusy` with `Retry-After: 1` (throttling), to
 /// test the retry policy; it knows nothing of leases.
 pub fn busy_server() -> SocketAddr {
+    serve(|mut conn| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            let Ok(n) = conn.read(&mut buf).await else { return };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let answer = "HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nx-ms-request-id: busy-1\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+                if conn.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// Serves loopback connections with `handle` on a thread and runtime of its own, so the server
+/// outlives each test's runtime. Returns the address.
+fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -106,25 +117,8 @@ pub fn busy_server() -> SocketAddr {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    let mut seen = Vec::new();
-                    loop {
-                        let Ok(n) = conn.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buf[..n]);
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let answer = "HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nx-ms-request-id: busy-1\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
-                            if conn.write_all(answer.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
+                let Ok((conn, _)) = listener.accept().await else { return };
+                tokio::spawn(handle(conn));
             }
         });
     });
