@@ -208,6 +208,14 @@ pub enum Error {
         /// The last failure.
         cause: TransientCause,
     },
+    /// The lock's fencing counter reached the end of its range: no larger token can be handed
+    /// out, so no lease is kept. Reset it by deleting the lock blob (a new one starts from the
+    /// clock).
+    #[error("fencing counter of lock {lock:?} is exhausted (at its maximum); no lease kept")]
+    FencingExhausted {
+        /// The lock.
+        lock: String,
+    },
     /// An answer this crate did not expect.
     #[error("unexpected response: {service}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
     Unexpected {

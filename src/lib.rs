@@ -55,6 +55,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
@@ -64,7 +65,9 @@ pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenF
 pub use config::{ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
-pub use mutex::{AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo};
+pub use mutex::{
+    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released,
+};
 pub use rest::{BlobClient, ClientOptions, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 

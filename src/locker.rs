@@ -14,19 +14,21 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::sleep_until;
 
 use crate::error::{Error, InvalidInput, LostReason};
-use crate::mutex::{AzureMutex, Grant, HolderInfo, Lease};
+use crate::mutex::{AzureMutex, Grant, HolderInfo, Lease, Released};
 use crate::types::{LeaseDuration, LeaseId, LockName};
 
 /// How a [`Locker`] acquires and renews.
 #[derive(Debug, Clone)]
 pub struct LockerOptions {
-    /// The lease duration (default 30 s). An infinite lease is never renewed and never expires
-    /// locally: it is only lost through a definite answer.
+    /// The lease duration (default 30 s). An infinite lease is probed (renewed) like a fixed one
+    /// and counts as held for [`INFINITE_LEASE_WINDOW`] after its last confirmed probe, so a
+    /// break is noticed within one renewal interval.
     pub lease: LeaseDuration,
-    /// How often to renew (default: a third of the lease).
+    /// How often to renew (default: a third of the lease, or of [`INFINITE_LEASE_WINDOW`]).
     pub renew_every: Option<Duration>,
     /// How long before the local deadline the lock counts as lost when no renewal was confirmed
-    /// (default 2 s). Covers timer lateness and clock-rate differences.
+    /// (default 2 s, at least [`MIN_SAFETY_MARGIN`]). Covers timer lateness and clock-rate
+    /// differences.
     pub safety_margin: Duration,
     /// First pause between attempts while waiting (default 100 ms).
     pub poll_initial: Duration,
@@ -36,6 +38,10 @@ pub struct LockerOptions {
     /// When the lock is busy, read the recorded holder once per wait and log it (default true;
     /// one extra request).
     pub report_holder: bool,
+    /// Stop waiting with the storage error once acquire attempts have been failing (network,
+    /// timeouts, throttling) for this long without a break (default `None`: keep trying until
+    /// the wait's own limit).
+    pub give_up_after: Option<Duration>,
 }
 
 impl Default for LockerOptions {
@@ -47,38 +53,72 @@ impl Default for LockerOptions {
             poll_initial: Duration::from_millis(100),
             poll_max: Duration::from_secs(1),
             report_holder: true,
+            give_up_after: None,
         }
     }
 }
 
 impl LockerOptions {
-    fn renew_interval(&self) -> Option<Duration> {
-        let lease = self.lease.as_duration()?;
-        Some(self.renew_every.unwrap_or(lease / 3))
+    /// How long a grant is trusted locally: the lease duration, or [`INFINITE_LEASE_WINDOW`]
+    /// after the last confirmed probe of an infinite lease.
+    fn window(&self) -> Duration {
+        self.lease.as_duration().unwrap_or(INFINITE_LEASE_WINDOW)
     }
 
-    fn check(&self) -> Result<(), InvalidInput> {
-        if let Some(lease) = self.lease.as_duration() {
-            let every = self.renew_interval().unwrap_or(lease);
-            if every.is_zero() || every + self.safety_margin >= lease {
-                return Err(InvalidInput::Option {
-                    option: "renew_every",
-                    why: format!(
-                        "renewing every {every:?} with a {:?} safety margin leaves no time to renew a {lease:?} lease",
-                        self.safety_margin
-                    ),
-                });
-            }
+    /// How often to renew (or probe an infinite lease).
+    fn renew_interval(&self) -> Duration {
+        self.renew_every.unwrap_or(self.window() / 3)
+    }
+
+    /// Checks that the numbers fit together: renewing at `renew_every` must leave time before
+    /// the local deadline (`lease - safety_margin`), and the margin must be at least
+    /// [`MIN_SAFETY_MARGIN`].
+    pub fn check(&self) -> Result<(), InvalidInput> {
+        let window = self.window();
+        let every = self.renew_interval();
+        let margin = self.safety_margin;
+        if margin < MIN_SAFETY_MARGIN {
+            return Err(InvalidInput::Option {
+                option: "safety_margin",
+                why: format!(
+                    "{margin:?} is below the minimum of {MIN_SAFETY_MARGIN:?} \
+                     (timer lateness and clock-rate differences need room)"
+                ),
+            });
         }
-        if self.poll_initial.is_zero() || self.poll_max < self.poll_initial {
+        let fits = every.checked_add(margin).is_some_and(|used| used < window);
+        if every.is_zero() || !fits {
+            return Err(InvalidInput::Option {
+                option: "renew_every",
+                why: format!(
+                    "renewing every {every:?} with a {margin:?} safety margin leaves no time to renew a \
+                     {window:?} lease (need 0 < renew_every + safety_margin < lease)"
+                ),
+            });
+        }
+        if self.poll_initial.is_zero() || self.poll_max < self.poll_initial || self.poll_max > MAX_POLL {
             return Err(InvalidInput::Option {
                 option: "poll_initial",
-                why: "must be non-zero and at most poll_max".into(),
+                why: format!("must be non-zero and at most poll_max, itself at most {MAX_POLL:?}"),
             });
         }
         Ok(())
     }
 }
+
+/// How long an infinite lease counts as held after its last confirmed probe (a renew request,
+/// which the service accepts on infinite leases): the longest fixed lease. A [`Locker`] probes
+/// infinite leases every third of this by default, so a break is noticed within one interval.
+pub const INFINITE_LEASE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The smallest [`LockerOptions::safety_margin`] accepted.
+pub const MIN_SAFETY_MARGIN: Duration = Duration::from_secs(1);
+
+/// The longest pause between attempts accepted in [`LockerOptions::poll_max`].
+const MAX_POLL: Duration = Duration::from_secs(3600);
+
+/// How long cancelling a wait may spend releasing a lease the abandoned attempt may have got.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of the [`Locker`] layer.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -235,7 +275,9 @@ impl Locker {
     }
 
     /// Acquires the lock, runs `work` while it is held, and releases it. If the lock is lost
-    /// first, `work` is dropped (cancelled) and the result is [`LockError::Lost`].
+    /// first, `work` is dropped (cancelled) and the result is [`LockError::Lost`]. `Ok` means
+    /// the lock was ours until `work` ended: if the release shows it was not (someone else
+    /// holds it), the result is [`LockError::Lost`] too, although `work` completed.
     pub async fn with_lock<T, Fut: Future<Output = T>>(
         &self,
         work: impl FnOnce(LeaseInfo) -> Fut,
@@ -247,12 +289,16 @@ impl Locker {
         };
         let result = guard.run(work(info)).await;
         let released = guard.release().await;
-        let value = result.map_err(|reason| LockError::Lost {
+        let lost = |reason| LockError::Lost {
             lock: self.lock.to_string(),
             reason,
-        })?;
-        released?;
-        Ok(value)
+        };
+        let value = result.map_err(lost)?;
+        match released {
+            Ok(_) => Ok(value),
+            Err(Error::LeaseLost { reason, .. }) => Err(lost(reason)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Waits (at most `timeout`, if given) for the lock and returns the bare [`Lease`], with no
@@ -273,7 +319,7 @@ impl Locker {
         cancel: impl Future<Output = ()>,
         handout: H,
     ) -> Result<H::Out, LockError> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         let waiter = Waiter {
             mutex: self.mutex.clone(),
             lock: self.lock.clone(),
@@ -282,10 +328,27 @@ impl Locker {
         // The attempts run in their own task so that dropping this future never abandons a
         // request whose lease we would not hear of: the task releases what it gets if nobody
         // is listening any more.
-        tokio::spawn(waiter.run(limit, tx, handout));
+        let task = tokio::spawn(waiter.run(limit, tx, handout));
+        let cancelled = || LockError::Cancelled {
+            lock: self.lock.to_string(),
+        };
         tokio::select! {
-            result = rx => result.unwrap_or_else(|_| Err(LockError::Cancelled { lock: self.lock.to_string() })),
-            _ = cancel => Err(LockError::Cancelled { lock: self.lock.to_string() }),
+            result = &mut rx => result.unwrap_or_else(|_| Err(cancelled())),
+            _ = cancel => {
+                // Stop the waiter and wait (bounded) until it has released whatever its attempt in
+                // flight may have got, so that a caller about to exit leaves no lease behind.
+                rx.close();
+                let cleanup = async {
+                    let _ = task.await;
+                    if let Ok(Ok(out)) = rx.try_recv() {
+                        H::unclaimed(out, &self.mutex).await;
+                    }
+                };
+                if tokio::time::timeout(CLEANUP_TIMEOUT + Duration::from_secs(1), cleanup).await.is_err() {
+                    tracing::warn!(lock = %self.lock, "cleanup after a cancelled wait did not finish in time; a lease may expire by itself");
+                }
+                Err(cancelled())
+            }
         }
     }
 }
@@ -309,7 +372,7 @@ struct Waiter {
 trait Handout: Send + 'static {
     type Out: Send + 'static;
     fn wrap(&self, mutex: &AzureMutex, lease: Lease, options: &LockerOptions) -> Self::Out;
-    /// Called when nobody takes the result any more.
+    /// Called when nobody takes the result any more: gives the lease back (bounded).
     fn unclaimed(out: Self::Out, mutex: &AzureMutex) -> impl Future<Output = ()> + Send;
 }
 
@@ -319,8 +382,8 @@ impl Handout for Guarded {
     fn wrap(&self, mutex: &AzureMutex, lease: Lease, options: &LockerOptions) -> LockGuard {
         LockGuard::start(mutex.clone(), lease, options)
     }
-    async fn unclaimed(out: LockGuard, _: &AzureMutex) {
-        drop(out); // its Drop releases the lease
+    async fn unclaimed(mut out: LockGuard, _: &AzureMutex) {
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, out.release()).await;
     }
 }
 
@@ -331,8 +394,13 @@ impl Handout for Detached {
         lease
     }
     async fn unclaimed(out: Lease, mutex: &AzureMutex) {
-        let _ = mutex.release(&out).await;
+        let _ = mutex.release_until(&out, cleanup_deadline(mutex)).await;
     }
+}
+
+/// The deadline of a cleanup release started now.
+fn cleanup_deadline(mutex: &AzureMutex) -> Instant {
+    Instant::now() + CLEANUP_TIMEOUT.min(mutex.client().options().retry.call_timeout)
 }
 
 impl Waiter {
@@ -351,23 +419,54 @@ impl Waiter {
         tx: &mut oneshot::Sender<Result<T, LockError>>,
     ) -> Result<Lease, LockError> {
         let started = Instant::now();
-        // One lease id for the whole wait: a retry whose first answer was lost is idempotent.
+        // One lease id for the whole wait: a retry whose first answer was lost is idempotent,
+        // so only the last attempt can have left a lease we did not hear of.
         let id = LeaseId::new_random();
+        let limit_deadline = match limit {
+            Limit::Once => None,
+            Limit::Until(d) => d,
+        };
         let mut holder: Option<HolderInfo> = None;
         let mut reported = false;
         let mut pause = self.options.poll_initial;
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let call_deadline = self.mutex.client().default_deadline();
-            let result = self
+            let attempt_started = Instant::now();
+            // No attempt runs past the caller's limit.
+            let default = self.mutex.client().default_deadline();
+            let call_deadline = limit_deadline.map_or(default, |d| d.min(default));
+            let attempt = self
                 .mutex
-                .acquire_until(&self.lock, self.options.lease, id, call_deadline)
-                .await;
+                .acquire_until(&self.lock, self.options.lease, id, call_deadline);
+            let result = tokio::select! {
+                r = attempt => r,
+                _ = tx.closed() => {
+                    // Abandoned in flight: the lease may be ours on the server.
+                    self.cleanup(id, true).await;
+                    return Err(LockError::Cancelled { lock: self.lock.to_string() });
+                }
+            };
             let failure = match result {
-                Ok(lease) => return Ok(lease),
+                Ok(lease) => {
+                    // Hand out only a lease that is still valid with the margin in hand (the
+                    // fencing/holder write after the acquire took time).
+                    let validity = Validity::of(lease.grant(), &self.options);
+                    if validity.holds(Instant::now(), SystemTime::now()) {
+                        return Ok(lease);
+                    }
+                    tracing::warn!(lock = %self.lock, "acquired too late to use (past the local deadline); releasing");
+                    let _ = self.mutex.release_until(&lease, cleanup_deadline(&self.mutex)).await;
+                    None
+                }
                 Err(Error::Conflict { .. }) => {
                     if self.options.report_holder && !reported {
                         reported = true;
-                        holder = self.mutex.inspect(&self.lock).await.ok().and_then(|i| i.holder);
+                        let left = call_deadline.saturating_duration_since(Instant::now());
+                        holder = tokio::time::timeout(left, self.mutex.inspect(&self.lock))
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .and_then(|i| i.holder);
                         tracing::info!(lock = %self.lock, holder = ?holder, "lock is busy; waiting");
                     }
                     None
@@ -380,21 +479,28 @@ impl Waiter {
             };
             // A transient failure may hide a lease granted to us whose answer never came.
             let maybe_granted = failure.is_some();
-            let deadline = match limit {
-                Limit::Once => {
-                    self.cleanup(id, maybe_granted).await;
-                    return Err(match failure {
-                        Some(e) => e.into(),
-                        None => LockError::Busy {
-                            lock: self.lock.to_string(),
-                            holder,
-                        },
-                    });
-                }
-                Limit::Until(d) => d,
+            failing_since = failure.as_ref().map(|_| failing_since.unwrap_or(attempt_started));
+            let patience_over = failing_since
+                .zip(self.options.give_up_after)
+                .is_some_and(|(since, patience)| since.elapsed() >= patience);
+            if let (true, Some(e)) = (patience_over, &failure) {
+                self.cleanup(id, maybe_granted).await;
+                return Err(e.clone().into());
+            }
+            let Limit::Until(deadline) = limit else {
+                self.cleanup(id, maybe_granted).await;
+                return Err(match failure {
+                    Some(e) => e.into(),
+                    None => LockError::Busy {
+                        lock: self.lock.to_string(),
+                        holder,
+                    },
+                });
             };
-            let wake = Instant::now() + pause / 2 + (pause / 2).mul_f64(fastrand::f64());
-            pause = (pause.mul_f64(1.5)).min(self.options.poll_max);
+            let now = Instant::now();
+            let jittered = pause / 2 + (pause / 2).mul_f64(fastrand::f64());
+            pause = pause.mul_f64(1.5).min(self.options.poll_max);
+            let wake = now.checked_add(jittered).unwrap_or(now);
             let wake = deadline.map_or(wake, |d| wake.min(d));
             tokio::select! {
                 _ = sleep_until(wake.into()) => {}
@@ -405,38 +511,68 @@ impl Waiter {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.cleanup(id, maybe_granted).await;
-                return Err(LockError::TimedOut {
-                    lock: self.lock.to_string(),
-                    waited: started.elapsed(),
-                    holder,
+                // Storage failing at the end is a storage error, not a busy lock.
+                return Err(match failure {
+                    Some(e) => e.into(),
+                    None => LockError::TimedOut {
+                        lock: self.lock.to_string(),
+                        waited: started.elapsed(),
+                        holder,
+                    },
                 });
             }
         }
     }
 
     /// After a failed attempt whose answer never came, the lease may exist on the server:
-    /// release it under our id (a mismatch answer just means it never did).
+    /// release it under our id (a mismatch answer just means it never did). Bounded.
     async fn cleanup(&self, id: LeaseId, maybe_granted: bool) {
         if maybe_granted {
             let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
-            let _ = self.mutex.release(&lease).await;
+            let _ = self.mutex.release_until(&lease, cleanup_deadline(&self.mutex)).await;
         }
     }
 }
 
+/// Until when a grant is trusted locally: its send time plus the lease (or, for an infinite
+/// lease, [`INFINITE_LEASE_WINDOW`]) minus the safety margin, on the monotonic clock and on the
+/// wall clock (which keeps counting while the machine sleeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Validity {
+    until: Instant,
+    wall_until: SystemTime,
+    /// The server-side end of the lease: no request for it is useful after this.
+    lease_end: Option<Instant>,
+}
+
+impl Validity {
+    fn of(grant: Grant, options: &LockerOptions) -> Self {
+        let span = options.window().saturating_sub(options.safety_margin);
+        Self {
+            // On overflow the grant counts as already invalid: never trust what cannot be computed.
+            until: grant.sent_at.checked_add(span).unwrap_or(grant.sent_at),
+            wall_until: grant.sent_at_wall.checked_add(span).unwrap_or(grant.sent_at_wall),
+            lease_end: grant.deadline,
+        }
+    }
+
+    fn holds(&self, now: Instant, wall_now: SystemTime) -> bool {
+        now < self.until && wall_now < self.wall_until
+    }
+}
+
+/// The renewer's state. Transitions: `Held → Held` (a renewal confirmed in time),
+/// `Held → Lost` (a definite answer, or the local deadline), `Held | Lost → Released`.
+/// `Lost` is final: nothing turns it back into `Held`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Held under this grant, valid until its deadlines minus `margin` on both clocks.
-    Held {
-        grant: Grant,
-        margin: Duration,
-    },
+    Held(Validity),
     Lost(LostReason),
     Released,
 }
 
 enum Command {
-    Release(Option<oneshot::Sender<Result<(), Error>>>),
+    Release(Option<oneshot::Sender<Result<Released, Error>>>),
 }
 
 /// Owns a lease: renews it in the background, tells when it is lost, releases it on
@@ -451,6 +587,7 @@ pub struct LockGuard {
     fencing_token: Option<u64>,
     state: watch::Receiver<State>,
     commands: Option<oneshot::Sender<Command>>,
+    released: Option<Result<Released, Error>>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -466,11 +603,7 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     fn start(mutex: AzureMutex, lease: Lease, options: &LockerOptions) -> Self {
-        let margin = options.safety_margin;
-        let (state_tx, state_rx) = watch::channel(State::Held {
-            grant: lease.grant(),
-            margin,
-        });
+        let (state_tx, state_rx) = watch::channel(State::Held(Validity::of(lease.grant(), options)));
         let (cmd_tx, cmd_rx) = oneshot::channel();
         let guard = Self {
             lock: lease.lock().clone(),
@@ -478,13 +611,13 @@ impl LockGuard {
             fencing_token: lease.fencing_token(),
             state: state_rx,
             commands: Some(cmd_tx),
+            released: None,
         };
         let renewer = Renewer {
             mutex,
             lease,
             state: state_tx,
-            every: options.renew_interval(),
-            margin,
+            options: options.clone(),
         };
         tokio::spawn(renewer.run(cmd_rx));
         guard
@@ -505,22 +638,19 @@ impl LockGuard {
         self.fencing_token
     }
 
-    /// Whether the lock is still ours: not lost, not released, and before the local deadline.
-    /// Cheap (no I/O).
+    /// Whether the lock is still ours: not lost, not released, before the local deadline on
+    /// both clocks, and the renewal task alive. Cheap (no I/O).
     pub fn is_held(&self) -> bool {
-        match *self.state.borrow() {
-            State::Held { grant, margin } => grant.is_valid(Instant::now(), SystemTime::now(), margin),
-            _ => false,
-        }
+        self.lost_reason().is_none() && matches!(*self.state.borrow(), State::Held(_))
     }
 
-    /// Why the lock was lost, if it was (including a passed local deadline).
+    /// Why the lock was lost, if it was (including a passed local deadline and a renewal task
+    /// that stopped without a verdict, both [`LostReason::Expired`]).
     pub fn lost_reason(&self) -> Option<LostReason> {
+        let renewer_gone = self.state.has_changed().is_err();
         match *self.state.borrow() {
             State::Lost(r) => Some(r),
-            State::Held { grant, margin } if !grant.is_valid(Instant::now(), SystemTime::now(), margin) => {
-                Some(LostReason::Expired)
-            }
+            State::Held(v) if renewer_gone || !v.holds(Instant::now(), SystemTime::now()) => Some(LostReason::Expired),
             _ => None,
         }
     }
@@ -533,69 +663,88 @@ impl LockGuard {
         async move {
             loop {
                 let current = *state.borrow_and_update();
-                match current {
+                let validity = match current {
                     State::Lost(r) => return r,
-                    State::Released => std::future::pending::<()>().await,
-                    State::Held { grant, margin } => {
-                        // Fire at the local deadline even if the renewal task is late, and check
-                        // the wall clock every second in case the machine slept.
-                        let expiry = async {
-                            let mut tick = tokio::time::interval(Duration::from_secs(1));
-                            let monotonic = grant.deadline.map(|d| d.checked_sub(margin).unwrap_or(d));
-                            loop {
-                                tokio::select! {
-                                    _ = async {
-                                        match monotonic {
-                                            Some(d) => sleep_until(d.into()).await,
-                                            None => std::future::pending().await,
-                                        }
-                                    } => return,
-                                    _ = tick.tick() => {
-                                        if !grant.is_valid(Instant::now(), SystemTime::now(), margin) {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        };
+                    State::Released => std::future::pending::<Validity>().await,
+                    State::Held(v) => v,
+                };
+                // Fire at the local deadline even if the renewal task is late, and check the
+                // wall clock every second in case the machine slept.
+                let expiry = async {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
                         tokio::select! {
-                            changed = state.changed() => {
-                                if changed.is_err() {
-                                    // The renewal task ended without a verdict: treat as lost.
-                                    return LostReason::Expired;
+                            _ = sleep_until(validity.until.into()) => return,
+                            _ = tick.tick() => {
+                                if !validity.holds(Instant::now(), SystemTime::now()) {
+                                    return;
                                 }
                             }
-                            _ = expiry => return LostReason::Expired,
                         }
                     }
+                };
+                tokio::select! {
+                    changed = state.changed() => {
+                        if changed.is_err() {
+                            // The renewal task ended without a verdict: treat as lost.
+                            return LostReason::Expired;
+                        }
+                    }
+                    _ = expiry => return LostReason::Expired,
                 }
             }
         }
     }
 
     /// Runs `work` while the lock is held; if the lock is lost first, `work` is dropped
-    /// (cancelled) and the reason returned.
+    /// (cancelled) and the reason returned. Also `Err` if `work` completed but the lock was no
+    /// longer held when it did.
     pub async fn run<F: Future>(&self, work: F) -> Result<F::Output, LostReason> {
         let lost = self.lost();
-        tokio::select! {
+        let out = tokio::select! {
             biased;
-            reason = lost => Err(reason),
-            out = work => Ok(out),
+            reason = lost => return Err(reason),
+            out = work => out,
+        };
+        match self.lost_reason() {
+            Some(reason) => Err(reason),
+            None => Ok(out),
         }
     }
 
-    /// Stops renewal and releases the lease (one request). Idempotent: later calls return
-    /// `Ok(())`. After a loss it still tries to release (the lease may be ours on the server),
-    /// and reports no error.
-    pub async fn release(&mut self) -> Result<(), Error> {
-        let Some(commands) = self.commands.take() else {
-            return Ok(());
-        };
-        let (tx, rx) = oneshot::channel();
-        if commands.send(Command::Release(Some(tx))).is_err() {
-            return Ok(());
+    /// Stops renewal and releases the lease (one request, bounded by the lease's own end).
+    ///
+    /// `Ok` only if the lock was ours until the release: [`Released::Unconfirmed`] when an
+    /// earlier attempt's answer was lost and the retry found the lease gone (see
+    /// [`AzureMutex::release`]). [`Error::LeaseLost`] when the lock had been lost (noticed
+    /// before, or shown by the release's answer); a lease that may still be ours on the server
+    /// is released all the same. Other errors (network) mean the lease will expire by itself.
+    /// Idempotent: later calls return the first call's result.
+    pub async fn release(&mut self) -> Result<Released, Error> {
+        if let Some(done) = &self.released {
+            return done.clone();
         }
-        rx.await.unwrap_or(Ok(()))
+        let result = match self.commands.take() {
+            None => Ok(Released::Confirmed),
+            Some(commands) => {
+                let (tx, rx) = oneshot::channel();
+                if commands.send(Command::Release(Some(tx))).is_err() {
+                    Err(self.lost_error(LostReason::Expired))
+                } else {
+                    rx.await.unwrap_or_else(|_| Err(self.lost_error(LostReason::Expired)))
+                }
+            }
+        };
+        self.released = Some(result.clone());
+        result
+    }
+
+    fn lost_error(&self, reason: LostReason) -> Error {
+        Error::LeaseLost {
+            lock: self.lock.to_string(),
+            reason,
+            service: None,
+        }
     }
 }
 
@@ -607,53 +756,73 @@ impl Drop for LockGuard {
     }
 }
 
+/// The background task of a [`LockGuard`]: the state machine of [`State`].
 struct Renewer {
     mutex: AzureMutex,
     lease: Lease,
     state: watch::Sender<State>,
-    every: Option<Duration>,
-    margin: Duration,
+    options: LockerOptions,
 }
 
 impl Renewer {
+    /// Publishes `next` unless the state is final for it (lost stays lost; released stays).
+    fn publish(&self, next: State) {
+        self.state.send_if_modified(|current| {
+            let allowed = match (*current, next) {
+                (State::Released, _) => false,
+                (State::Lost(_), State::Released) => true,
+                (State::Lost(_), _) => false,
+                _ => true,
+            };
+            if allowed {
+                *current = next;
+            }
+            allowed
+        });
+    }
+
+    fn lose(&self, reason: LostReason, why: &dyn fmt::Display) {
+        tracing::warn!(lock = %self.lease.lock(), %reason, "lock lost: {why}");
+        self.publish(State::Lost(reason));
+    }
+
     async fn run(mut self, mut commands: oneshot::Receiver<Command>) {
+        let every = self.options.renew_interval();
         let command = loop {
             let current = *self.state.borrow();
-            if let State::Lost(_) = current {
+            let State::Held(validity) = current else {
                 // Lost: wait for the owner to release or drop.
                 break (&mut commands).await.ok();
-            }
-            let Some(every) = self.every else {
-                break (&mut commands).await.ok();
             };
-            let next = self.lease.grant().sent_at + every;
+            let next = self.lease.grant().sent_at.checked_add(every).unwrap_or(validity.until);
             tokio::select! {
-                _ = sleep_until(next.into()) => {}
+                _ = sleep_until(next.min(validity.until).into()) => {}
                 c = &mut commands => break c.ok(),
             }
-            // Slept through the deadline (machine suspended)? Then the lock may be gone.
-            if !self
-                .lease
-                .grant()
-                .is_valid(Instant::now(), SystemTime::now(), self.margin)
-            {
-                tracing::warn!(lock = %self.lease.lock(), "lock lost: the local deadline passed before renewal");
-                self.state.send_replace(State::Lost(LostReason::Expired));
+            // Slept through the deadline (machine suspended, runtime starved)? Then the lock
+            // may be gone.
+            if !validity.holds(Instant::now(), SystemTime::now()) {
+                self.lose(LostReason::Expired, &"the local deadline passed before renewal");
                 continue;
             }
-            // Renew; give up at the local deadline minus the margin.
-            let valid_until = self.lease.deadline().map(|d| d - self.margin).unwrap_or(next + every);
+            // Renew; give up at the local deadline.
             let outcome = tokio::select! {
-                r = self.mutex.renew_until(&mut self.lease, valid_until) => Some(r),
-                _ = sleep_until(valid_until.into()) => None,
+                r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
+                _ = sleep_until(validity.until.into()) => None,
                 c = &mut commands => break c.ok(),
             };
+            let in_time = validity.holds(Instant::now(), SystemTime::now());
             match outcome {
-                Some(Ok(grant)) => {
-                    self.state.send_replace(State::Held {
-                        grant,
-                        margin: self.margin,
-                    });
+                // A confirmation counts only if it came while the previous grant still held:
+                // otherwise `lost()` may already have fired.
+                Some(Ok(grant)) if in_time => self.publish(State::Held(Validity::of(grant, &self.options))),
+                Some(Ok(_)) | None => self.lose(
+                    LostReason::Expired,
+                    &"no renewal was confirmed before the local deadline",
+                ),
+                // Gave up early on a transient failure with time left: try again.
+                Some(Err(e)) if e.is_transient() && in_time => {
+                    tracing::debug!(lock = %self.lease.lock(), error = %e, "renewal failed; retrying");
                 }
                 Some(Err(e)) => {
                     let reason = match &e {
@@ -662,12 +831,7 @@ impl Renewer {
                         Error::Transient { .. } | Error::Throttled { .. } => LostReason::Expired,
                         _ => LostReason::RenewalRefused,
                     };
-                    tracing::warn!(lock = %self.lease.lock(), error = %e, "lock lost");
-                    self.state.send_replace(State::Lost(reason));
-                }
-                None => {
-                    tracing::warn!(lock = %self.lease.lock(), "lock lost: no renewal confirmed before the local deadline");
-                    self.state.send_replace(State::Lost(LostReason::Expired));
+                    self.lose(reason, &e);
                 }
             }
         };
@@ -675,33 +839,47 @@ impl Renewer {
             // The guard vanished without a word (cannot happen: Drop sends). Let it expire.
             return;
         };
-        let current = *self.state.borrow();
-        let lost = match current {
-            State::Lost(r) => Some(r),
-            _ => None,
+        let result = self.release().await;
+        self.publish(State::Released);
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        } else if let Err(e) = result {
+            tracing::warn!(lock = %self.lease.lock(), error = %e, "release on drop failed");
+        }
+    }
+
+    /// The release at the owner's request: a real one while held; after a loss a courtesy
+    /// (bounded by the lease's own end) that reports the loss.
+    async fn release(&self) -> Result<Released, Error> {
+        let lost_error = |reason| Error::LeaseLost {
+            lock: self.lease.lock().to_string(),
+            reason,
+            service: None,
         };
+        let now = Instant::now();
+        let (validity, lost) = match *self.state.borrow() {
+            State::Held(v) if v.holds(now, SystemTime::now()) => (v, None),
+            State::Held(v) => (v, Some(LostReason::Expired)),
+            State::Lost(r) => (Validity::of(self.lease.grant(), &self.options), Some(r)),
+            State::Released => return Ok(Released::Confirmed),
+        };
+        let default = self.mutex.client().default_deadline();
+        let deadline = validity.lease_end.map_or(default, |end| end.min(default));
         let definitely_not_ours = matches!(
             lost,
             Some(LostReason::IdMismatch | LostReason::NotPresent | LostReason::Deleted | LostReason::ReturnedOtherId)
         );
-        let result = if definitely_not_ours {
-            Ok(())
-        } else {
-            let result = self.mutex.release(&self.lease).await;
-            match (result, lost) {
-                // After a loss, releasing is a courtesy: report nothing.
-                (Err(e), Some(_)) => {
-                    tracing::debug!(lock = %self.lease.lock(), error = %e, "release after loss failed (ignored)");
-                    Ok(())
-                }
-                (result, _) => result,
+        if definitely_not_ours || deadline <= now {
+            return Err(lost_error(lost.unwrap_or(LostReason::Expired)));
+        }
+        let result = self.mutex.release_until(&self.lease, deadline).await;
+        match (result, lost) {
+            (Ok(_), Some(reason)) => Err(lost_error(reason)),
+            (Err(e), Some(reason)) => {
+                tracing::debug!(lock = %self.lease.lock(), error = %e, "courtesy release after loss failed");
+                Err(lost_error(reason))
             }
-        };
-        self.state.send_replace(State::Released);
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        } else if let Err(e) = result {
-            tracing::warn!(lock = %self.lease.lock(), error = %e, "release on drop failed; the lease will expire");
+            (result, None) => result,
         }
     }
 }

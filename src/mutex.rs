@@ -2,8 +2,8 @@
 //! [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request in
 //! the steady state; nothing runs in the background.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use crate::config::StorageConfig;
 use crate::error::{Error, InvalidInput, LostReason, ServiceError};
+use crate::fence;
 use crate::rest::{BlobClient, ClientOptions, RestRequest, RestResponse};
 use crate::types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
@@ -21,6 +22,20 @@ const META_OWNER: &str = "azmutexowner";
 const META_HOST: &str = "azmutexhost";
 const META_PID: &str = "azmutexpid";
 const META_SINCE: &str = "azmutexsince";
+
+/// How long cleanup after a failed or abandoned acquire may take at most.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a release ended (see [`AzureMutex::release`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The service released the lease: it was ours until then.
+    Confirmed,
+    /// An earlier attempt's answer was lost and a retry found the lease no longer ours. The lost
+    /// attempt most likely released it, but the service cannot rule out that the lease was
+    /// broken (and the lock taken) before.
+    Unconfirmed,
+}
 
 /// When a request was sent and how long its lease is therefore valid locally.
 ///
@@ -33,6 +48,8 @@ pub struct Grant {
     /// When the acquire/renew request that got this answer was *sent*. The server started the
     /// lease clock no earlier than this.
     pub sent_at: Instant,
+    /// The wall-clock time at `sent_at`.
+    pub sent_at_wall: SystemTime,
     /// `sent_at + duration`; `None` for an infinite lease. Never trust the lease past it.
     pub deadline: Option<Instant>,
     /// The same deadline on the wall clock; `None` for an infinite lease.
@@ -44,6 +61,7 @@ impl Grant {
         let d = duration.as_duration();
         Self {
             sent_at,
+            sent_at_wall,
             deadline: d.map(|d| sent_at + d),
             wall_deadline: d.map(|d| sent_at_wall + d),
         }
@@ -79,6 +97,7 @@ impl Lease {
             duration,
             grant: Grant {
                 sent_at: now,
+                sent_at_wall: SystemTime::now(),
                 deadline: Some(now),
                 wall_deadline: Some(SystemTime::now()),
             },
@@ -214,12 +233,6 @@ pub enum LeaseKind {
     Infinite,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BlobKind {
-    Page,
-    Other,
-}
-
 /// Builds an [`AzureMutex`].
 #[derive(Debug)]
 pub struct AzureMutexBuilder {
@@ -269,7 +282,7 @@ impl AzureMutexBuilder {
                 create_container: self.create_container,
                 fencing: self.fencing,
                 holder: self.holder,
-                kinds: Mutex::new(HashMap::new()),
+                pages: fence::PageCache::default(),
             }),
         })
     }
@@ -299,7 +312,7 @@ struct Inner {
     create_container: bool,
     fencing: bool,
     holder: Option<Holder>,
-    kinds: Mutex<HashMap<LockName, BlobKind>>,
+    pages: fence::PageCache,
 }
 
 fn name(lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockName, InvalidInput> {
@@ -401,7 +414,6 @@ impl AzureMutex {
             }
             creations += 1;
         };
-        self.check_returned_id(lock, &resp, id)?;
         let grant = Grant::new(resp.sent_at, resp.sent_at_wall, duration);
         let mut lease = Lease {
             lock: lock.clone(),
@@ -410,20 +422,41 @@ impl AzureMutex {
             grant,
             fencing_token: None,
         };
+        if let Err(e) = self.check_returned_id(lock, &resp, id) {
+            // 201 without our id: the service (or something in between) did not confirm that
+            // the lease is ours. Nothing may run under it; release what may be ours.
+            self.release_quietly(&lease).await;
+            return Err(Error::Unexpected {
+                service: e.service().cloned().unwrap_or_else(|| resp.error()),
+                detail: format!(
+                    "acquire answered 201 with lease id {:?} instead of ours; released ours",
+                    resp.header("x-ms-lease-id").unwrap_or("(none)")
+                ),
+            });
+        }
         tracing::debug!(lock = %lock, lease_id = %id, "acquired");
         if self.inner.fencing || self.inner.holder.is_some() {
-            match self.stamp(lock, id, deadline).await {
+            // The stamp must not outlive the lease it is written under.
+            let stamp_deadline = grant.deadline.map_or(deadline, |d| d.min(deadline));
+            let acquired_etag = resp.header("etag").map(str::to_string);
+            match self.stamp(lock, id, acquired_etag, stamp_deadline).await {
                 Ok(token) => lease.fencing_token = token,
                 Err(e) => {
                     // Do not keep a lease the caller will never hear of.
-                    if let Err(release) = self.release_until(&lease, self.inner.client.default_deadline()).await {
-                        tracing::warn!(lock = %lock, error = %release, "could not release after a failed fencing/holder update");
-                    }
+                    self.release_quietly(&lease).await;
                     return Err(e);
                 }
             }
         }
         Ok(lease)
+    }
+
+    /// Releases `lease` after a failed acquire, bounded by a few seconds; failures are logged.
+    async fn release_quietly(&self, lease: &Lease) {
+        let deadline = Instant::now() + CLEANUP_TIMEOUT.min(self.inner.client.options().retry.call_timeout);
+        if let Err(e) = self.release_until(lease, deadline).await {
+            tracing::warn!(lock = %lease.lock, error = %e, "could not release after a failed acquire; the lease will expire");
+        }
     }
 
     /// Renews `lease` (one [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request, `renew`) and updates its grant. A lost lease is
@@ -469,23 +502,28 @@ impl AzureMutex {
 
     /// Releases `lease` (one [Lease Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/lease-blob) request, `release`): the lock is free at once.
     ///
-    /// If the request had to be retried and the retry is told the id does not match, the first
-    /// attempt released it: that counts as released.
-    pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
+    /// [`Released::Confirmed`] when the service confirmed it. A "lease id mismatch" answer is
+    /// [`Error::LeaseLost`] (someone else holds the lock: ours was lost before), except after
+    /// an earlier attempt of this call whose outcome is unknown (its answer was lost): that
+    /// attempt most likely released the lease, and the result is [`Released::Unconfirmed`].
+    pub async fn release(&self, lease: &Lease) -> Result<Released, Error> {
         self.release_until(lease, self.inner.client.default_deadline()).await
     }
 
     /// [`AzureMutex::release`] with retries bounded by `deadline`.
-    pub async fn release_until(&self, lease: &Lease, deadline: Instant) -> Result<(), Error> {
+    pub async fn release_until(&self, lease: &Lease, deadline: Instant) -> Result<Released, Error> {
         let req = self
             .lease_request(&lease.lock, "release")
             .header("x-ms-lease-id", lease.id.to_string());
         let resp = self.inner.client.send(&req, deadline).await?;
         match resp.status {
-            200 => Ok(()),
-            409 if resp.attempts > 1 && resp.error().is("LeaseIdMismatchWithLeaseOperation") => {
-                tracing::debug!(lock = %lease.lock, "release retried: counting the mismatch as released");
-                Ok(())
+            200 => Ok(Released::Confirmed),
+            409 if resp.earlier_outcome_unknown && resp.error().is("LeaseIdMismatchWithLeaseOperation") => {
+                tracing::warn!(
+                    lock = %lease.lock,
+                    "release unconfirmed: an earlier attempt's answer was lost and the retry found the lease gone"
+                );
+                Ok(Released::Unconfirmed)
             }
             _ => Err(self.classify(&lease.lock, &resp, Op::Release)),
         }
@@ -605,8 +643,9 @@ impl AzureMutex {
 
     /// [Put Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/put-blob) of an empty
     /// lock blob with `If-None-Match: *`: never overwrites. A zero-length page blob when fencing
-    /// (its sequence number is the token), falling back to a block blob where page blobs are
-    /// not supported.
+    /// (its sequence number is the token, seeded from the clock so that a deleted and recreated
+    /// lock blob never hands out a token again), falling back to a block blob where page blobs
+    /// are not supported.
     async fn create_blob(&self, lock: &LockName, deadline: Instant) -> Result<(), Error> {
         let mut page = self.inner.fencing;
         loop {
@@ -620,6 +659,7 @@ impl AzureMutex {
             req = if page {
                 req.header("x-ms-blob-type", "PageBlob")
                     .header("x-ms-blob-content-length", "0")
+                    .header("x-ms-blob-sequence-number", fence::clock_seed().to_string())
             } else {
                 req.header("x-ms-blob-type", "BlockBlob")
             };
@@ -627,8 +667,11 @@ impl AzureMutex {
             let err = resp.error();
             match resp.status {
                 201 => {
-                    let kind = if page { BlobKind::Page } else { BlobKind::Other };
-                    self.set_kind(lock, kind);
+                    if let (true, Some(etag)) = (page, resp.header("etag")) {
+                        // Created by us: no content headers to keep; this ETag is the blob's
+                        // until someone changes it.
+                        self.inner.pages.remember(lock, etag.to_string(), Vec::new());
+                    }
                     tracing::debug!(lock = %lock, page, "created lock blob");
                     return Ok(());
                 }
@@ -650,21 +693,37 @@ impl AzureMutex {
         }
     }
 
-    fn kind(&self, lock: &LockName) -> Option<BlobKind> {
-        self.inner.kinds.lock().ok().and_then(|k| k.get(lock).copied())
-    }
-
-    fn set_kind(&self, lock: &LockName, kind: BlobKind) {
-        if let Ok(mut k) = self.inner.kinds.lock() {
-            k.insert(lock.clone(), kind);
-        }
-    }
-
     /// After an acquire: bumps the fencing token and/or records the holder, under our lease.
-    async fn stamp(&self, lock: &LockName, id: LeaseId, deadline: Instant) -> Result<Option<u64>, Error> {
+    /// `acquired_etag` is the ETag the acquire answer carried.
+    async fn stamp(
+        &self,
+        lock: &LockName,
+        id: LeaseId,
+        acquired_etag: Option<String>,
+        deadline: Instant,
+    ) -> Result<Option<u64>, Error> {
         let fencing = self.inner.fencing;
-        if fencing && self.inner.holder.is_none() && self.kind(lock) == Some(BlobKind::Page) {
-            return self.increment(lock, id, None, deadline).await.map(|(n, _)| Some(n));
+        if fencing && self.inner.holder.is_none() {
+            // Fast path: a page blob unchanged since our own last write to it (same ETag), so
+            // its content headers are known and the increment can send them back.
+            if let Some(known) = acquired_etag.and_then(|etag| self.inner.pages.get(lock, &etag)) {
+                let resp = self.increment(lock, id, &known, deadline).await?;
+                match resp.status {
+                    200 => {
+                        let (token, etag) = fence::sequence_number(&resp)?;
+                        if let Some(etag) = etag {
+                            self.inner.pages.remember(lock, etag, known);
+                        }
+                        return Ok(Some(token));
+                    }
+                    // Not a page blob any more (deleted and recreated), or changed: forget it.
+                    400 | 409 | 412 if !fence::is_lease_error(&resp) => self.inner.pages.forget(lock),
+                    _ => {
+                        self.inner.pages.forget(lock);
+                        return Err(self.classify(lock, &resp, Op::Write));
+                    }
+                }
+            }
         }
         for _ in 0..3 {
             let resp = self.head(lock, deadline).await?;
@@ -677,16 +736,23 @@ impl AzureMutex {
             }
             let props = Props::from(&resp);
             let page = props.page;
-            self.set_kind(lock, if page { BlobKind::Page } else { BlobKind::Other });
             let mut metadata = props.metadata.clone();
             let mut etag = props.etag.clone();
             let mut token = None;
             if fencing && page {
-                let (n, new_etag) = self.increment(lock, id, Some(&resp), deadline).await?;
+                let content = fence::content_headers(&resp);
+                let inc = self.increment(lock, id, &content, deadline).await?;
+                if inc.status != 200 {
+                    return Err(self.classify(lock, &inc, Op::Write));
+                }
+                let (n, new_etag) = fence::sequence_number(&inc)?;
                 token = Some(n);
+                if let (Some(new_etag), None) = (&new_etag, &self.inner.holder) {
+                    self.inner.pages.remember(lock, new_etag.clone(), content);
+                }
                 etag = new_etag.or(etag);
             } else if fencing {
-                let n = props.fencing_token().unwrap_or(0) + 1;
+                let n = fence::next_counter(lock, metadata.get(META_FENCE).map(String::as_str))?;
                 metadata.insert(META_FENCE.into(), n.to_string());
                 token = Some(n);
             }
@@ -732,45 +798,24 @@ impl AzureMutex {
     }
 
     /// [Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties)
-    /// with `x-ms-sequence-number-action: increment`: one request, atomic on the server.
-    /// Content headers read by `head` are sent back, since this call sets them all.
+    /// with `x-ms-sequence-number-action: increment`: one request, atomic on the server. This
+    /// call sets every content header, clearing those it does not send: `content` carries the
+    /// blob's current ones (`x-ms-blob-content-*` names) so that nothing is lost.
     async fn increment(
         &self,
         lock: &LockName,
         id: LeaseId,
-        head: Option<&RestResponse>,
+        content: &[(&'static str, String)],
         deadline: Instant,
-    ) -> Result<(u64, Option<String>), Error> {
+    ) -> Result<RestResponse, Error> {
         let mut req = RestRequest::new("fence", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
             .query("comp", "properties")
             .header("x-ms-lease-id", id.to_string())
             .header("x-ms-sequence-number-action", "increment");
-        if let Some(head) = head {
-            for (from, to) in [
-                ("content-type", "x-ms-blob-content-type"),
-                ("content-encoding", "x-ms-blob-content-encoding"),
-                ("content-language", "x-ms-blob-content-language"),
-                ("content-disposition", "x-ms-blob-content-disposition"),
-                ("cache-control", "x-ms-blob-cache-control"),
-                ("content-md5", "x-ms-blob-content-md5"),
-            ] {
-                if let Some(v) = head.header(from).filter(|v| !v.trim().is_empty()) {
-                    req = req.header(to, v.trim().to_string());
-                }
-            }
+        for (name, value) in content {
+            req = req.header(name, value.clone());
         }
-        let resp = self.inner.client.send(&req, deadline).await?;
-        if resp.status != 200 {
-            return Err(self.classify(lock, &resp, Op::Write));
-        }
-        let n = resp
-            .header("x-ms-blob-sequence-number")
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| Error::Unexpected {
-                service: resp.error(),
-                detail: "no x-ms-blob-sequence-number".into(),
-            })?;
-        Ok((n, resp.header("etag").map(str::to_string)))
+        self.inner.client.send(&req, deadline).await
     }
 
     /// [Set Blob Metadata](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-metadata)

@@ -168,6 +168,12 @@ pub struct RestResponse {
     pub sent_at_wall: SystemTime,
     /// How many requests this call made (1 if not retried).
     pub attempts: u32,
+    /// Whether an earlier attempt of this call may have been applied by the service although
+    /// its answer never came (a timeout, a connection broken after sending, 500, 502, 504 or
+    /// 408). `false` when every earlier attempt is known not to have been applied (connection
+    /// refused, 503 `ServerBusy`, 429) or there was none. A retry's answer must be read in that
+    /// light: e.g. a release whose first attempt was applied gets "lease id mismatch" on retry.
+    pub earlier_outcome_unknown: bool,
     body: Vec<u8>,
 }
 
@@ -260,6 +266,8 @@ enum Attempt {
         cause: TransientCause,
         throttled: Option<ServiceError>,
         retry_after: Option<Duration>,
+        /// Whether the service may have applied the request.
+        maybe_applied: bool,
     },
 }
 
@@ -364,6 +372,7 @@ impl BlobClient {
         let url = self.url(&req.container, req.blob.as_deref(), &req.query)?;
         let client_request_id = uuid::Uuid::new_v4().to_string();
         let mut attempts = 0u32;
+        let mut earlier_outcome_unknown = false;
         loop {
             attempts += 1;
             let now = Instant::now();
@@ -374,6 +383,7 @@ impl BlobClient {
                     cause: TransientCause::Timeout,
                     throttled: None,
                     retry_after: None,
+                    maybe_applied: false,
                 }
             } else {
                 self.attempt(req, &url, &client_request_id, timeout, attempts).await?
@@ -381,6 +391,7 @@ impl BlobClient {
             let (cause, throttled, retry_after) = match attempt {
                 Attempt::Done(mut resp) => {
                     resp.attempts = attempts;
+                    resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
                         return Err(Error::Auth {
                             service: Some(resp.error()),
@@ -393,7 +404,11 @@ impl BlobClient {
                     cause,
                     throttled,
                     retry_after,
-                } => (cause, throttled, retry_after),
+                    maybe_applied,
+                } => {
+                    earlier_outcome_unknown |= maybe_applied;
+                    (cause, throttled, retry_after)
+                }
             };
             let wait = self
                 .inner
@@ -485,6 +500,9 @@ impl BlobClient {
         let response = match result {
             Ok(r) => r,
             Err(e) => {
+                // A failure to connect means nothing was sent; anything later may have been
+                // applied by the service.
+                let maybe_applied = !e.is_connect();
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
                 } else {
@@ -495,6 +513,7 @@ impl BlobClient {
                     cause,
                     throttled: None,
                     retry_after: None,
+                    maybe_applied,
                 });
             }
         };
@@ -512,6 +531,7 @@ impl BlobClient {
                     cause,
                     throttled: None,
                     retry_after: None,
+                    maybe_applied: true,
                 });
             }
         };
@@ -540,6 +560,8 @@ impl BlobClient {
                 let throttled = (status == 503 || status == 429).then(|| service.clone());
                 Ok(Attempt::Retry {
                     cause: TransientCause::Service(service),
+                    // 503 ServerBusy and 429 are refusals: the request was not carried out.
+                    maybe_applied: throttled.is_none(),
                     throttled,
                     retry_after,
                 })
@@ -550,6 +572,7 @@ impl BlobClient {
                 sent_at,
                 sent_at_wall,
                 attempts: attempt,
+                earlier_outcome_unknown: false,
                 body,
             })),
         }

@@ -2,6 +2,7 @@
 
 mod commands;
 mod output;
+mod process;
 mod run;
 
 use std::path::PathBuf;

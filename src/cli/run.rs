@@ -4,12 +4,13 @@ use std::ffi::OsString;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use azmutex::{Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason};
+use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::output::{parse_duration, rfc3339};
+use super::process;
 use super::{exit, Context, Failure};
 
 /// `run` options.
@@ -26,8 +27,10 @@ pub struct RunArgs {
     /// Lease duration in seconds (15-60); renewed every third of it.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub lease: u64,
-    /// After the lock is lost the command gets SIGTERM, then SIGKILL after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// When the lock may be lost (no renewal confirmed in time) the command's process group gets
+    /// SIGTERM, then SIGKILL after this long, timed so that SIGKILL lands 2 s before the lease
+    /// can end. Renewal interval (lease/3) + kill grace + 2 s must stay below the lease.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub kill_grace: Duration,
     /// Exit code when the lock is busy or the wait times out.
     #[arg(long, default_value_t = exit::BUSY, value_name = "N")]
@@ -110,58 +113,117 @@ fn describe_holder(info: &azmutex::LockInfo) -> String {
     format!(" (held by {})", parts.join(" "))
 }
 
-pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
+/// Safety margin kept before the lease's local deadline (the library's default).
+const SAFETY_MARGIN: Duration = Duration::from_secs(2);
+
+/// Checks that lease, renewal interval, safety margin and kill grace fit together: the command
+/// must be dead (SIGKILL sent) by deadline − margin, and renewals need time before that.
+fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Failure> {
     let lease = LeaseDuration::seconds(args.lease)?;
+    let lease_secs = Duration::from_secs(args.lease);
+    let every = lease_secs / 3;
+    let budget = every
+        .checked_add(SAFETY_MARGIN)
+        .and_then(|d| d.checked_add(args.kill_grace))
+        .filter(|used| *used < lease_secs);
+    if budget.is_none() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--lease {}s and --kill-grace {:?} do not fit: the lease is renewed every {:?}, and a command \
+                 that is not confirmed renewed must get SIGTERM {:?} + {:?} (kill grace + safety margin) before the \
+                 lease ends, so renewal interval + kill grace + safety margin must stay below the lease \
+                 ({:?} + {:?} + {:?} >= {:?}); lower --kill-grace or raise --lease",
+                args.lease,
+                args.kill_grace,
+                every,
+                args.kill_grace,
+                SAFETY_MARGIN,
+                every,
+                args.kill_grace,
+                SAFETY_MARGIN,
+                lease_secs
+            ),
+        ));
+    }
+    let options = LockerOptions {
+        lease,
+        // `lost()` fires kill_grace before the margin, so SIGKILL lands by deadline − margin.
+        safety_margin: SAFETY_MARGIN + args.kill_grace,
+        report_holder: false,
+        give_up_after: Some(timeout),
+        ..LockerOptions::default()
+    };
+    options.check()?;
+    Ok(options)
+}
+
+pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
+    let options = locker_options(&args, ctx.conn.timeout)?;
     let owner = args.owner.clone().unwrap_or_else(|| {
         let cmd: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         cmd.join(" ").chars().take(200).collect()
     });
     let mutex = ctx.mutex(true, Some(holder(Some(owner))))?;
-    let options = LockerOptions {
-        lease,
-        report_holder: false,
-        ..LockerOptions::default()
-    };
     let locker = Locker::with_options(mutex.clone(), args.lock.as_str(), options)?;
     let mut signals = Signals::new()?;
 
     let started = Instant::now();
-    let mut guard = match locker.try_lock().await {
-        Ok(g) => g,
-        Err(LockError::Busy { .. }) => {
-            let info = mutex.inspect(locker.lock_name()).await.ok();
-            let who = info.as_ref().map(describe_holder).unwrap_or_default();
-            if args.no_wait {
+    let mut guard = if args.no_wait {
+        match locker.try_lock().await {
+            Ok(g) => g,
+            Err(LockError::Busy { .. }) => {
                 if !ctx.quiet {
+                    let info = mutex.inspect(locker.lock_name()).await.ok();
+                    let who = info.as_ref().map(describe_holder).unwrap_or_default();
                     eprintln!("azmutex: lock {:?} is busy{who}; not waiting (--no-wait)", args.lock);
                 }
                 return Ok(args.conflict_exit_code);
             }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        let mut caught = None;
+        let cancel = async {
+            caught = Some(signals.next().await);
+        };
+        let acquire = locker.lock_until(args.wait, cancel);
+        // If the lock is not ours soon, say who holds it (one extra request).
+        let notice = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
             if !ctx.quiet {
-                let limit = args.wait.map(|w| format!(", up to {w:?}")).unwrap_or_default();
-                eprintln!("azmutex: waiting for lock {:?}{who}{limit}", args.lock);
-            }
-            let mut caught = None;
-            let cancel = async {
-                caught = Some(signals.next().await);
-            };
-            match locker.lock_until(args.wait, cancel).await {
-                Ok(g) => g,
-                Err(LockError::TimedOut { waited, .. }) => {
-                    if !ctx.quiet {
+                if let Ok(info) = mutex.inspect(locker.lock_name()).await {
+                    if info.locked {
+                        let limit = args.wait.map(|w| format!(", up to {w:?}")).unwrap_or_default();
                         eprintln!(
-                            "azmutex: gave up waiting for lock {:?} after {:.1}s",
+                            "azmutex: waiting for lock {:?}{}{limit}",
                             args.lock,
-                            waited.as_secs_f64()
+                            describe_holder(&info)
                         );
                     }
-                    return Ok(args.conflict_exit_code);
                 }
-                Err(LockError::Cancelled { .. }) => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),
-                Err(e) => return Err(e.into()),
             }
+            std::future::pending::<std::convert::Infallible>().await
+        };
+        let result = tokio::select! {
+            r = acquire => r,
+            never = notice => match never {},
+        };
+        match result {
+            Ok(g) => g,
+            Err(LockError::TimedOut { waited, .. }) => {
+                if !ctx.quiet {
+                    eprintln!(
+                        "azmutex: gave up waiting for lock {:?} after {:.1}s",
+                        args.lock,
+                        waited.as_secs_f64()
+                    );
+                }
+                return Ok(args.conflict_exit_code);
+            }
+            Err(LockError::Cancelled { .. }) => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     if !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
         eprintln!(
@@ -172,16 +234,18 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
         );
     }
 
-    let child = Command::new(&args.command[0])
+    let terminal = process::foreground_terminal();
+    let mut command = Command::new(&args.command[0]);
+    command
         .args(&args.command[1..])
         .env("AZMUTEX_LOCK", &args.lock)
         .env("AZMUTEX_LEASE_ID", guard.lease_id().to_string())
         .env(
             "AZMUTEX_FENCING_TOKEN",
             guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
-        )
-        .spawn();
-    let child = match child {
+        );
+    process::own_group(&mut command, terminal);
+    let child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
             let _ = guard.release().await;
@@ -193,13 +257,19 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
             return Err(Failure::new(code, format!("cannot run {:?}: {e}", args.command[0])));
         }
     };
-    supervise(ctx, &args, child, &mut guard, &mut signals).await
+    let group = process::Group::new(&child, terminal);
+    let outcome = supervise(ctx, &args, child, &group, &mut guard, &mut signals).await;
+    group.restore_terminal();
+    outcome
 }
 
+/// Waits for the command while the lock is held; stops it (and its whole process group) when
+/// the lock may be lost; forwards signals to the group once.
 async fn supervise(
     ctx: &Context,
     args: &RunArgs,
     mut child: Child,
+    group: &process::Group,
     guard: &mut LockGuard,
     signals: &mut Signals,
 ) -> Result<u8, Failure> {
@@ -208,43 +278,80 @@ async fn supervise(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            reason = &mut lost => return stop_on_loss(ctx, args, child, guard, reason).await,
-            sig = signals.next() => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: plain kill(2) on our own child's pid.
-                    unsafe { libc::kill(pid as libc::pid_t, sig) };
-                }
-            }
+            reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason).await,
+            sig = signals.next() => group.signal(sig),
         }
     };
     let status = status.map_err(|e| Failure::new(exit::OTHER, format!("waiting for the command failed: {e}")))?;
-    if let Err(e) = guard.release().await {
-        eprintln!("azmutex: warning: releasing lock {:?} failed: {e}", args.lock);
+    // Whatever the command left behind in its group runs under the lock too: stop it first.
+    if group.alive() {
+        if !ctx.quiet {
+            eprintln!("azmutex: the command left processes behind; stopping them before releasing the lock");
+        }
+        group.signal(libc::SIGTERM);
+        tokio::select! {
+            _ = group.wait_gone(args.kill_grace) => {}
+            _ = &mut lost => {}
+        }
+        group.kill_and_reap().await;
+    }
+    if let Some(reason) = guard.lost_reason() {
+        let _ = guard.release().await;
+        eprintln!(
+            "azmutex: lock {:?} was lost before the command ended ({reason})",
+            args.lock
+        );
+        return Ok(exit::LOST);
+    }
+    match guard.release().await {
+        Ok(Released::Confirmed) => {}
+        Ok(Released::Unconfirmed) => eprintln!(
+            "azmutex: warning: releasing lock {:?} is unconfirmed (an answer was lost; the retry found the lease gone)",
+            args.lock
+        ),
+        Err(Error::LeaseLost { reason, .. }) => {
+            eprintln!(
+                "azmutex: lock {:?} was lost before the command ended ({reason}): someone else may have held it",
+                args.lock
+            );
+            return Ok(exit::LOST);
+        }
+        Err(e) => eprintln!(
+            "azmutex: warning: releasing lock {:?} failed ({e}); it stays locked until the lease expires",
+            args.lock
+        ),
     }
     Ok(exit_code(status))
 }
 
+/// After a loss: SIGTERM to the command's group, SIGKILL after the kill grace (which lands by
+/// the lease's deadline minus the safety margin), then a courtesy release bounded by the
+/// lease's own end. Exits 70.
 async fn stop_on_loss(
     ctx: &Context,
     args: &RunArgs,
     mut child: Child,
+    group: &process::Group,
     guard: &mut LockGuard,
     reason: LostReason,
 ) -> Result<u8, Failure> {
     eprintln!("azmutex: lock {:?} lost ({reason}); stopping the command", args.lock);
-    if let Some(pid) = child.id() {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    group.signal(libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + args.kill_grace;
+    let main_done = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
+    let all_done = main_done
+        && tokio::time::timeout_at(deadline, group.wait_gone(args.kill_grace))
+            .await
+            .is_ok();
+    if !all_done && !ctx.quiet {
+        eprintln!(
+            "azmutex: the command did not stop within {:?}; killing it",
+            args.kill_grace
+        );
     }
-    if tokio::time::timeout(args.kill_grace, child.wait()).await.is_err() {
-        if !ctx.quiet {
-            eprintln!(
-                "azmutex: the command did not stop within {:?}; killing it",
-                args.kill_grace
-            );
-        }
-        let _ = child.kill().await;
-    }
+    group.signal(libc::SIGKILL);
+    let _ = child.wait().await;
+    group.kill_and_reap().await;
     let _ = guard.release().await;
     Ok(exit::LOST)
 }

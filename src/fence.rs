@@ -1,0 +1,188 @@
+//! Fencing tokens: numbers that never repeat or decrease for a lock name.
+//!
+//! Two counters, both written under the lease that the token is handed out with:
+//! - the sequence number of a zero-length page blob, incremented on the server in one request
+//!   ([Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties),
+//!   `x-ms-sequence-number-action: increment`). A page blob this crate creates starts at the
+//!   wall clock in microseconds ([`clock_seed`]), so a lock blob deleted and recreated (by an
+//!   operator or a lifecycle rule) starts above every token its predecessor handed out.
+//! - a metadata counter `azmutexfence` on other blobs, written with `If-Match`: the next value is
+//!   `max(previous + 1, clock_seed())`, so a corrupt or deleted counter also restarts above the
+//!   old one.
+//!
+//! Either way the guarantee rests on the clocks of the machines that create lock blobs being
+//! roughly right (within the age of the lock blob): a token is a count of microseconds since
+//! 1970 plus the number of acquisitions since. At `u64::MAX` (or the service's own limit,
+//! 2^63 - 1 for sequence numbers) acquiring fails with [`Error::FencingExhausted`]; it never
+//! wraps.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::rest::RestResponse;
+use crate::types::LockName;
+
+/// The largest sequence number a page blob may carry
+/// ([Put Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/put-blob), `x-ms-blob-sequence-number`).
+pub(crate) const MAX_SEQUENCE_NUMBER: u64 = (1 << 63) - 1;
+
+/// How many page blobs a mutex remembers (their ETag and content headers) before forgetting all.
+const PAGE_CACHE_LIMIT: usize = 1024;
+
+/// The starting point of a new counter: microseconds since the Unix epoch on this machine's
+/// clock (about 1.8 × 10^15 in 2026, far below the limit).
+pub(crate) fn clock_seed() -> u64 {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    u64::try_from(micros)
+        .unwrap_or(MAX_SEQUENCE_NUMBER)
+        .min(MAX_SEQUENCE_NUMBER)
+}
+
+/// The next metadata counter after `previous` (the `azmutexfence` value, if any).
+pub(crate) fn next_counter(lock: &LockName, previous: Option<&str>) -> Result<u64, Error> {
+    let seed = clock_seed();
+    let next = match previous.map(|v| v.trim().parse::<u64>()) {
+        None => seed,
+        Some(Ok(n)) => n
+            .checked_add(1)
+            .ok_or_else(|| Error::FencingExhausted { lock: lock.to_string() })?
+            .max(seed),
+        Some(Err(_)) => {
+            tracing::warn!(lock = %lock, "fencing counter unreadable; restarting it from the clock");
+            seed
+        }
+    };
+    Ok(next)
+}
+
+/// The token and new ETag from a successful increment answer.
+pub(crate) fn sequence_number(resp: &RestResponse) -> Result<(u64, Option<String>), Error> {
+    let n = resp
+        .header("x-ms-blob-sequence-number")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::Unexpected {
+            service: resp.error(),
+            detail: "no valid x-ms-blob-sequence-number in the answer".into(),
+        })?;
+    Ok((n, resp.header("etag").map(str::to_string)))
+}
+
+/// Whether a failed write's error code is about the lease (ours lost), as opposed to the blob
+/// (wrong type, changed).
+pub(crate) fn is_lease_error(resp: &RestResponse) -> bool {
+    resp.error().code.as_deref().is_some_and(|c| c.starts_with("Lease"))
+}
+
+/// The content headers of a HEAD answer, named as Set Blob Properties takes them.
+pub(crate) fn content_headers(head: &RestResponse) -> ContentHeaders {
+    [
+        ("content-type", "x-ms-blob-content-type"),
+        ("content-encoding", "x-ms-blob-content-encoding"),
+        ("content-language", "x-ms-blob-content-language"),
+        ("content-disposition", "x-ms-blob-content-disposition"),
+        ("cache-control", "x-ms-blob-cache-control"),
+        ("content-md5", "x-ms-blob-content-md5"),
+    ]
+    .into_iter()
+    .filter_map(|(from, to)| {
+        let v = head.header(from)?.trim();
+        (!v.is_empty()).then(|| (to, v.to_string()))
+    })
+    .collect()
+}
+
+/// Page blobs whose state this mutex wrote last: their ETag then and their content headers.
+/// An acquire answer with the same ETag proves nothing changed since, so the increment can go
+/// out at once with those headers (one request instead of three). Bounded.
+#[derive(Debug, Default)]
+pub(crate) struct PageCache {
+    known: Mutex<HashMap<LockName, (String, ContentHeaders)>>,
+}
+
+/// Content headers named as Set Blob Properties takes them (`x-ms-blob-content-type`, …).
+pub(crate) type ContentHeaders = Vec<(&'static str, String)>;
+
+impl PageCache {
+    /// The content headers of `lock` if its ETag is still `etag`.
+    pub(crate) fn get(&self, lock: &LockName, etag: &str) -> Option<ContentHeaders> {
+        let known = self.known.lock().ok()?;
+        let (cached, content) = known.get(lock)?;
+        (cached == etag).then(|| content.clone())
+    }
+
+    /// Remembers `lock`'s ETag after our own write, with its content headers.
+    pub(crate) fn remember(&self, lock: &LockName, etag: String, content: ContentHeaders) {
+        if let Ok(mut known) = self.known.lock() {
+            if known.len() >= PAGE_CACHE_LIMIT && !known.contains_key(lock) {
+                known.clear();
+            }
+            known.insert(lock.clone(), (etag, content));
+        }
+    }
+
+    /// Forgets `lock` (after an answer showed the cache wrong).
+    pub(crate) fn forget(&self, lock: &LockName) {
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(lock);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.known.lock().map(|k| k.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(n: usize) -> LockName {
+        LockName::new(format!("lock-{n}")).unwrap()
+    }
+
+    #[test]
+    fn counters_never_repeat_or_wrap() {
+        let l = lock(0);
+        let seed = clock_seed();
+        // Missing or corrupt: restart from the clock, above any earlier counter of this era.
+        assert!(next_counter(&l, None).unwrap() >= seed);
+        assert!(next_counter(&l, Some("garbage")).unwrap() >= seed);
+        assert!(next_counter(&l, Some("-1")).unwrap() >= seed);
+        // An old small counter jumps to the clock; a counter ahead of the clock goes on by one.
+        assert!(next_counter(&l, Some("5")).unwrap() >= seed);
+        let ahead = seed + 1_000_000_000;
+        assert_eq!(next_counter(&l, Some(&ahead.to_string())).unwrap(), ahead + 1);
+        // The end of the range is an error, never a wrap.
+        let max = u64::MAX.to_string();
+        assert!(matches!(
+            next_counter(&l, Some(&max)),
+            Err(Error::FencingExhausted { .. })
+        ));
+        assert_eq!(next_counter(&l, Some(&(u64::MAX - 1).to_string())).unwrap(), u64::MAX);
+        assert!(clock_seed() <= MAX_SEQUENCE_NUMBER);
+    }
+
+    #[test]
+    fn page_cache_is_bounded_and_checks_the_etag() {
+        let c = PageCache::default();
+        c.remember(
+            &lock(0),
+            "\"e1\"".into(),
+            vec![("x-ms-blob-content-type", "text/plain".into())],
+        );
+        assert!(c.get(&lock(0), "\"e2\"").is_none());
+        assert_eq!(c.get(&lock(0), "\"e1\"").unwrap().len(), 1);
+        for n in 0..3 * PAGE_CACHE_LIMIT {
+            c.remember(&lock(n), "e".into(), Vec::new());
+            assert!(c.len() <= PAGE_CACHE_LIMIT);
+        }
+        c.forget(&lock(3 * PAGE_CACHE_LIMIT - 1));
+        assert!(c.get(&lock(3 * PAGE_CACHE_LIMIT - 1), "e").is_none());
+    }
+}
