@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use azmutex::{AzureMutex, ClientOptions, StorageConfig};
 
+pub mod http_proxy;
 pub mod proxy;
 
 pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
@@ -150,4 +151,14 @@ pub fn sas(name: &str) -> String {
 pub fn config_via(addr: std::net::SocketAddr) -> StorageConfig {
     let cs = format!("AccountName=devstoreaccount1;AccountKey={DEV_KEY};BlobEndpoint=http://{addr}/devstoreaccount1");
     StorageConfig::parse_connection_string(&cs).unwrap()
+}
+
+/// The local Azurite's address (these tests need it, not an external endpoint).
+pub fn azurite_addr() -> std::net::SocketAddr {
+    format!(
+        "127.0.0.1:{}",
+        service().port.expect("these tests need the local Azurite")
+    )
+    .parse()
+    .unwrap()
 }

@@ -102,7 +102,7 @@ pub fn busy_server() -> SocketAddr {
 
 /// Serves loopback connections with `handle` on a thread and runtime of its own, so the server
 /// outlives each test's runtime. Returns the address.
-fn serve<F, Fut>(handle: F) -> SocketAddr
+pub fn serve<F, Fut>(handle: F) -> SocketAddr
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,

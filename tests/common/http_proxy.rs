@@ -1,0 +1,240 @@
+//! An HTTP-aware fault proxy for targeted faults: it reads each request, and for the first rule
+//! that matches it answers in the rule's way. Every request goes upstream on a connection of its
+//! own (`Connection: close` both ways), so one request's fault never disturbs another's.
+//!
+//! Faults: answer without forwarding (e.g. 503 `ServerBusy`: not applied), forward and then
+//! answer 500 (applied, answer lost), forward and delay the answer, forward and rewrite a
+//! response header, or swallow the request (blackhole).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Which requests a rule applies to.
+#[derive(Clone, Debug)]
+pub enum Match {
+    /// `x-ms-lease-action: <action>`.
+    LeaseAction(&'static str),
+    /// `comp=<value>` in the query.
+    Comp(&'static str),
+    /// Every request.
+    Any,
+}
+
+/// What to do with a matching request.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Answer `status` with `x-ms-error-code: code` without forwarding.
+    Respond(u16, &'static str),
+    /// Forward, then throw the answer away and answer `status` (the request was applied).
+    ForwardThenRespond(u16, &'static str),
+    /// Forward, and hold the answer back this long.
+    Delay(Duration),
+    /// Forward, and set (or with `None` remove) a response header.
+    RewriteHeader(&'static str, Option<String>),
+    /// Swallow the request; never answer.
+    Blackhole,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub when: Match,
+    pub action: Action,
+    /// How many more requests it applies to (`None`: all).
+    pub times: Option<u32>,
+}
+
+/// One request the proxy saw: method, path with query, lease action, and the rule's action.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub lease_action: Option<String>,
+    pub action: Option<Action>,
+}
+
+pub struct HttpProxy {
+    pub addr: SocketAddr,
+    rules: Arc<Mutex<Vec<Rule>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HttpProxy {
+    /// Starts a proxy to `upstream` on a thread and runtime of its own.
+    pub fn start(upstream: SocketAddr) -> Self {
+        let rules: Arc<Mutex<Vec<Rule>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (r, s) = (rules.clone(), seen.clone());
+        let addr = super::proxy::serve(move |conn| handle(conn, upstream, r.clone(), s.clone()));
+        Self { addr, rules, seen }
+    }
+
+    /// Adds a rule (after the existing ones).
+    pub fn add(&self, when: Match, action: Action, times: Option<u32>) {
+        self.rules.lock().unwrap().push(Rule { when, action, times });
+    }
+
+    /// Removes all rules.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    /// What the proxy has seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many requests with lease action `action` it saw.
+    pub fn count(&self, action: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.lease_action.as_deref() == Some(action))
+            .count()
+    }
+}
+
+struct Request {
+    head: String,
+    body: Vec<u8>,
+}
+
+async fn read_request(conn: &mut TcpStream) -> Option<Request> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut body = buf[end + 4..].to_vec();
+    let len = header(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    while body.len() < len {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some(Request { head, body })
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// `head` with header `name` set to `value` (or removed), and `Connection: close`.
+fn rewrite(head: &str, name: &str, value: Option<&str>) -> String {
+    let mut lines: Vec<String> = head
+        .lines()
+        .filter(|l| {
+            let n = l.split_once(':').map(|(n, _)| n.trim()).unwrap_or("");
+            !n.eq_ignore_ascii_case(name) && !n.eq_ignore_ascii_case("connection")
+        })
+        .map(str::to_string)
+        .collect();
+    if let Some(v) = value {
+        lines.push(format!("{name}: {v}"));
+    }
+    lines.push("Connection: close".into());
+    lines.join("\r\n") + "\r\n\r\n"
+}
+
+async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<Rule>>>, seen: Arc<Mutex<Vec<Seen>>>) {
+    let Some(req) = read_request(&mut conn).await else {
+        return;
+    };
+    let first = req.head.lines().next().unwrap_or("").to_string();
+    let mut parts = first.split(' ');
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let lease_action = header(&req.head, "x-ms-lease-action");
+    let action = {
+        let mut rules = rules.lock().unwrap();
+        let hit = rules.iter_mut().find(|r| {
+            r.times != Some(0)
+                && match &r.when {
+                    Match::LeaseAction(a) => lease_action.as_deref() == Some(*a),
+                    Match::Comp(c) => target.contains(&format!("comp={c}")),
+                    Match::Any => true,
+                }
+        });
+        hit.map(|r| {
+            if let Some(t) = r.times.as_mut() {
+                *t -= 1;
+            }
+            r.action.clone()
+        })
+    };
+    seen.lock().unwrap().push(Seen {
+        method,
+        target,
+        lease_action,
+        action: action.clone(),
+    });
+    let error = |status: u16, code: &str| {
+        format!("HTTP/1.1 {status} Fault\r\nx-ms-error-code: {code}\r\nx-ms-request-id: fault-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    match &action {
+        Some(Action::Respond(status, code)) => {
+            let _ = conn.write_all(error(*status, code).as_bytes()).await;
+            return;
+        }
+        Some(Action::Blackhole) => {
+            let mut sink = [0u8; 1024];
+            while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
+        _ => {}
+    }
+    // Forward on a fresh connection and read the whole answer.
+    let Ok(mut up) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let head = rewrite(&req.head, "connection", None);
+    if up.write_all(head.as_bytes()).await.is_err() || up.write_all(&req.body).await.is_err() {
+        return;
+    }
+    let mut answer = Vec::new();
+    if up.read_to_end(&mut answer).await.is_err() {
+        return;
+    }
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(answer.len().saturating_sub(4));
+    let (ahead, abody) = (
+        String::from_utf8_lossy(&answer[..split]).into_owned(),
+        answer[(split + 4).min(answer.len())..].to_vec(),
+    );
+    let out_head = match &action {
+        Some(Action::ForwardThenRespond(status, code)) => {
+            let _ = conn.write_all(error(*status, code).as_bytes()).await;
+            return;
+        }
+        Some(Action::Delay(d)) => {
+            tokio::time::sleep(*d).await;
+            rewrite(&ahead, "connection", None)
+        }
+        Some(Action::RewriteHeader(name, value)) => {
+            let h = rewrite(&ahead, name, value.as_deref());
+            h
+        }
+        _ => rewrite(&ahead, "connection", None),
+    };
+    let _ = conn.write_all(out_head.as_bytes()).await;
+    let _ = conn.write_all(&abody).await;
+}

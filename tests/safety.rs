@@ -1,0 +1,327 @@
+//! Safety at the edges, library side, against a real Azurite: each test tries to make a client
+//! believe it holds a lock that is not (or no longer) its own, or to make fencing tokens repeat.
+//! Faults come from `common::http_proxy` (answers lost after the service applied a request,
+//! refusals, delays, rewritten headers) and `common::proxy` (blackholes).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use azmutex::rest::RestRequest;
+use azmutex::{
+    AzureMutex, BlobClient, BreakPeriod, ClientOptions, Error, LeaseDuration, LeaseState, LockError, Locker,
+    LockerOptions, LostReason, Released,
+};
+use common::http_proxy::{Action, HttpProxy, Match};
+use common::proxy::Proxy;
+use reqwest::Method;
+
+fn secs(n: u64) -> LeaseDuration {
+    LeaseDuration::seconds(n).unwrap()
+}
+
+fn fenced(container: &str) -> AzureMutex {
+    AzureMutex::builder(common::config(), container)
+        .client_options(common::fast_options())
+        .fencing(true)
+        .build()
+        .unwrap()
+}
+
+fn via(addr: std::net::SocketAddr, container: &str, fencing: bool) -> AzureMutex {
+    AzureMutex::builder(common::config_via(addr), container)
+        .client_options(common::fast_options())
+        .fencing(fencing)
+        .build()
+        .unwrap()
+}
+
+fn client() -> BlobClient {
+    BlobClient::new(&common::config(), ClientOptions::default()).unwrap()
+}
+
+async fn send(req: RestRequest) -> azmutex::rest::RestResponse {
+    client()
+        .send(&req, Instant::now() + Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+async fn delete_blob(container: &str, blob: &str) {
+    let r = send(RestRequest::new("delete", Method::DELETE, container, Some(blob))).await;
+    assert_eq!(r.status, 202, "{:?}", r.error());
+}
+
+async fn set_fence_metadata(container: &str, blob: &str, value: &str) {
+    let req = RestRequest::new("meta", Method::PUT, container, Some(blob))
+        .query("comp", "metadata")
+        .header_owned("x-ms-meta-azmutexfence", value)
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.error());
+}
+
+async fn put_block_blob(container: &str, blob: &str) {
+    let create = RestRequest::new("cc", Method::PUT, container, None).query("restype", "container");
+    assert_eq!(send(create).await.status, 201);
+    let req = RestRequest::new("put", Method::PUT, container, Some(blob)).header("x-ms-blob-type", "BlockBlob");
+    let r = send(req).await;
+    assert_eq!(r.status, 201, "{:?}", r.error());
+}
+
+fn locker_options(lease: LeaseDuration) -> LockerOptions {
+    LockerOptions {
+        lease,
+        poll_initial: Duration::from_millis(20),
+        poll_max: Duration::from_millis(200),
+        ..LockerOptions::default()
+    }
+}
+
+/// Item 4: a release whose first attempt was refused (503, never applied) and whose retry is
+/// told "lease id mismatch" did not release anything: someone else holds the lock, so the work
+/// did not run under the lock to its end.
+#[tokio::test]
+async fn a_retried_release_does_not_hide_a_stolen_lock() {
+    let c = common::unique("steal-release");
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let locker = Locker::with_options(via(proxy.addr, &c, false), "job", locker_options(secs(15))).unwrap();
+    let thief = common::mutex(&c);
+    let result = locker
+        .with_lock(|_| async {
+            // While the work runs, the lease is broken and taken by someone else.
+            thief.break_lease("job", Some(BreakPeriod::NOW)).await.unwrap();
+            thief.acquire("job", secs(60)).await.unwrap();
+            // The first release attempt is refused (not applied); the retry gets the mismatch.
+            proxy.add(
+                Match::LeaseAction("release"),
+                Action::Respond(503, "ServerBusy"),
+                Some(1),
+            );
+        })
+        .await;
+    assert!(
+        matches!(result, Err(LockError::Lost { .. })),
+        "work done while another client held the lock was reported as {result:?}"
+    );
+    assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());
+}
+
+/// Item 4, the other side: when the first release attempt was applied but its answer was lost,
+/// the retry's mismatch is reported as an unconfirmed release, not as a loss or plain success.
+#[tokio::test]
+async fn a_release_whose_answer_was_lost_is_unconfirmed() {
+    let c = common::unique("lost-release");
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let m = via(proxy.addr, &c, false);
+    let lease = m.acquire("job", secs(15)).await.unwrap();
+    proxy.add(
+        Match::LeaseAction("release"),
+        Action::ForwardThenRespond(500, "InternalError"),
+        Some(1),
+    );
+    assert_eq!(m.release(&lease).await.unwrap(), Released::Unconfirmed);
+    // And it was released indeed: someone else gets it at once.
+    common::mutex(&c).acquire("job", secs(15)).await.unwrap();
+    // A plain release is confirmed.
+    let c2 = common::unique("plain-release");
+    let m2 = common::mutex(&c2);
+    let lease = m2.acquire("job", secs(15)).await.unwrap();
+    assert_eq!(m2.release(&lease).await.unwrap(), Released::Confirmed);
+}
+
+/// Item 5: a guard on an infinite lease notices a break within one probe interval.
+#[tokio::test]
+async fn an_infinite_lease_guard_notices_a_break() {
+    let c = common::unique("infinite");
+    let options = LockerOptions {
+        renew_every: Some(Duration::from_secs(2)),
+        ..locker_options(LeaseDuration::Infinite)
+    };
+    let locker = Locker::with_options(common::mutex(&c), "job", options).unwrap();
+    let mut guard = locker.lock().await.unwrap();
+    assert!(guard.is_held());
+    let other = common::mutex(&c);
+    other.break_lease("job", None).await.unwrap();
+    let theirs = other.acquire("job", secs(60)).await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(6), guard.lost())
+        .await
+        .expect("a broken infinite lease was never noticed");
+    assert_eq!(reason, LostReason::IdMismatch);
+    assert!(!guard.is_held());
+    assert!(matches!(guard.release().await, Err(Error::LeaseLost { .. })));
+    // Their lease is untouched by our release.
+    other.renew(&mut theirs.clone()).await.unwrap();
+}
+
+/// Item 6: deleting and recreating the lock blob never makes a token repeat or go back, and an
+/// old fenced mutex whose cache says "page blob" keeps working when the blob came back as a
+/// block blob.
+#[tokio::test]
+async fn fencing_tokens_survive_deletion_and_recreation() {
+    let c = common::unique("fence-del");
+    let old = fenced(&c);
+    let mut last = 0;
+    for _ in 0..3 {
+        let lease = old.acquire("job", secs(15)).await.unwrap();
+        let t = lease.fencing_token().unwrap();
+        assert!(t > last);
+        last = t;
+        old.release(&lease).await.unwrap();
+    }
+    // An operator (or a lifecycle rule) deletes the lock blob; a new process recreates it.
+    delete_blob(&c, "job").await;
+    let fresh = fenced(&c);
+    let lease = fresh.acquire("job", secs(15)).await.unwrap();
+    let t = lease.fencing_token().unwrap();
+    assert!(
+        t > last,
+        "token {t} after {last}: a recreated lock blob repeated tokens"
+    );
+    last = t;
+    fresh.release(&lease).await.unwrap();
+    // Deleted again, and recreated as a block blob by a client without fencing.
+    delete_blob(&c, "job").await;
+    let plain = common::mutex(&c);
+    plain
+        .release(&plain.acquire("job", secs(15)).await.unwrap())
+        .await
+        .unwrap();
+    // The old mutex still thinks "page blob": it must notice and go on, with a larger token.
+    for _ in 0..2 {
+        let lease = old.acquire("job", secs(15)).await.unwrap();
+        let t = lease.fencing_token().unwrap();
+        assert!(t > last, "token {t} after {last}");
+        last = t;
+        old.release(&lease).await.unwrap();
+    }
+}
+
+/// Item 6: a corrupt metadata counter does not restart the count below earlier tokens, and a
+/// counter at `u64::MAX` is an error (no wrap, no panic) that leaves no lease behind.
+#[tokio::test]
+async fn corrupt_and_exhausted_counters() {
+    let c = common::unique("fence-corrupt");
+    put_block_blob(&c, "job").await;
+    let m = fenced(&c);
+    let lease = m.acquire("job", secs(15)).await.unwrap();
+    let first = lease.fencing_token().unwrap();
+    m.release(&lease).await.unwrap();
+    set_fence_metadata(&c, "job", "not-a-number").await;
+    let lease = m.acquire("job", secs(15)).await.unwrap();
+    let second = lease.fencing_token().unwrap();
+    assert!(second > first, "corrupt counter restarted: {second} after {first}");
+    m.release(&lease).await.unwrap();
+
+    set_fence_metadata(&c, "job", &u64::MAX.to_string()).await;
+    let err = m.acquire("job", secs(15)).await.unwrap_err();
+    assert!(matches!(err, Error::FencingExhausted { .. }), "{err:?}");
+    // The lease taken before the counter was read was given back.
+    let info = m.inspect("job").await.unwrap();
+    assert!(!info.locked, "{:?}", info.state);
+}
+
+/// Item 10: the one-request fencing shortcut on a page blob must not clear content headers that
+/// someone set on the lock blob since this mutex last wrote it.
+#[tokio::test]
+async fn page_blob_fencing_keeps_content_headers() {
+    let c = common::unique("fence-headers");
+    let m = fenced(&c);
+    m.release(&m.acquire("job", secs(15)).await.unwrap()).await.unwrap();
+    let req = RestRequest::new("props", Method::PUT, &c, Some("job"))
+        .query("comp", "properties")
+        .header("x-ms-blob-content-type", "text/x-lock")
+        .header("x-ms-blob-cache-control", "no-cache");
+    assert_eq!(send(req).await.status, 200);
+    for _ in 0..2 {
+        let lease = m.acquire("job", secs(15)).await.unwrap();
+        m.release(&lease).await.unwrap();
+        let head = send(RestRequest::new("head", Method::HEAD, &c, Some("job"))).await;
+        assert_eq!(head.header("content-type"), Some("text/x-lock"));
+        assert_eq!(head.header("cache-control"), Some("no-cache"));
+    }
+    // Unchanged since our own write: back to one extra request.
+    let n = m.client().requests_sent();
+    m.release(&m.acquire("job", secs(15)).await.unwrap()).await.unwrap();
+    assert_eq!(m.client().requests_sent() - n, 3, "acquire + increment + release");
+}
+
+/// Item 8: `lock_timeout` returns within its limit plus one bounded cleanup request, even when
+/// the network swallows everything.
+#[tokio::test]
+async fn lock_timeout_is_bounded_under_a_blackhole() {
+    let c = common::unique("timeout");
+    let proxy = Proxy::start(common::azurite_addr());
+    proxy.drop_traffic();
+    let mut options = ClientOptions::default();
+    options.retry.call_timeout = Duration::from_secs(30);
+    let m = AzureMutex::builder(common::config_via(proxy.addr), &c)
+        .client_options(options)
+        .build()
+        .unwrap();
+    let locker = Locker::with_options(m, "job", locker_options(secs(15))).unwrap();
+    let started = Instant::now();
+    let err = locker.lock_timeout(Duration::from_secs(1)).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, LockError::Storage(ref e) if e.is_transient()), "{err:?}");
+    // 1 s + at most one 5 s cleanup, not the 30 s call deadline.
+    assert!(took < Duration::from_secs(8), "lock_timeout(1s) took {took:?}");
+}
+
+/// Item 10: the fencing/holder write after an acquire is bounded by the lease, and a guard is
+/// never handed out past its deadline. The first Set Blob Metadata answer is held back longer
+/// than the lease lasts.
+#[tokio::test]
+async fn a_guard_is_never_handed_out_past_its_deadline() {
+    let c = common::unique("late-stamp");
+    let proxy = HttpProxy::start(common::azurite_addr());
+    // Patient requests: one request may take 20 s, one call 30 s.
+    let mut options = ClientOptions::default();
+    options.request_timeout = Duration::from_secs(20);
+    options.retry.call_timeout = Duration::from_secs(30);
+    let m = AzureMutex::builder(common::config_via(proxy.addr), &c)
+        .client_options(options)
+        .fencing(true)
+        .holder(azmutex::Holder {
+            owner: Some("late".into()),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    proxy.add(Match::Comp("metadata"), Action::Delay(Duration::from_secs(16)), Some(1));
+    let locker = Locker::with_options(m, "job", locker_options(secs(15))).unwrap();
+    let guard = tokio::time::timeout(Duration::from_secs(60), locker.lock())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guard.is_held(), "handed out a guard that is not held: {guard:?}");
+    assert!(guard.lost_reason().is_none());
+    let delayed = proxy
+        .seen()
+        .iter()
+        .filter(|s| matches!(s.action, Some(Action::Delay(_))))
+        .count();
+    assert_eq!(delayed, 1, "the fault was not exercised: {:?}", proxy.seen());
+}
+
+/// Issue 9 item 7 (library side): an acquire answered 201 without our lease id is not a lease
+/// we may use: an error (not "lost"), and the lease that may be ours is released.
+#[tokio::test]
+async fn an_acquire_answer_without_our_id_is_refused_and_released() {
+    for value in [None, Some(azmutex::LeaseId::new_random().to_string())] {
+        let c = common::unique("no-id");
+        let proxy = HttpProxy::start(common::azurite_addr());
+        proxy.add(
+            Match::LeaseAction("acquire"),
+            Action::RewriteHeader("x-ms-lease-id", value.clone()),
+            None,
+        );
+        let m = via(proxy.addr, &c, false);
+        let err = m.acquire("job", secs(60)).await.unwrap_err();
+        assert!(matches!(err, Error::Unexpected { .. }), "{value:?}: {err:?}");
+        assert_eq!(proxy.count("release"), 1);
+        let info = common::mutex(&c).inspect("job").await.unwrap();
+        assert!(!info.locked, "{value:?}: left {:?}", info.state);
+        assert_ne!(info.state, LeaseState::Leased);
+    }
+}
