@@ -276,8 +276,10 @@ async fn a_guard_is_never_handed_out_past_its_deadline() {
     let c = common::unique("late-stamp");
     let proxy = HttpProxy::start(common::azurite_addr());
     // Patient requests: one request may take 20 s, one call 30 s.
-    let mut options = ClientOptions::default();
-    options.request_timeout = Duration::from_secs(20);
+    let mut options = ClientOptions {
+        request_timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
     options.retry.call_timeout = Duration::from_secs(30);
     let m = AzureMutex::builder(common::config_via(proxy.addr), &c)
         .client_options(options)

@@ -151,7 +151,9 @@ fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Fa
         // `lost()` fires kill_grace before the margin, so SIGKILL lands by deadline − margin.
         safety_margin: SAFETY_MARGIN + args.kill_grace,
         report_holder: false,
-        give_up_after: Some(timeout),
+        // Without --wait, storage failing for a whole --timeout ends the wait (exit 69); with
+        // --wait, failures are retried until the wait ends.
+        give_up_after: args.wait.is_none().then_some(timeout),
         ..LockerOptions::default()
     };
     options.check()?;
