@@ -177,6 +177,11 @@ fn a_stubborn_command_and_its_children_die_before_anyone_else_can_acquire() {
     );
     assert_eq!(code, Some(70), "{stderr}");
     let took = exited - cut;
+    eprintln!(
+        "measured: last heartbeat {:.2} s before another client's successful acquire was sent; exit 70 {:.2} s after the cut",
+        (acquired_at - last) as f64 / 1e9,
+        took.as_secs_f64()
+    );
     assert!(
         took < Duration::from_secs(35),
         "exit 70 came {took:?} after the cut\n{stderr}"
@@ -202,6 +207,10 @@ fn after_a_partition_run_exits_within_the_lease() {
     let (code, stderr, exited) = stderr_of(child);
     assert_eq!(code, Some(70), "{stderr}");
     let took = exited - cut;
+    eprintln!(
+        "measured: exit 70 {:.2} s after the cut (15 s lease)",
+        took.as_secs_f64()
+    );
     assert!(
         took < Duration::from_secs(20),
         "exit 70 came {took:?} after the cut\n{stderr}"
@@ -398,6 +407,10 @@ fn interrupting_a_wait_releases_what_the_attempt_in_flight_got() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let (code, stderr, exited) = stderr_of(child);
     assert_eq!(code, Some(130), "{stderr}");
+    eprintln!(
+        "measured: exit 130 {:.2} s after SIGINT",
+        (exited - interrupted).as_secs_f64()
+    );
     assert!(
         exited - interrupted < Duration::from_secs(10),
         "{:?}",
