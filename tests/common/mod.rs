@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use azmutex::{AzureMutex, ClientOptions, StorageConfig};
 
+pub mod faults;
 pub mod proxy;
 
 pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";

@@ -1,0 +1,1122 @@
+//! The chaos checker: several clients — `azmutex run` processes and `Locker` tasks — take turns
+//! on ONE lock in one Azurite, each through its own fault proxy, while the harness pauses CLI
+//! processes (SIGSTOP/SIGCONT) and breaks the lease from outside. Every critical section writes
+//! to a protected resource (a loopback server here) that checks fencing tokens. At the end a
+//! checker asserts:
+//!
+//! 1. no two sections of unpaused holders overlapped in real time (server-side arrival times);
+//! 2. the resource never accepted a lower token after a higher one, tokens never repeat and
+//!    follow real-time order, and only a paused, broken or already-declared-lost holder ever had
+//!    a write rejected;
+//! 3. every loss was declared before another client acquired (the smallest margin is reported);
+//! 4. once faults and clients stop, the lock is free again within one lease duration.
+//!
+//! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
+//! `AZMUTEX_CHAOS_MINUTES` (default 1), `AZMUTEX_CHAOS_CLI` (2) and `AZMUTEX_CHAOS_LOCKERS` (2)
+//! size the run; `scripts/chaos` wraps them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use azmutex::{AzureMutex, BreakPeriod, ClientOptions, LeaseDuration, LeaseState, LockError, Locker, LockerOptions};
+use common::faults::{Fault, FaultProxy};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+const BIN: &str = env!("CARGO_BIN_EXE_azmutex");
+const LOCK: &str = "chaos";
+/// The lease every client takes.
+const LEASE: Duration = Duration::from_secs(15);
+/// How long a client may take to exit once told to stop.
+const EXIT_LIMIT: Duration = Duration::from_secs(40);
+
+// ---------------------------------------------------------------------------------------------
+// Settings and schedule
+
+/// The run's size and seed, from the environment.
+#[derive(Debug, Clone)]
+struct Settings {
+    seed: u64,
+    chaos: Duration,
+    cli: usize,
+    lockers: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let seed = var("AZMUTEX_CHAOS_SEED")
+            .map(|s| s.trim().parse().expect("AZMUTEX_CHAOS_SEED: an unsigned integer"))
+            .unwrap_or_else(|| fastrand::u64(..) % 1_000_000_000);
+        let minutes: f64 = var("AZMUTEX_CHAOS_MINUTES")
+            .map(|s| s.trim().parse().expect("AZMUTEX_CHAOS_MINUTES: a number"))
+            .unwrap_or(1.0);
+        let count = |name: &str, default: usize| {
+            var(name).map_or(default, |s| s.trim().parse().expect("client count: an integer"))
+        };
+        Settings {
+            seed,
+            chaos: Duration::from_secs_f64((minutes * 60.0).max(10.0)),
+            cli: count("AZMUTEX_CHAOS_CLI", 2),
+            lockers: count("AZMUTEX_CHAOS_LOCKERS", 2),
+        }
+    }
+
+    fn clients(&self) -> usize {
+        self.cli + self.lockers
+    }
+}
+
+/// One scheduled step, at an offset from the start of the chaos period.
+#[derive(Debug, Clone)]
+enum Action {
+    /// Switch client `.0`'s proxy.
+    Fault(usize, Fault),
+    /// SIGSTOP CLI client `.0` (its `azmutex` and its command) for `.1`.
+    Pause(usize, Duration),
+    /// Break the lease straight on Azurite: at once (`true`) or when it runs out (`false`).
+    Break(bool),
+}
+
+/// The whole schedule, derived from the seed alone.
+fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
+    let mut rng = fastrand::Rng::with_seed(s.seed);
+    let secs = |rng: &mut fastrand::Rng, lo: f64, hi: f64| Duration::from_secs_f64(lo + (hi - lo) * rng.f64());
+    let end = s.chaos;
+    let mut plan = Vec::new();
+    for client in 0..s.clients() {
+        let mut t = secs(&mut rng, 1.0, 8.0);
+        while t < end {
+            let (fault, len) = match rng.u8(..7) {
+                0 => (Fault::Blackhole, secs(&mut rng, 1.0, 16.0)),
+                1 => (Fault::DropAnswers, secs(&mut rng, 1.0, 16.0)),
+                2 => (Fault::Delay(secs(&mut rng, 0.2, 4.0)), secs(&mut rng, 2.0, 15.0)),
+                3 => (Fault::Reset, secs(&mut rng, 0.5, 5.0)),
+                4 => (Fault::Answer500, secs(&mut rng, 1.0, 10.0)),
+                5 => (Fault::Answer503, secs(&mut rng, 1.0, 10.0)),
+                _ => (Fault::Fail500AfterForward, secs(&mut rng, 1.0, 8.0)),
+            };
+            plan.push((t, Action::Fault(client, fault)));
+            let healed = (t + len).min(end);
+            plan.push((healed, Action::Fault(client, Fault::Healthy)));
+            t = healed + secs(&mut rng, 2.0, 12.0);
+        }
+    }
+    for client in 0..s.cli {
+        let mut t = secs(&mut rng, 3.0, 15.0);
+        loop {
+            let len = secs(&mut rng, 2.0, 14.0);
+            if t + len >= end {
+                break;
+            }
+            plan.push((t, Action::Pause(client, len)));
+            t += len + secs(&mut rng, 5.0, 25.0);
+        }
+    }
+    let mut t = secs(&mut rng, 5.0, 20.0);
+    while t < end {
+        plan.push((t, Action::Break(rng.u8(..10) < 4)));
+        t += secs(&mut rng, 8.0, 25.0);
+    }
+    plan.sort_by_key(|(t, _)| *t);
+    plan
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// A critical section as the protected resource saw it: from the connection's arrival to its
+/// close (a killed worker's section ends when the kernel closes its socket).
+#[derive(Debug, Clone)]
+struct Section {
+    client: usize,
+    run: u64,
+    token: u64,
+    pid: i32,
+    ppid: i32,
+    pgid: i32,
+    start: Instant,
+    end: Option<Instant>,
+    writes: usize,
+    rejected: usize,
+}
+
+/// One write as it arrived at the resource, in arrival order.
+#[derive(Debug, Clone)]
+struct WriteRecord {
+    at: Instant,
+    section: usize,
+    token: u64,
+    accepted: bool,
+}
+
+/// One acquisition attempt by a client: an `azmutex run` process, or one `Locker::lock` call.
+#[derive(Debug, Clone)]
+struct Holding {
+    client: usize,
+    run: u64,
+    cli: bool,
+    /// When the process was spawned or the `lock()` call began.
+    spawned: Instant,
+    /// When `lock()` returned (Locker clients only).
+    acquired: Option<Instant>,
+    /// When the client declared the lock lost: the `lost` line on stderr, or `lost()` firing.
+    lost_at: Option<Instant>,
+    lost_reason: Option<String>,
+    /// How it ended (exit status, error).
+    outcome: Option<String>,
+    stderr: Vec<(Instant, String)>,
+}
+
+/// A SIGSTOP/SIGCONT episode of a CLI client.
+#[derive(Debug, Clone)]
+struct PauseRecord {
+    client: usize,
+    start: Instant,
+    end: Instant,
+    targets: Vec<i32>,
+}
+
+/// A break sent straight to Azurite.
+#[derive(Debug, Clone)]
+struct BreakRecord {
+    at: Instant,
+    now: bool,
+    /// Fencing tokens that may have been the holder's when an immediate break landed.
+    tokens: Option<(u64, u64)>,
+    outcome: String,
+}
+
+/// Everything the harness observed, on the harness's monotonic clock.
+#[derive(Default)]
+struct Records {
+    sections: Vec<Section>,
+    writes: Vec<WriteRecord>,
+    holdings: Vec<Holding>,
+    pauses: Vec<PauseRecord>,
+    breaks: Vec<BreakRecord>,
+    /// Proxy fault episodes started, per kind.
+    episodes: HashMap<&'static str, u64>,
+    notes: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Records>>;
+
+// ---------------------------------------------------------------------------------------------
+// The protected resource
+
+/// Starts the protected resource on a thread and runtime of its own. Protocol, one line each:
+/// `HELLO <client> <run> <token> <pid> <ppid> <pgid>`, then `W` per write; close ends the section.
+/// A write is accepted when its token is at least the highest token accepted so far.
+fn start_resource(records: Shared) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let highest = Arc::new(Mutex::new(0u64));
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let start = Instant::now();
+                tokio::spawn(serve_section(conn, start, records.clone(), highest.clone()));
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+async fn serve_section(conn: tokio::net::TcpStream, start: Instant, records: Shared, highest: Arc<Mutex<u64>>) {
+    let mut lines = BufReader::new(conn).lines();
+    let Ok(Some(hello)) = lines.next_line().await else {
+        return;
+    };
+    let f: Vec<&str> = hello.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    if f.first() != Some(&"HELLO") {
+        return;
+    }
+    let index = {
+        let mut r = records.lock().unwrap();
+        r.sections.push(Section {
+            client: num(1) as usize,
+            run: num(2) as u64,
+            token: num(3) as u64,
+            pid: num(4) as i32,
+            ppid: num(5) as i32,
+            pgid: num(6) as i32,
+            start,
+            end: None,
+            writes: 0,
+            rejected: 0,
+        });
+        r.sections.len() - 1
+    };
+    let token = num(3) as u64;
+    loop {
+        let line = lines.next_line().await;
+        let at = Instant::now();
+        let mut r = records.lock().unwrap();
+        match line {
+            Ok(Some(_)) => {
+                let mut h = highest.lock().unwrap();
+                let accepted = token >= *h;
+                if accepted {
+                    *h = token;
+                }
+                r.writes.push(WriteRecord {
+                    at,
+                    section: index,
+                    token,
+                    accepted,
+                });
+                let s = &mut r.sections[index];
+                s.writes += 1;
+                if !accepted {
+                    s.rejected += 1;
+                }
+            }
+            _ => {
+                r.sections[index].end = Some(at);
+                return;
+            }
+        }
+    }
+}
+
+/// The critical section's work: connect, introduce, write every 100 ms `writes` times, close.
+async fn protected_work(resource: SocketAddr, client: usize, run: u64, token: u64, writes: u64) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(resource).await else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let pid = std::process::id();
+    // SAFETY: getpgrp has no preconditions.
+    let pgid = unsafe { libc::getpgrp() };
+    let hello = format!("HELLO {client} {run} {token} {pid} {pid} {pgid}\n");
+    if s.write_all(hello.as_bytes()).await.is_err() {
+        return;
+    }
+    for _ in 0..writes {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"W\n").await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The CLI clients' command: this test binary re-executed as this ignored test. Without the
+/// harness's environment it does nothing.
+#[test]
+#[ignore = "the chaos checker's critical section, started by `azmutex run`"]
+fn chaos_worker() {
+    use std::io::Write;
+    let Ok(addr) = std::env::var("AZMUTEX_CHAOS_WORKER") else {
+        return;
+    };
+    let var = |n: &str| std::env::var(n).unwrap_or_default();
+    if var("AZMUTEX_CHAOS_IGNORE_TERM") == "1" {
+        // SAFETY: installs SIG_IGN; no handler code runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let token = var("AZMUTEX_FENCING_TOKEN");
+    let writes: u64 = var("AZMUTEX_CHAOS_WRITES").parse().unwrap_or(10);
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    // SAFETY: these calls have no preconditions.
+    let (ppid, pgid) = unsafe { (libc::getppid(), libc::getpgrp()) };
+    let hello = format!(
+        "HELLO {} {} {} {} {ppid} {pgid}\n",
+        var("AZMUTEX_CHAOS_CLIENT"),
+        var("AZMUTEX_CHAOS_RUN"),
+        if token.is_empty() { "0" } else { &token },
+        std::process::id()
+    );
+    if s.write_all(hello.as_bytes()).is_err() {
+        return;
+    }
+    for _ in 0..writes {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(b"W\n").is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// What every client task needs.
+struct Ctx {
+    records: Shared,
+    resource: SocketAddr,
+    container: String,
+    /// Per CLI client: the pid of its running `azmutex` (0 when none).
+    cli_pids: Vec<std::sync::atomic::AtomicI32>,
+}
+
+fn options() -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.retry.call_timeout = Duration::from_secs(10);
+    o
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// A CLI client: `azmutex run` processes one after another, through `proxy`.
+async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let exe = std::env::current_exe().unwrap();
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{proxy}/devstoreaccount1",
+        common::DEV_KEY
+    );
+    let mut run = 0u64;
+    while !*stop.borrow() {
+        run += 1;
+        let writes = rng.u64(2..=50);
+        let ignore_term = rng.u8(..4) == 0;
+        let via_sh = rng.u8(..3) == 0;
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args([
+                "--connection-string",
+                &cs,
+                "--container",
+                &ctx.container,
+                "--timeout",
+                "10s",
+            ])
+            .args(["run", LOCK, "--lease", "15", "--kill-grace", "2s", "--owner"])
+            .arg(format!("chaos client {client} run {run}"))
+            .arg("--");
+        if via_sh {
+            // The worker is a grandchild: signalling only `sh` leaves it running.
+            cmd.args(["sh", "-c", "\"$0\" \"$@\"; :"]);
+        }
+        cmd.arg(&exe)
+            .args([
+                "--exact",
+                "chaos_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+                "-q",
+            ])
+            .env("AZMUTEX_CHAOS_WORKER", ctx.resource.to_string())
+            .env("AZMUTEX_CHAOS_CLIENT", client.to_string())
+            .env("AZMUTEX_CHAOS_RUN", run.to_string())
+            .env("AZMUTEX_CHAOS_WRITES", writes.to_string())
+            .env("AZMUTEX_CHAOS_IGNORE_TERM", if ignore_term { "1" } else { "0" })
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let spawned = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start {BIN}: {e}"),
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        let index = {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings.push(Holding {
+                client,
+                run,
+                cli: true,
+                spawned,
+                acquired: None,
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                stderr: Vec::new(),
+            });
+            r.holdings.len() - 1
+        };
+        ctx.cli_pids[client].store(pid, std::sync::atomic::Ordering::SeqCst);
+        let stderr = child.stderr.take().unwrap();
+        let records = ctx.records.clone();
+        // Not awaited: an orphaned grandchild may keep the pipe open.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let at = Instant::now();
+                let mut r = records.lock().unwrap();
+                let h = &mut r.holdings[index];
+                if h.lost_at.is_none() && line.starts_with("azmutex: lock ") && line.contains(" lost (") {
+                    h.lost_at = Some(at);
+                    h.lost_reason = Some(line.clone());
+                }
+                h.stderr.push((at, line));
+            }
+        });
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|e| e.to_string()),
+            _ = stopped(stop.clone()) => {
+                // SAFETY: kill(2) on our own, not yet reaped, child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                match tokio::time::timeout(EXIT_LIMIT, child.wait()).await {
+                    Ok(status) => status.map_err(|e| e.to_string()),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        Err(format!("did not exit within {EXIT_LIMIT:?} of SIGTERM; killed"))
+                    }
+                }
+            }
+        };
+        ctx.cli_pids[client].store(0, std::sync::atomic::Ordering::SeqCst);
+        let outcome = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => {
+                ctx.records
+                    .lock()
+                    .unwrap()
+                    .notes
+                    .push(format!("client {client} run {run}: {e}"));
+                e
+            }
+        };
+        ctx.records.lock().unwrap().holdings[index].outcome = Some(outcome);
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
+    }
+}
+
+/// A library client: `Locker` with fencing, through `proxy`, doing the work inside
+/// `tokio::select!` with `guard.lost()`.
+async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mutex = AzureMutex::builder(common::config_via(proxy), ctx.container.as_str())
+        .fencing(true)
+        .client_options(options())
+        .build()
+        .unwrap();
+    let lockopts = LockerOptions {
+        lease: LeaseDuration::seconds(LEASE.as_secs()).unwrap(),
+        report_holder: false,
+        ..LockerOptions::default()
+    };
+    let locker = Locker::with_options(mutex, LOCK, lockopts).unwrap();
+    let mut run = 0u64;
+    while !*stop.borrow() {
+        run += 1;
+        let spawned = Instant::now();
+        let mut guard = match locker.lock_until(None, stopped(stop.clone())).await {
+            Ok(g) => g,
+            Err(LockError::Cancelled { .. }) => break,
+            Err(e) => {
+                let note = format!("client {client} run {run}: lock() failed: {e}");
+                ctx.records.lock().unwrap().notes.push(note);
+                tokio::time::sleep(Duration::from_millis(rng.u64(100..500))).await;
+                continue;
+            }
+        };
+        let acquired = Instant::now();
+        let index = {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings.push(Holding {
+                client,
+                run,
+                cli: false,
+                spawned,
+                acquired: Some(acquired),
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                stderr: Vec::new(),
+            });
+            r.holdings.len() - 1
+        };
+        let token = guard.fencing_token().unwrap_or(0);
+        let writes = rng.u64(2..=50);
+        let lost = guard.lost();
+        let lost = tokio::select! {
+            biased;
+            reason = lost => Some(reason),
+            _ = protected_work(ctx.resource, client, run, token, writes) => None,
+        };
+        let ended = Instant::now();
+        {
+            let mut r = ctx.records.lock().unwrap();
+            let h = &mut r.holdings[index];
+            if let Some(reason) = lost {
+                h.lost_at = Some(ended);
+                h.lost_reason = Some(reason.to_string());
+            }
+        }
+        let released = guard.release().await;
+        let outcome = match (&lost, released) {
+            (Some(_), _) => "lost".to_string(),
+            (None, Err(e)) => format!("release failed: {e}"),
+            (None, Ok(_)) => "released".to_string(),
+        };
+        ctx.records.lock().unwrap().holdings[index].outcome = Some(outcome);
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pauses and breaks
+
+/// Sends SIGCONT to everything it stopped when dropped, even on a panic.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(&mut self, target: i32) {
+        if target == 0 || self.0.contains(&target) {
+            return;
+        }
+        // SAFETY: kill(2); a negative target is a process group.
+        unsafe { libc::kill(target, libc::SIGSTOP) };
+        self.0.push(target);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for t in self.0.iter().rev() {
+            // SAFETY: kill(2) on a process (group) we stopped.
+            unsafe { libc::kill(*t, libc::SIGCONT) };
+        }
+    }
+}
+
+/// Stops CLI client `client`'s `azmutex` and its command for `len`.
+async fn pause(ctx: Arc<Ctx>, client: usize, len: Duration) {
+    let azmutex_pid = ctx.cli_pids[client].load(std::sync::atomic::Ordering::SeqCst);
+    if azmutex_pid == 0 {
+        ctx.records
+            .lock()
+            .unwrap()
+            .notes
+            .push(format!("pause of client {client} skipped: no process"));
+        return;
+    }
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let start = Instant::now();
+    let mut stopped = Stopped(Vec::new());
+    stopped.stop(azmutex_pid);
+    let until = start + len;
+    loop {
+        // Workers that show up during the pause (spawned just before it) are stopped too.
+        let workers: Vec<(i32, i32, i32)> = {
+            let r = ctx.records.lock().unwrap();
+            r.sections
+                .iter()
+                .filter(|s| s.client == client && s.end.is_none())
+                .map(|s| (s.pid, s.ppid, s.pgid))
+                .collect()
+        };
+        for (pid, ppid, pgid) in workers {
+            stopped.stop(pid);
+            if ppid != azmutex_pid && ppid > 1 && ppid != std::process::id() as i32 {
+                stopped.stop(ppid); // the `sh` between azmutex and the worker
+            }
+            if pgid > 0 && pgid != own_group {
+                stopped.stop(-pgid);
+            }
+        }
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+    }
+    let targets = stopped.0.clone();
+    drop(stopped);
+    ctx.records.lock().unwrap().pauses.push(PauseRecord {
+        client,
+        start,
+        end: Instant::now(),
+        targets,
+    });
+}
+
+/// Breaks the lease straight on Azurite, reading the fencing counter before and after so that
+/// an immediate break's victims can be named.
+async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool) {
+    let before = breaker.inspect(LOCK).await.ok();
+    let at = Instant::now();
+    let period = if now { Some(BreakPeriod::NOW) } else { None };
+    let outcome = match breaker.break_lease(LOCK, period).await {
+        Ok(d) => format!("ok, free in {}s", d.as_secs()),
+        Err(e) => format!("error: {e}"),
+    };
+    let after = breaker.inspect(LOCK).await.ok();
+    let tokens = now.then(|| {
+        let lo = match &before {
+            Some(i) if i.state == LeaseState::Leased => i.fencing_token.unwrap_or(0),
+            Some(i) => i.fencing_token.map_or(0, |t| t + 1),
+            None => 0,
+        };
+        let hi = after.as_ref().and_then(|i| i.fencing_token).unwrap_or(u64::MAX);
+        (lo, hi)
+    });
+    ctx.records.lock().unwrap().breaks.push(BreakRecord {
+        at,
+        now,
+        tokens,
+        outcome,
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker
+
+/// The checker's verdict and the numbers for the summary.
+#[derive(Default)]
+struct Verdict {
+    violations: Vec<String>,
+    /// Smallest (margin, description) between a declared loss and the next acquisition.
+    min_margin: Option<(Duration, String)>,
+    losses_checked: usize,
+    excluded: HashMap<&'static str, usize>,
+}
+
+/// Seconds since `t0`, for messages.
+fn at(t0: Instant, t: Instant) -> String {
+    if t >= t0 {
+        format!("{:.3}s", (t - t0).as_secs_f64())
+    } else {
+        format!("-{:.3}s", (t0 - t).as_secs_f64())
+    }
+}
+
+/// Why a section is exempt from the real-time checks, if it is: its holder was paused during
+/// it (or between its acquire and its start), or an immediate break hit its lease.
+fn exemption(r: &Records, s: &Section, end_of_run: Instant) -> Option<&'static str> {
+    let holding = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run);
+    let spawned = holding.map_or(s.start, |h| h.spawned);
+    let from = spawned.max(s.start.checked_sub(LEASE).unwrap_or(spawned));
+    let to = s.end.unwrap_or(end_of_run);
+    if r.pauses
+        .iter()
+        .any(|p| p.client == s.client && p.start <= to && p.end >= from)
+    {
+        return Some("paused");
+    }
+    if r.breaks
+        .iter()
+        .any(|b| b.tokens.is_some_and(|(lo, hi)| lo <= s.token && s.token <= hi))
+    {
+        return Some("broken");
+    }
+    None
+}
+
+fn describe(r: &Records, t0: Instant, s: &Section) -> String {
+    let kind = if r.holdings.iter().any(|h| h.client == s.client && h.cli) {
+        "cli"
+    } else {
+        "locker"
+    };
+    format!(
+        "{kind} client {} run {} token {} [{} .. {}] writes {} rejected {}",
+        s.client,
+        s.run,
+        s.token,
+        at(t0, s.start),
+        s.end.map_or("never closed".into(), |e| at(t0, e)),
+        s.writes,
+        s.rejected
+    )
+}
+
+/// When a section's holder acquired, as near as the harness knows: `lock()`'s return for a
+/// Locker, the section's start for a CLI process.
+fn acquired(r: &Records, s: &Section) -> Instant {
+    r.holdings
+        .iter()
+        .find(|h| h.client == s.client && h.run == s.run)
+        .and_then(|h| h.acquired)
+        .unwrap_or(s.start)
+}
+
+fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
+    let mut v = Verdict::default();
+    let exempt: Vec<Option<&'static str>> = r.sections.iter().map(|s| exemption(r, s, end_of_run)).collect();
+    for e in exempt.iter().flatten() {
+        *v.excluded.entry(e).or_default() += 1;
+    }
+    let mut strict: Vec<usize> = (0..r.sections.len()).filter(|i| exempt[*i].is_none()).collect();
+    strict.sort_by_key(|i| r.sections[*i].start);
+
+    // (1) no overlap between sections of unpaused, unbroken holders.
+    for (n, &a) in strict.iter().enumerate() {
+        let sa = &r.sections[a];
+        for &b in &strict[n + 1..] {
+            let sb = &r.sections[b];
+            if sa.end.is_none_or(|end| sb.start < end) {
+                v.violations.push(format!(
+                    "(1) overlap: {} and {}",
+                    describe(r, t0, sa),
+                    describe(r, t0, sb)
+                ));
+            }
+        }
+    }
+
+    // (2) fencing at the resource.
+    let mut highest = 0;
+    for w in &r.writes {
+        if w.accepted {
+            if w.token < highest {
+                v.violations.push(format!(
+                    "(2) accepted token {} after {highest} at {}",
+                    w.token,
+                    at(t0, w.at)
+                ));
+            }
+            highest = highest.max(w.token);
+        } else {
+            let s = &r.sections[w.section];
+            let lost_before = r
+                .holdings
+                .iter()
+                .find(|h| h.client == s.client && h.run == s.run)
+                .and_then(|h| h.lost_at)
+                .is_some_and(|l| l <= w.at);
+            if exempt[w.section].is_none() && !lost_before {
+                v.violations.push(format!(
+                    "(2) write rejected at {} from a holder neither paused, broken nor declared lost: {}",
+                    at(t0, w.at),
+                    describe(r, t0, s)
+                ));
+            }
+        }
+    }
+    let mut by_token: HashMap<u64, Vec<&Section>> = HashMap::new();
+    for s in &r.sections {
+        by_token.entry(s.token).or_default().push(s);
+    }
+    for (token, list) in &by_token {
+        if *token == 0 {
+            for s in list {
+                v.violations
+                    .push(format!("(2) section without a fencing token: {}", describe(r, t0, s)));
+            }
+        } else if list.len() > 1 {
+            let all: Vec<String> = list.iter().map(|s| describe(r, t0, s)).collect();
+            v.violations.push(format!(
+                "(2) fencing token {token} handed out twice: {}",
+                all.join("; ")
+            ));
+        }
+    }
+    for pair in strict.windows(2) {
+        let (a, b) = (&r.sections[pair[0]], &r.sections[pair[1]]);
+        if b.token <= a.token {
+            v.violations.push(format!(
+                "(2) tokens out of real-time order: {} then {}",
+                describe(r, t0, a),
+                describe(r, t0, b)
+            ));
+        }
+    }
+
+    // (3) every loss declared before another client acquired.
+    for (i, s) in r.sections.iter().enumerate() {
+        if exempt[i].is_some() {
+            continue;
+        }
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        let Some(lost_at) = h.lost_at else { continue };
+        let mine = acquired(r, s);
+        let next = strict
+            .iter()
+            .map(|&j| &r.sections[j])
+            .filter(|o| o.client != s.client)
+            .map(|o| (acquired(r, o), o))
+            .filter(|(t, _)| *t > mine)
+            .min_by_key(|(t, _)| *t);
+        let Some((theirs, other)) = next else { continue };
+        v.losses_checked += 1;
+        if lost_at >= theirs {
+            v.violations.push(format!(
+                "(3) loss declared at {} ({}) after another client acquired at {}: {} / {}",
+                at(t0, lost_at),
+                h.lost_reason.as_deref().unwrap_or("?"),
+                at(t0, theirs),
+                describe(r, t0, s),
+                describe(r, t0, other)
+            ));
+        } else {
+            let margin = theirs - lost_at;
+            if v.min_margin.as_ref().is_none_or(|(m, _)| margin < *m) {
+                v.min_margin = Some((
+                    margin,
+                    format!(
+                        "client {} run {} → client {} run {}",
+                        s.client, s.run, other.client, other.run
+                    ),
+                ));
+            }
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos() {
+    let settings = Settings::from_env();
+    println!(
+        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients)",
+        settings.seed, settings.chaos, settings.cli, settings.lockers
+    );
+    let service = common::service();
+    let target: SocketAddr = service
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("the chaos checker needs a loopback Azurite (AZMUTEX_TEST_CONNECTION_STRING is not supported)");
+    let container = common::unique("chaos");
+    let records: Shared = Arc::default();
+    let resource = start_resource(records.clone());
+    let proxies: Vec<FaultProxy> = (0..settings.clients())
+        .map(|i| FaultProxy::start(target, settings.seed ^ (0x5eed_0000 + i as u64)))
+        .collect();
+    let breaker = AzureMutex::builder(common::config(), container.as_str())
+        .fencing(true)
+        .client_options(options())
+        .build()
+        .unwrap();
+    let ctx = Arc::new(Ctx {
+        records: records.clone(),
+        resource,
+        container: container.clone(),
+        cli_pids: (0..settings.cli)
+            .map(|_| std::sync::atomic::AtomicI32::new(0))
+            .collect(),
+    });
+    let plan = schedule(&settings);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let t0 = Instant::now();
+    let mut clients = Vec::new();
+    for (i, proxy) in proxies.iter().enumerate() {
+        let seed = settings.seed.wrapping_mul(31).wrapping_add(1000 + i as u64);
+        let task = if i < settings.cli {
+            tokio::spawn(cli_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
+        } else {
+            tokio::spawn(locker_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
+        };
+        clients.push(task);
+    }
+
+    // The director: faults, pauses and breaks on schedule.
+    let mut side = tokio::task::JoinSet::new();
+    for (offset, action) in plan {
+        tokio::time::sleep_until((t0 + offset).into()).await;
+        match action {
+            Action::Fault(i, fault) => {
+                proxies[i].set(fault);
+                if fault != Fault::Healthy {
+                    *records.lock().unwrap().episodes.entry(fault.kind()).or_default() += 1;
+                }
+            }
+            Action::Pause(i, len) => {
+                side.spawn(pause(ctx.clone(), i, len));
+            }
+            Action::Break(now) => {
+                side.spawn(break_lease(ctx.clone(), breaker.clone(), now));
+            }
+        }
+    }
+    tokio::time::sleep_until((t0 + settings.chaos).into()).await;
+    for p in &proxies {
+        p.set(Fault::Healthy);
+    }
+    while side.join_next().await.is_some() {}
+    let faults_over = Instant::now();
+
+    // Stop the clients and wait for them (each bounds its own exit).
+    stop_tx.send(true).unwrap();
+    for task in clients {
+        task.await.expect("client task panicked");
+    }
+    let all_stopped = Instant::now();
+
+    // (4) the lock is free again within one lease duration.
+    let mut free_after = None;
+    let mut last_state = String::new();
+    while all_stopped.elapsed() <= LEASE + Duration::from_secs(5) {
+        match breaker.inspect(LOCK).await {
+            Ok(info) if !matches!(info.state, LeaseState::Leased | LeaseState::Breaking) => {
+                free_after = Some(all_stopped.elapsed());
+                break;
+            }
+            Ok(info) => last_state = info.state.as_str().to_string(),
+            Err(e) => last_state = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let r = records.lock().unwrap();
+    let mut verdict = check(&r, t0, all_stopped);
+    match free_after {
+        Some(d) if d <= LEASE + Duration::from_millis(500) => {}
+        Some(d) => verdict.violations.push(format!(
+            "(4) the lock became free {:.1}s after all clients stopped (more than the {LEASE:?} lease)",
+            d.as_secs_f64()
+        )),
+        None => verdict.violations.push(format!(
+            "(4) the lock was still not free {:?} after all clients stopped (last: {last_state})",
+            LEASE + Duration::from_secs(5)
+        )),
+    }
+    for note in r.notes.iter().filter(|n| n.contains("did not exit")) {
+        verdict.violations.push(format!("(4) {note}"));
+    }
+
+    // The summary.
+    let mut out = String::new();
+    let _ = writeln!(out, "chaos summary (AZMUTEX_CHAOS_SEED={}):", settings.seed);
+    let cli_sections = r.sections.iter().filter(|s| s.client < settings.cli).count();
+    let _ = writeln!(
+        out,
+        "  critical sections: {} ({} CLI, {} Locker); exempt from real-time checks: {:?}",
+        r.sections.len(),
+        cli_sections,
+        r.sections.len() - cli_sections,
+        verdict.excluded
+    );
+    let mut hits = [0u64; 7];
+    let mut forwarded = 0;
+    for p in &proxies {
+        let (h, f) = p.stats();
+        for (a, b) in hits.iter_mut().zip(h) {
+            *a += b;
+        }
+        forwarded += f;
+    }
+    let kinds: Vec<String> = Fault::KINDS
+        .iter()
+        .zip(hits)
+        .map(|(k, h)| format!("{k} {}×/{h} req", r.episodes.get(k).copied().unwrap_or(0)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  faults (episodes/requests hit): {}; requests forwarded: {forwarded}",
+        kinds.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end",
+        r.pauses.len(),
+        r.notes.iter().filter(|n| n.starts_with("pause of")).count(),
+        r.breaks.iter().filter(|b| b.now).count(),
+        r.breaks.iter().filter(|b| !b.now).count()
+    );
+    let losses = r.holdings.iter().filter(|h| h.lost_at.is_some()).count();
+    let rejected: usize = r.sections.iter().map(|s| s.rejected).sum();
+    let _ = writeln!(
+        out,
+        "  losses declared: {losses} ({} checked against the next acquisition); writes: {} ({rejected} rejected)",
+        verdict.losses_checked,
+        r.writes.len()
+    );
+    let _ = writeln!(
+        out,
+        "  smallest margin between \"declared lost\" and \"another client acquired\": {}",
+        verdict
+            .min_margin
+            .as_ref()
+            .map_or("none observed".into(), |(m, d)| format!(
+                "{:.3}s ({d})",
+                m.as_secs_f64()
+            ))
+    );
+    let _ = writeln!(
+        out,
+        "  faults over at {}, clients stopped at {}, lock free {}",
+        at(t0, faults_over),
+        at(t0, all_stopped),
+        free_after.map_or("never".into(), |d| format!("{:.1}s later", d.as_secs_f64()))
+    );
+    let errors = r.notes.iter().filter(|n| !n.starts_with("pause of")).count();
+    let _ = writeln!(out, "  client errors noted: {errors}");
+    println!("{out}");
+    if r.sections.len() < 2 {
+        verdict.violations.push(format!(
+            "only {} critical sections ran: the run checked nothing",
+            r.sections.len()
+        ));
+    }
+
+    if !verdict.violations.is_empty() {
+        let mut msg = format!(
+            "chaos checker: {} violation(s) with AZMUTEX_CHAOS_SEED={}:\n",
+            verdict.violations.len(),
+            settings.seed
+        );
+        for v in verdict.violations.iter().take(30) {
+            let _ = writeln!(msg, "  {v}");
+        }
+        let _ = writeln!(msg, "events (seconds since start):");
+        for p in &r.pauses {
+            let _ = writeln!(
+                msg,
+                "  pause client {} [{} .. {}] {:?}",
+                p.client,
+                at(t0, p.start),
+                at(t0, p.end),
+                p.targets
+            );
+        }
+        for b in &r.breaks {
+            let _ = writeln!(
+                msg,
+                "  break{} at {}: {} tokens {:?}",
+                if b.now { " now" } else { "" },
+                at(t0, b.at),
+                b.outcome,
+                b.tokens
+            );
+        }
+        for h in r.holdings.iter().filter(|h| h.lost_at.is_some() || h.cli) {
+            for (t, line) in &h.stderr {
+                let _ = writeln!(
+                    msg,
+                    "  client {} run {} stderr at {}: {line}",
+                    h.client,
+                    h.run,
+                    at(t0, *t)
+                );
+            }
+            if !h.cli {
+                let _ = writeln!(
+                    msg,
+                    "  client {} run {} lost at {}: {}",
+                    h.client,
+                    h.run,
+                    h.lost_at.map_or("-".into(), |t| at(t0, t)),
+                    h.lost_reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        panic!("{msg}");
+    }
+}
