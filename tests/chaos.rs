@@ -8,7 +8,9 @@
 //! 2. the resource never accepted a lower token after a higher one, tokens never repeat and
 //!    follow real-time order, and only a paused, broken or already-declared-lost holder ever had
 //!    a write rejected;
-//! 3. every loss was declared before another client acquired (the smallest margin is reported);
+//! 3. every loss was declared before another client acquired (the smallest margin is reported),
+//!    and ended the section at once (`Locker`) or within `--kill-grace` (`azmutex run`, the
+//!    command and all its descendants);
 //! 4. once faults and clients stop, the lock is free again within one lease duration.
 //!
 //! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
@@ -33,6 +35,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_azmutex");
 const LOCK: &str = "chaos";
 /// The lease every client takes.
 const LEASE: Duration = Duration::from_secs(15);
+/// `azmutex run --kill-grace`.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Scheduling and signal latency allowed between a deadline and its effect at the resource.
+const SLACK: Duration = Duration::from_secs(1);
 /// How long a client may take to exit once told to stop.
 const EXIT_LIMIT: Duration = Duration::from_secs(40);
 
@@ -76,37 +82,76 @@ impl Settings {
 /// One scheduled step, at an offset from the start of the chaos period.
 #[derive(Debug, Clone)]
 enum Action {
-    /// Switch client `.0`'s proxy.
-    Fault(usize, Fault),
+    /// Switch a proxy to `fault` for `len`: the proxy of whichever client holds the lock at that
+    /// moment when `holder` (most faults only matter to a holder), else (or when nobody
+    /// visibly holds it) client `client`'s.
+    Fault {
+        client: usize,
+        holder: bool,
+        fault: Fault,
+        len: Duration,
+    },
     /// SIGSTOP CLI client `.0` (its `azmutex` and its command) for `.1`.
     Pause(usize, Duration),
     /// Break the lease straight on Azurite: at once (`true`) or when it runs out (`false`).
     Break(bool),
 }
 
-/// The whole schedule, derived from the seed alone.
+/// A random fault and its length; `long` episodes are long enough to outlast a lease.
+fn random_fault(rng: &mut fastrand::Rng, long: bool) -> (Fault, Duration) {
+    let secs = |rng: &mut fastrand::Rng, lo: f64, hi: f64| Duration::from_secs_f64(lo + (hi - lo) * rng.f64());
+    let (lo, hi) = if long { (6.0, 20.0) } else { (0.5, 8.0) };
+    let len = secs(rng, lo, hi);
+    let fault = match rng.u8(..7) {
+        0 => Fault::Blackhole,
+        1 => Fault::DropAnswers,
+        2 => Fault::Delay(secs(rng, 0.2, 4.0)),
+        3 => return (Fault::Reset, secs(rng, 0.5, 5.0)),
+        4 => Fault::Answer500,
+        5 => Fault::Answer503,
+        _ => Fault::Fail500AfterForward,
+    };
+    (fault, len)
+}
+
+/// The whole schedule, derived from the seed alone: background faults on every proxy, faults
+/// aimed at the current holder, pauses of CLI clients and breaks.
 fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
     let mut rng = fastrand::Rng::with_seed(s.seed);
     let secs = |rng: &mut fastrand::Rng, lo: f64, hi: f64| Duration::from_secs_f64(lo + (hi - lo) * rng.f64());
     let end = s.chaos;
     let mut plan = Vec::new();
     for client in 0..s.clients() {
-        let mut t = secs(&mut rng, 1.0, 8.0);
+        let mut t = secs(&mut rng, 1.0, 10.0);
         while t < end {
-            let (fault, len) = match rng.u8(..7) {
-                0 => (Fault::Blackhole, secs(&mut rng, 1.0, 16.0)),
-                1 => (Fault::DropAnswers, secs(&mut rng, 1.0, 16.0)),
-                2 => (Fault::Delay(secs(&mut rng, 0.2, 4.0)), secs(&mut rng, 2.0, 15.0)),
-                3 => (Fault::Reset, secs(&mut rng, 0.5, 5.0)),
-                4 => (Fault::Answer500, secs(&mut rng, 1.0, 10.0)),
-                5 => (Fault::Answer503, secs(&mut rng, 1.0, 10.0)),
-                _ => (Fault::Fail500AfterForward, secs(&mut rng, 1.0, 8.0)),
-            };
-            plan.push((t, Action::Fault(client, fault)));
-            let healed = (t + len).min(end);
-            plan.push((healed, Action::Fault(client, Fault::Healthy)));
-            t = healed + secs(&mut rng, 2.0, 12.0);
+            let (fault, len) = random_fault(&mut rng, false);
+            plan.push((
+                t,
+                Action::Fault {
+                    client,
+                    holder: false,
+                    fault,
+                    len: len.min(end - t),
+                },
+            ));
+            t += len + secs(&mut rng, 5.0, 20.0);
         }
+    }
+    let mut t = secs(&mut rng, 2.0, 8.0);
+    while t < end {
+        let long = rng.u8(..10) < 7;
+        let (fault, len) = random_fault(&mut rng, long);
+        let client = rng.usize(..s.clients());
+        plan.push((
+            t,
+            Action::Fault {
+                client,
+                holder: true,
+                fault,
+                len: len.min(end - t),
+            },
+        ));
+        t += len + secs(&mut rng, 3.0, 12.0);
     }
     for client in 0..s.cli {
         let mut t = secs(&mut rng, 3.0, 15.0);
@@ -126,6 +171,23 @@ fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
     }
     plan.sort_by_key(|(t, _)| *t);
     plan
+}
+
+/// Which client visibly holds the lock now: the newest open section, else a Locker between
+/// `lock()` and the end of its work.
+fn current_holder(r: &Records) -> Option<usize> {
+    r.sections
+        .iter()
+        .filter(|s| s.end.is_none())
+        .max_by_key(|s| s.start)
+        .map(|s| s.client)
+        .or_else(|| {
+            r.holdings
+                .iter()
+                .rev()
+                .find(|h| h.acquired.is_some() && h.outcome.is_none())
+                .map(|h| h.client)
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,6 +438,17 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// How many writes (100 ms apart) a critical section makes: mostly 0.2–5 s of work, and three
+/// sections in ten 14–25 s, long enough for a fault to outlast the lease under them (a loss is
+/// declared no sooner than 13 s after the last confirmed request).
+fn section_writes(rng: &mut fastrand::Rng) -> u64 {
+    if rng.u8(..10) < 3 {
+        rng.u64(140..=250)
+    } else {
+        rng.u64(2..=50)
+    }
+}
+
 /// A CLI client: `azmutex run` processes one after another, through `proxy`.
 async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -387,7 +460,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
     let mut run = 0u64;
     while !*stop.borrow() {
         run += 1;
-        let writes = rng.u64(2..=50);
+        let writes = section_writes(&mut rng);
         let ignore_term = rng.u8(..4) == 0;
         let via_sh = rng.u8(..3) == 0;
         let mut cmd = tokio::process::Command::new(BIN);
@@ -401,7 +474,9 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 "--timeout",
                 "10s",
             ])
-            .args(["run", LOCK, "--lease", "15", "--kill-grace", "2s", "--owner"])
+            .args(["run", LOCK, "--lease", "15", "--kill-grace"])
+            .arg(format!("{}s", KILL_GRACE.as_secs()))
+            .arg("--owner")
             .arg(format!("chaos client {client} run {run}"))
             .arg("--");
         if via_sh {
@@ -542,7 +617,7 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
             r.holdings.len() - 1
         };
         let token = guard.fencing_token().unwrap_or(0);
-        let writes = rng.u64(2..=50);
+        let writes = section_writes(&mut rng);
         let lost = guard.lost();
         let lost = tokio::select! {
             biased;
@@ -659,12 +734,12 @@ async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool) {
     };
     let after = breaker.inspect(LOCK).await.ok();
     let tokens = now.then(|| {
+        let hi = after.as_ref().and_then(|i| i.fencing_token).unwrap_or(0);
         let lo = match &before {
             Some(i) if i.state == LeaseState::Leased => i.fencing_token.unwrap_or(0),
             Some(i) => i.fencing_token.map_or(0, |t| t + 1),
-            None => 0,
+            None => hi,
         };
-        let hi = after.as_ref().and_then(|i| i.fencing_token).unwrap_or(u64::MAX);
         (lo, hi)
     });
     ctx.records.lock().unwrap().breaks.push(BreakRecord {
@@ -829,6 +904,29 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
         }
     }
 
+    // (3) a declared loss ends the section: at once in a Locker, within --kill-grace for `run`
+    // (its command and all its descendants), unless a pause stretched that time.
+    for s in &r.sections {
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        let Some(lost_at) = h.lost_at else { continue };
+        let end = s.end.unwrap_or(end_of_run);
+        let allowed = if h.cli { KILL_GRACE + SLACK } else { SLACK };
+        let paused_after = r
+            .pauses
+            .iter()
+            .any(|p| p.client == s.client && p.end >= lost_at && p.start <= end);
+        if end > lost_at + allowed && !paused_after {
+            v.violations.push(format!(
+                "(3) section went on {:.1}s after its loss was declared at {} (allowed {allowed:?}): {}",
+                (end - lost_at).as_secs_f64(),
+                at(t0, lost_at),
+                describe(r, t0, s)
+            ));
+        }
+    }
+
     // (3) every loss declared before another client acquired.
     for (i, s) in r.sections.iter().enumerate() {
         if exempt[i].is_some() {
@@ -895,8 +993,8 @@ async fn chaos() {
     let container = common::unique("chaos");
     let records: Shared = Arc::default();
     let resource = start_resource(records.clone());
-    let proxies: Vec<FaultProxy> = (0..settings.clients())
-        .map(|i| FaultProxy::start(target, settings.seed ^ (0x5eed_0000 + i as u64)))
+    let proxies: Vec<Arc<FaultProxy>> = (0..settings.clients())
+        .map(|i| Arc::new(FaultProxy::start(target, settings.seed ^ (0x5eed_0000 + i as u64))))
         .collect();
     let breaker = AzureMutex::builder(common::config(), container.as_str())
         .fencing(true)
@@ -928,14 +1026,39 @@ async fn chaos() {
 
     // The director: faults, pauses and breaks on schedule.
     let mut side = tokio::task::JoinSet::new();
+    // Per proxy, the episode in force; and the last episode number.
+    let episodes = Arc::new(Mutex::new((vec![0u64; proxies.len()], 0u64)));
     for (offset, action) in plan {
         tokio::time::sleep_until((t0 + offset).into()).await;
         match action {
-            Action::Fault(i, fault) => {
+            Action::Fault {
+                client,
+                holder,
+                fault,
+                len,
+            } => {
+                let i = if holder {
+                    current_holder(&records.lock().unwrap()).unwrap_or(client)
+                } else {
+                    client
+                };
+                let id = {
+                    let mut e = episodes.lock().unwrap();
+                    e.1 += 1;
+                    let id = e.1;
+                    e.0[i] = id;
+                    id
+                };
                 proxies[i].set(fault);
-                if fault != Fault::Healthy {
-                    *records.lock().unwrap().episodes.entry(fault.kind()).or_default() += 1;
-                }
+                *records.lock().unwrap().episodes.entry(fault.kind()).or_default() += 1;
+                let (episodes, proxy) = (episodes.clone(), proxies[i].clone());
+                side.spawn(async move {
+                    tokio::time::sleep(len).await;
+                    // Heal unless a later episode took this proxy over.
+                    if episodes.lock().unwrap().0[i] == id {
+                        proxy.set(Fault::Healthy);
+                    }
+                });
             }
             Action::Pause(i, len) => {
                 side.spawn(pause(ctx.clone(), i, len));
@@ -1066,7 +1189,8 @@ async fn chaos() {
         ));
     }
 
-    if !verdict.violations.is_empty() {
+    let verbose = std::env::var("AZMUTEX_CHAOS_VERBOSE").is_ok_and(|v| v == "1");
+    if !verdict.violations.is_empty() || verbose {
         let mut msg = format!(
             "chaos checker: {} violation(s) with AZMUTEX_CHAOS_SEED={}:\n",
             verdict.violations.len(),
@@ -1074,6 +1198,11 @@ async fn chaos() {
         );
         for v in verdict.violations.iter().take(30) {
             let _ = writeln!(msg, "  {v}");
+        }
+        let _ = writeln!(msg, "sections (seconds since start):");
+        for s in &r.sections {
+            let why = exemption(&r, s, all_stopped).unwrap_or("");
+            let _ = writeln!(msg, "  {} {why}", describe(&r, t0, s));
         }
         let _ = writeln!(msg, "events (seconds since start):");
         for p in &r.pauses {
@@ -1117,6 +1246,10 @@ async fn chaos() {
                 );
             }
         }
-        panic!("{msg}");
+        if verdict.violations.is_empty() {
+            println!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
     }
 }
