@@ -11,7 +11,12 @@
 //! 3. every loss was declared before another client acquired (the smallest margin is reported),
 //!    and ended the section at once (`Locker`) or within `--kill-grace` (`azmutex run`, the
 //!    command and all its descendants);
-//! 4. once faults and clients stop, the lock is free again within one lease duration.
+//! 4. once faults and clients stop, the lock is free again within one lease duration;
+//! 5. a client that reported success (`run` exited 0, a clean release) held the lock to the end
+//!    of its section: no other client acquired meanwhile.
+//!
+//! Outside the clients, the harness also breaks the lease (at once, or when it runs out) and
+//! now and then deletes the idle lock blob, as an operator or a lifecycle rule might.
 //!
 //! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
 //! `AZMUTEX_CHAOS_MINUTES` (default 1), `AZMUTEX_CHAOS_CLI` (2) and `AZMUTEX_CHAOS_LOCKERS` (2)
@@ -26,6 +31,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use azmutex::rest::RestRequest;
 use azmutex::{AzureMutex, BreakPeriod, ClientOptions, LeaseDuration, LeaseState, LockError, Locker, LockerOptions};
 use common::faults::{Fault, FaultProxy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -95,6 +101,8 @@ enum Action {
     Pause(usize, Duration),
     /// Break the lease straight on Azurite: at once (`true`) or when it runs out (`false`).
     Break(bool),
+    /// An operator (or a lifecycle rule) deletes the lock blob while nobody holds it.
+    DeleteIdle,
 }
 
 /// A random fault and its length; `long` episodes are long enough to outlast a lease.
@@ -166,7 +174,12 @@ fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
     }
     let mut t = secs(&mut rng, 5.0, 20.0);
     while t < end {
-        plan.push((t, Action::Break(rng.u8(..10) < 4)));
+        let action = match rng.u8(..20) {
+            0..=5 => Action::Break(true),
+            6..=16 => Action::Break(false),
+            _ => Action::DeleteIdle,
+        };
+        plan.push((t, action));
         t += secs(&mut rng, 8.0, 25.0);
     }
     plan.sort_by_key(|(t, _)| *t);
@@ -233,6 +246,9 @@ struct Holding {
     lost_reason: Option<String>,
     /// How it ended (exit status, error).
     outcome: Option<String>,
+    /// The client reported success: `azmutex run` exited 0, or the `Locker` guard was
+    /// released without a loss or an error.
+    succeeded: bool,
     stderr: Vec<(Instant, String)>,
 }
 
@@ -243,6 +259,28 @@ struct PauseRecord {
     start: Instant,
     end: Instant,
     targets: Vec<i32>,
+}
+
+/// Deletes the lock blob straight on Azurite if nobody holds it (a leased blob refuses a
+/// delete without its lease id, so a race with an acquire is harmless).
+async fn delete_idle(ctx: Arc<Ctx>, breaker: AzureMutex) {
+    let at = Instant::now();
+    let outcome = match breaker.inspect(LOCK).await {
+        Ok(info) if info.exists && !matches!(info.state, LeaseState::Leased | LeaseState::Breaking) => {
+            let req = RestRequest::new("delete", reqwest::Method::DELETE, &ctx.container, Some(LOCK));
+            match breaker
+                .client()
+                .send(&req, Instant::now() + Duration::from_secs(5))
+                .await
+            {
+                Ok(resp) => format!("deleted idle lock blob: {}", resp.status),
+                Err(e) => format!("delete failed: {e}"),
+            }
+        }
+        Ok(info) => format!("not deleted: lock {}", info.state.as_str()),
+        Err(e) => format!("not deleted: {e}"),
+    };
+    ctx.records.lock().unwrap().deletes.push((at, outcome));
 }
 
 /// A break sent straight to Azurite.
@@ -263,6 +301,8 @@ struct Records {
     holdings: Vec<Holding>,
     pauses: Vec<PauseRecord>,
     breaks: Vec<BreakRecord>,
+    /// Deletions of the idle lock blob: when, and what happened.
+    deletes: Vec<(Instant, String)>,
     /// Proxy fault episodes started, per kind.
     episodes: HashMap<&'static str, u64>,
     notes: Vec<String>,
@@ -519,6 +559,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 lost_at: None,
                 lost_reason: None,
                 outcome: None,
+                succeeded: false,
                 stderr: Vec::new(),
             });
             r.holdings.len() - 1
@@ -555,6 +596,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
             }
         };
         ctx.cli_pids[client].store(0, std::sync::atomic::Ordering::SeqCst);
+        let succeeded = matches!(&status, Ok(s) if s.success());
         let outcome = match status {
             Ok(s) => s.to_string(),
             Err(e) => {
@@ -566,7 +608,11 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 e
             }
         };
-        ctx.records.lock().unwrap().holdings[index].outcome = Some(outcome);
+        {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings[index].outcome = Some(outcome);
+            r.holdings[index].succeeded = succeeded;
+        }
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
     }
 }
@@ -612,6 +658,7 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
                 lost_at: None,
                 lost_reason: None,
                 outcome: None,
+                succeeded: false,
                 stderr: Vec::new(),
             });
             r.holdings.len() - 1
@@ -634,12 +681,17 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
             }
         }
         let released = guard.release().await;
+        let succeeded = lost.is_none() && released.is_ok();
         let outcome = match (&lost, released) {
             (Some(_), _) => "lost".to_string(),
             (None, Err(e)) => format!("release failed: {e}"),
             (None, Ok(_)) => "released".to_string(),
         };
-        ctx.records.lock().unwrap().holdings[index].outcome = Some(outcome);
+        {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings[index].outcome = Some(outcome);
+            r.holdings[index].succeeded = succeeded;
+        }
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
     }
 }
@@ -927,6 +979,36 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
         }
     }
 
+    // (5) success means the lock was held to the end: a client that reported success (exit 0,
+    // a clean release) had no other client acquire during its section.
+    for s in &r.sections {
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        if !h.succeeded {
+            continue;
+        }
+        let end = s.end.unwrap_or(end_of_run);
+        let mine = acquired(r, s);
+        if let Some(o) = r
+            .sections
+            .iter()
+            .filter(|o| o.client != s.client)
+            .find(|o| (mine..end).contains(&acquired(r, o)))
+        {
+            v.violations.push(format!(
+                "(5) {} reported success although another client acquired during its section: {} / {}",
+                if h.cli {
+                    "`azmutex run` (exit 0)"
+                } else {
+                    "Locker (clean release)"
+                },
+                describe(r, t0, s),
+                describe(r, t0, o)
+            ));
+        }
+    }
+
     // (3) every loss declared before another client acquired.
     for (i, s) in r.sections.iter().enumerate() {
         if exempt[i].is_some() {
@@ -1066,6 +1148,9 @@ async fn chaos() {
             Action::Break(now) => {
                 side.spawn(break_lease(ctx.clone(), breaker.clone(), now));
             }
+            Action::DeleteIdle => {
+                side.spawn(delete_idle(ctx.clone(), breaker.clone()));
+            }
         }
     }
     tokio::time::sleep_until((t0 + settings.chaos).into()).await;
@@ -1147,11 +1232,12 @@ async fn chaos() {
     );
     let _ = writeln!(
         out,
-        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end",
+        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end; idle lock blob deleted: {}",
         r.pauses.len(),
         r.notes.iter().filter(|n| n.starts_with("pause of")).count(),
         r.breaks.iter().filter(|b| b.now).count(),
-        r.breaks.iter().filter(|b| !b.now).count()
+        r.breaks.iter().filter(|b| !b.now).count(),
+        r.deletes.iter().filter(|(_, w)| w.starts_with("deleted")).count()
     );
     let losses = r.holdings.iter().filter(|h| h.lost_at.is_some()).count();
     let rejected: usize = r.sections.iter().map(|s| s.rejected).sum();
@@ -1214,6 +1300,9 @@ async fn chaos() {
                 at(t0, p.end),
                 p.targets
             );
+        }
+        for (t, what) in &r.deletes {
+            let _ = writeln!(msg, "  delete at {}: {what}", at(t0, *t));
         }
         for b in &r.breaks {
             let _ = writeln!(
