@@ -16,7 +16,7 @@
 //!    of its section: no other client acquired meanwhile.
 //!
 //! Outside the clients, the harness also breaks the lease (at once, or when it runs out) and
-//! now and then deletes the idle lock blob, as an operator or a lifecycle rule might.
+//! now and then removes the lock blob (break at once, then delete), as an operator might.
 //!
 //! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
 //! `AZMUTEX_CHAOS_MINUTES` (default 1), `AZMUTEX_CHAOS_CLI` (2) and `AZMUTEX_CHAOS_LOCKERS` (2)
@@ -101,8 +101,8 @@ enum Action {
     Pause(usize, Duration),
     /// Break the lease straight on Azurite: at once (`true`) or when it runs out (`false`).
     Break(bool),
-    /// An operator (or a lifecycle rule) deletes the lock blob while nobody holds it.
-    DeleteIdle,
+    /// An operator removes the lock: breaks the lease at once and deletes the lock blob.
+    Delete,
 }
 
 /// A random fault and its length; `long` episodes are long enough to outlast a lease.
@@ -177,7 +177,7 @@ fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
         let action = match rng.u8(..20) {
             0..=5 => Action::Break(true),
             6..=16 => Action::Break(false),
-            _ => Action::DeleteIdle,
+            _ => Action::Delete,
         };
         plan.push((t, action));
         t += secs(&mut rng, 8.0, 25.0);
@@ -261,33 +261,13 @@ struct PauseRecord {
     targets: Vec<i32>,
 }
 
-/// Deletes the lock blob straight on Azurite if nobody holds it (a leased blob refuses a
-/// delete without its lease id, so a race with an acquire is harmless).
-async fn delete_idle(ctx: Arc<Ctx>, breaker: AzureMutex) {
-    let at = Instant::now();
-    let outcome = match breaker.inspect(LOCK).await {
-        Ok(info) if info.exists && !matches!(info.state, LeaseState::Leased | LeaseState::Breaking) => {
-            let req = RestRequest::new("delete", reqwest::Method::DELETE, &ctx.container, Some(LOCK));
-            match breaker
-                .client()
-                .send(&req, Instant::now() + Duration::from_secs(5))
-                .await
-            {
-                Ok(resp) => format!("deleted idle lock blob: {}", resp.status),
-                Err(e) => format!("delete failed: {e}"),
-            }
-        }
-        Ok(info) => format!("not deleted: lock {}", info.state.as_str()),
-        Err(e) => format!("not deleted: {e}"),
-    };
-    ctx.records.lock().unwrap().deletes.push((at, outcome));
-}
-
 /// A break sent straight to Azurite.
 #[derive(Debug, Clone)]
 struct BreakRecord {
     at: Instant,
     now: bool,
+    /// The lock blob was deleted right after the break.
+    delete: bool,
     /// Fencing tokens that may have been the holder's when an immediate break landed.
     tokens: Option<(u64, u64)>,
     outcome: String,
@@ -301,8 +281,6 @@ struct Records {
     holdings: Vec<Holding>,
     pauses: Vec<PauseRecord>,
     breaks: Vec<BreakRecord>,
-    /// Deletions of the idle lock blob: when, and what happened.
-    deletes: Vec<(Instant, String)>,
     /// Proxy fault episodes started, per kind.
     episodes: HashMap<&'static str, u64>,
     notes: Vec<String>,
@@ -774,29 +752,43 @@ async fn pause(ctx: Arc<Ctx>, client: usize, len: Duration) {
     });
 }
 
-/// Breaks the lease straight on Azurite, reading the fencing counter before and after so that
-/// an immediate break's victims can be named.
-async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool) {
+/// Breaks the lease straight on Azurite (then deletes the lock blob when `delete`), reading
+/// the fencing counter before and after so that an immediate break's victims can be named.
+async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool, delete: bool) {
     let before = breaker.inspect(LOCK).await.ok();
     let at = Instant::now();
     let period = if now { Some(BreakPeriod::NOW) } else { None };
-    let outcome = match breaker.break_lease(LOCK, period).await {
+    let mut outcome = match breaker.break_lease(LOCK, period).await {
         Ok(d) => format!("ok, free in {}s", d.as_secs()),
         Err(e) => format!("error: {e}"),
     };
     let after = breaker.inspect(LOCK).await.ok();
-    let tokens = now.then(|| {
-        let hi = after.as_ref().and_then(|i| i.fencing_token).unwrap_or(0);
-        let lo = match &before {
-            Some(i) if i.state == LeaseState::Leased => i.fencing_token.unwrap_or(0),
-            Some(i) => i.fencing_token.map_or(0, |t| t + 1),
-            None => hi,
+    if delete {
+        let req = RestRequest::new("delete", reqwest::Method::DELETE, &ctx.container, Some(LOCK));
+        outcome += &match breaker
+            .client()
+            .send(&req, Instant::now() + Duration::from_secs(5))
+            .await
+        {
+            Ok(resp) if resp.status == 202 => "; lock blob deleted".to_string(),
+            Ok(resp) => format!("; delete answered {}", resp.status),
+            Err(e) => format!("; delete failed: {e}"),
         };
-        (lo, hi)
+    }
+    let tokens = now.then(|| {
+        let first_new = |i: &azmutex::LockInfo| match i.state {
+            LeaseState::Leased => i.fencing_token.unwrap_or(0),
+            _ => i.fencing_token.map_or(0, |t| t + 1),
+        };
+        let lo = before.as_ref().map(first_new);
+        let hi = after.as_ref().and_then(|i| i.fencing_token);
+        let lo = lo.or(hi).unwrap_or(0);
+        (lo, hi.filter(|h| *h >= lo).unwrap_or(lo))
     });
     ctx.records.lock().unwrap().breaks.push(BreakRecord {
         at,
         now,
+        delete,
         tokens,
         outcome,
     });
@@ -964,12 +956,15 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
         };
         let Some(lost_at) = h.lost_at else { continue };
         let end = s.end.unwrap_or(end_of_run);
-        let allowed = if h.cli { KILL_GRACE + SLACK } else { SLACK };
-        let paused_after = r
+        // Time spent stopped after the loss was declared does not count.
+        let paused: Duration = r
             .pauses
             .iter()
-            .any(|p| p.client == s.client && p.end >= lost_at && p.start <= end);
-        if end > lost_at + allowed && !paused_after {
+            .filter(|p| p.client == s.client)
+            .map(|p| p.end.min(end).saturating_duration_since(p.start.max(lost_at)))
+            .sum();
+        let allowed = if h.cli { KILL_GRACE + SLACK } else { SLACK } + paused;
+        if end > lost_at + allowed {
             v.violations.push(format!(
                 "(3) section went on {:.1}s after its loss was declared at {} (allowed {allowed:?}): {}",
                 (end - lost_at).as_secs_f64(),
@@ -1146,10 +1141,10 @@ async fn chaos() {
                 side.spawn(pause(ctx.clone(), i, len));
             }
             Action::Break(now) => {
-                side.spawn(break_lease(ctx.clone(), breaker.clone(), now));
+                side.spawn(break_lease(ctx.clone(), breaker.clone(), now, false));
             }
-            Action::DeleteIdle => {
-                side.spawn(delete_idle(ctx.clone(), breaker.clone()));
+            Action::Delete => {
+                side.spawn(break_lease(ctx.clone(), breaker.clone(), true, true));
             }
         }
     }
@@ -1232,12 +1227,12 @@ async fn chaos() {
     );
     let _ = writeln!(
         out,
-        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end; idle lock blob deleted: {}",
+        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end; lock blob deleted: {}",
         r.pauses.len(),
         r.notes.iter().filter(|n| n.starts_with("pause of")).count(),
         r.breaks.iter().filter(|b| b.now).count(),
         r.breaks.iter().filter(|b| !b.now).count(),
-        r.deletes.iter().filter(|(_, w)| w.starts_with("deleted")).count()
+        r.breaks.iter().filter(|b| b.outcome.ends_with("deleted")).count()
     );
     let losses = r.holdings.iter().filter(|h| h.lost_at.is_some()).count();
     let rejected: usize = r.sections.iter().map(|s| s.rejected).sum();
@@ -1301,14 +1296,17 @@ async fn chaos() {
                 p.targets
             );
         }
-        for (t, what) in &r.deletes {
-            let _ = writeln!(msg, "  delete at {}: {what}", at(t0, *t));
-        }
         for b in &r.breaks {
             let _ = writeln!(
                 msg,
                 "  break{} at {}: {} tokens {:?}",
-                if b.now { " now" } else { "" },
+                if b.delete {
+                    " now + delete"
+                } else if b.now {
+                    " now"
+                } else {
+                    ""
+                },
                 at(t0, b.at),
                 b.outcome,
                 b.tokens
@@ -1335,10 +1333,202 @@ async fn chaos() {
                 );
             }
         }
+        drop(r); // not poisoned for the resource thread
         if verdict.violations.is_empty() {
             println!("{msg}");
         } else {
             panic!("{msg}");
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker on hand-made histories (no Azurite): each rule fires when it should.
+
+#[cfg(test)]
+mod checker {
+    use super::*;
+
+    struct History {
+        t0: Instant,
+        r: Records,
+    }
+
+    impl History {
+        fn new() -> History {
+            History {
+                t0: Instant::now(),
+                r: Records::default(),
+            }
+        }
+
+        fn t(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        /// A section of `client` with `token` from `start` to `end` (seconds), one accepted
+        /// write at its start, and its holding.
+        fn section(&mut self, client: usize, cli: bool, token: u64, start: f64, end: f64) -> usize {
+            let run = self.r.holdings.iter().filter(|h| h.client == client).count() as u64 + 1;
+            self.r.holdings.push(Holding {
+                client,
+                run,
+                cli,
+                spawned: self.t(start - 0.1),
+                acquired: (!cli).then(|| self.t(start - 0.05)),
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                succeeded: false,
+                stderr: Vec::new(),
+            });
+            self.r.sections.push(Section {
+                client,
+                run,
+                token,
+                pid: 1,
+                ppid: 1,
+                pgid: 1,
+                start: self.t(start),
+                end: Some(self.t(end)),
+                writes: 1,
+                rejected: 0,
+            });
+            let index = self.r.sections.len() - 1;
+            self.write(index, start + 0.01, true);
+            index
+        }
+
+        fn write(&mut self, section: usize, at: f64, accepted: bool) {
+            let token = self.r.sections[section].token;
+            let at = self.t(at);
+            self.r.writes.push(WriteRecord {
+                at,
+                section,
+                token,
+                accepted,
+            });
+        }
+
+        fn lost(&mut self, section: usize, at: f64) {
+            let t = self.t(at);
+            let s = &self.r.sections[section];
+            let (client, run) = (s.client, s.run);
+            let h = self
+                .r
+                .holdings
+                .iter_mut()
+                .find(|h| h.client == client && h.run == run)
+                .unwrap();
+            h.lost_at = Some(t);
+            h.lost_reason = Some("test".into());
+        }
+
+        fn succeeded(&mut self, section: usize) {
+            let s = &self.r.sections[section];
+            let (client, run) = (s.client, s.run);
+            let h = self
+                .r
+                .holdings
+                .iter_mut()
+                .find(|h| h.client == client && h.run == run)
+                .unwrap();
+            h.succeeded = true;
+        }
+
+        fn pause(&mut self, client: usize, from: f64, to: f64) {
+            let (start, end) = (self.t(from), self.t(to));
+            self.r.pauses.push(PauseRecord {
+                client,
+                start,
+                end,
+                targets: vec![],
+            });
+        }
+
+        fn violations(&self) -> Vec<String> {
+            check(&self.r, self.t0, self.t(1000.0)).violations
+        }
+
+        fn assert_only(&self, rule: &str) {
+            let v = self.violations();
+            assert!(!v.is_empty(), "expected a {rule} violation, got none");
+            assert!(v.iter().all(|m| m.starts_with(rule)), "expected only {rule}: {v:#?}");
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes_and_reports_its_margin() {
+        let mut h = History::new();
+        let a = h.section(0, false, 1, 1.0, 14.0);
+        h.lost(a, 14.0);
+        let b = h.section(1, true, 2, 16.5, 18.0);
+        h.succeeded(b);
+        let v = check(&h.r, h.t0, h.t(20.0));
+        assert!(v.violations.is_empty(), "{:#?}", v.violations);
+        let (margin, _) = v.min_margin.unwrap();
+        assert!((margin.as_secs_f64() - 2.5).abs() < 0.01, "{margin:?}");
+    }
+
+    #[test]
+    fn overlapping_unpaused_holders_are_flagged() {
+        let mut h = History::new();
+        h.section(0, true, 1, 1.0, 5.0);
+        h.section(1, false, 2, 4.0, 6.0);
+        h.assert_only("(1)");
+    }
+
+    #[test]
+    fn a_paused_holder_is_exempt_from_overlap_but_must_stop_after_its_loss() {
+        let mut h = History::new();
+        let a = h.section(0, true, 1, 1.0, 21.0);
+        h.pause(0, 2.0, 18.0);
+        h.lost(a, 18.1);
+        let b = h.section(1, false, 2, 17.0, 19.0);
+        h.write(a, 18.5, false);
+        assert!(h.violations().is_empty(), "{:#?}", h.violations());
+        let _ = b;
+        // Writing on for 3 s after the loss (a grandchild left running) is not.
+        h.r.sections[a].end = Some(h.t(21.2));
+        h.assert_only("(3)");
+    }
+
+    #[test]
+    fn repeated_and_decreasing_tokens_are_flagged() {
+        let mut h = History::new();
+        h.section(0, false, 5, 1.0, 2.0);
+        h.section(1, false, 5, 3.0, 4.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.contains("handed out twice")), "{v:#?}");
+        let mut h = History::new();
+        h.section(0, false, 5, 1.0, 2.0);
+        let late = h.section(1, false, 1, 3.0, 4.0);
+        h.r.writes.last_mut().unwrap().accepted = false;
+        h.write(late, 3.5, false);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.contains("write rejected")), "{v:#?}");
+        assert!(v.iter().any(|m| m.contains("out of real-time order")), "{v:#?}");
+    }
+
+    #[test]
+    fn a_loss_declared_after_another_acquired_is_flagged() {
+        let mut h = History::new();
+        let a = h.section(0, false, 1, 1.0, 5.0);
+        h.section(1, false, 2, 5.5, 7.0);
+        h.lost(a, 6.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.starts_with("(3) loss declared")), "{v:#?}");
+    }
+
+    #[test]
+    fn success_after_a_stolen_lease_is_flagged() {
+        let mut h = History::new();
+        let a = h.section(0, true, 1, 1.0, 5.0);
+        h.succeeded(a);
+        // B acquired during A's section (say, after an immediate break) and started after it.
+        let b = h.section(1, false, 2, 5.5, 7.0);
+        h.r.holdings[1].acquired = Some(h.t(4.0));
+        let _ = b;
+        h.assert_only("(5)");
     }
 }
