@@ -520,6 +520,14 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // SAFETY: setsid is async-signal-safe. A session of its own keeps `azmutex` (and what it
+        // starts) off the terminal of whoever runs the tests.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
         let spawned = Instant::now();
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -648,6 +656,7 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
             biased;
             reason = lost => Some(reason),
             _ = protected_work(ctx.resource, client, run, token, writes) => None,
+            _ = stopped(stop.clone()) => None,
         };
         let ended = Instant::now();
         {
@@ -1260,8 +1269,16 @@ async fn chaos() {
         at(t0, all_stopped),
         free_after.map_or("never".into(), |d| format!("{:.1}s later", d.as_secs_f64()))
     );
-    let errors = r.notes.iter().filter(|n| !n.starts_with("pause of")).count();
-    let _ = writeln!(out, "  client errors noted: {errors}");
+    let errors: Vec<&String> = r.notes.iter().filter(|n| !n.starts_with("pause of")).collect();
+    let _ = writeln!(out, "  client errors noted: {}", errors.len());
+    for e in errors.iter().take(5) {
+        let _ = writeln!(out, "    {e}");
+    }
+    let mut exits: HashMap<&str, usize> = HashMap::new();
+    for h in &r.holdings {
+        *exits.entry(h.outcome.as_deref().unwrap_or("-")).or_default() += 1;
+    }
+    let _ = writeln!(out, "  client outcomes: {exits:?}");
     println!("{out}");
     if r.sections.len() < 2 {
         verdict.violations.push(format!(
