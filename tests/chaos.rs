@@ -901,6 +901,8 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
 
     // (2) fencing at the resource.
     let mut highest = 0;
+    // Per section: rejected writes not excused, and when the first arrived.
+    let mut unexcused: HashMap<usize, (usize, Instant)> = HashMap::new();
     for w in &r.writes {
         if w.accepted {
             if w.token < highest {
@@ -920,13 +922,18 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
                 .and_then(|h| h.lost_at)
                 .is_some_and(|l| l <= w.at);
             if exempt[w.section].is_none() && !lost_before {
-                v.violations.push(format!(
-                    "(2) write rejected at {} from a holder neither paused, broken nor declared lost: {}",
-                    at(t0, w.at),
-                    describe(r, t0, s)
-                ));
+                unexcused.entry(w.section).or_insert((0, w.at)).0 += 1;
             }
         }
+    }
+    let mut unexcused: Vec<_> = unexcused.into_iter().collect();
+    unexcused.sort_by_key(|(_, (_, first))| *first);
+    for (section, (count, first)) in unexcused {
+        v.violations.push(format!(
+            "(2) {count} write(s) rejected, the first at {}, from a holder neither paused, broken nor declared lost: {}",
+            at(t0, first),
+            describe(r, t0, &r.sections[section])
+        ));
     }
     let mut by_token: HashMap<u64, Vec<&Section>> = HashMap::new();
     for s in &r.sections {
@@ -1294,8 +1301,18 @@ async fn chaos() {
             verdict.violations.len(),
             settings.seed
         );
-        for v in verdict.violations.iter().take(30) {
-            let _ = writeln!(msg, "  {v}");
+        // Up to 10 of each rule, in rule order.
+        let mut shown: Vec<&String> = verdict.violations.iter().collect();
+        shown.sort_by_key(|v| v.get(..3).unwrap_or_default().to_string());
+        let mut per_rule: HashMap<&str, usize> = HashMap::new();
+        for v in shown {
+            let n = per_rule.entry(v.get(..3).unwrap_or_default()).or_default();
+            *n += 1;
+            if *n <= 10 {
+                let _ = writeln!(msg, "  {v}");
+            } else if *n == 11 {
+                let _ = writeln!(msg, "  … more {} violations", v.get(..3).unwrap_or_default());
+            }
         }
         let _ = writeln!(msg, "sections (seconds since start):");
         for s in &r.sections {
@@ -1523,7 +1540,7 @@ mod checker {
         h.r.writes.last_mut().unwrap().accepted = false;
         h.write(late, 3.5, false);
         let v = h.violations();
-        assert!(v.iter().any(|m| m.contains("write rejected")), "{v:#?}");
+        assert!(v.iter().any(|m| m.contains("rejected, the first")), "{v:#?}");
         assert!(v.iter().any(|m| m.contains("out of real-time order")), "{v:#?}");
     }
 
