@@ -41,6 +41,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_azmutex");
 const LOCK: &str = "chaos";
 /// The lease every client takes.
 const LEASE: Duration = Duration::from_secs(15);
+/// The library's default timeout of one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// `azmutex run --kill-grace`.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Scheduling and signal latency allowed between a deadline and its effect at the resource.
@@ -241,6 +243,9 @@ struct Holding {
     spawned: Instant,
     /// When `lock()` returned (Locker clients only).
     acquired: Option<Instant>,
+    /// When `azmutex run` said `acquired lock … after waiting` (it says so after waits over
+    /// 0.5 s; a shorter wait ended near `spawned`).
+    acquired_line: Option<Instant>,
     /// When the client declared the lock lost: the `lost` line on stderr, or `lost()` firing.
     lost_at: Option<Instant>,
     lost_reason: Option<String>,
@@ -249,6 +254,8 @@ struct Holding {
     /// The client reported success: `azmutex run` exited 0, or the `Locker` guard was
     /// released without a loss or an error.
     succeeded: bool,
+    /// `azmutex run` exited 70 (lock lost).
+    exited_lost: bool,
     stderr: Vec<(Instant, String)>,
 }
 
@@ -542,10 +549,12 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 cli: true,
                 spawned,
                 acquired: None,
+                acquired_line: None,
                 lost_at: None,
                 lost_reason: None,
                 outcome: None,
                 succeeded: false,
+                exited_lost: false,
                 stderr: Vec::new(),
             });
             r.holdings.len() - 1
@@ -560,6 +569,9 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 let at = Instant::now();
                 let mut r = records.lock().unwrap();
                 let h = &mut r.holdings[index];
+                if h.acquired_line.is_none() && line.starts_with("azmutex: acquired lock ") {
+                    h.acquired_line = Some(at);
+                }
                 if h.lost_at.is_none() && line.starts_with("azmutex: lock ") && line.contains(" lost (") {
                     h.lost_at = Some(at);
                     h.lost_reason = Some(line.clone());
@@ -583,6 +595,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
         };
         ctx.cli_pids[client].store(0, std::sync::atomic::Ordering::SeqCst);
         let succeeded = matches!(&status, Ok(s) if s.success());
+        let exited_lost = matches!(&status, Ok(s) if s.code() == Some(70));
         let outcome = match status {
             Ok(s) => s.to_string(),
             Err(e) => {
@@ -598,6 +611,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
             let mut r = ctx.records.lock().unwrap();
             r.holdings[index].outcome = Some(outcome);
             r.holdings[index].succeeded = succeeded;
+            r.holdings[index].exited_lost = exited_lost;
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
     }
@@ -641,10 +655,12 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
                 cli: false,
                 spawned,
                 acquired: Some(acquired),
+                acquired_line: None,
                 lost_at: None,
                 lost_reason: None,
                 outcome: None,
                 succeeded: false,
+                exited_lost: false,
                 stderr: Vec::new(),
             });
             r.holdings.len() - 1
@@ -826,11 +842,16 @@ fn at(t0: Instant, t: Instant) -> String {
 }
 
 /// Why a section is exempt from the real-time checks, if it is: its holder was paused during
-/// it (or between its acquire and its start), or an immediate break hit its lease.
+/// it or while its successful acquire was in flight, or an immediate break hit its lease.
+///
+/// That acquire was sent at most one request timeout (5 s) before `run` reported the lock
+/// acquired (or before it was spawned, when it did not wait); a pause that ended earlier
+/// happened while `run` was merely waiting, and excuses nothing.
 fn exemption(r: &Records, s: &Section, end_of_run: Instant) -> Option<&'static str> {
     let holding = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run);
     let spawned = holding.map_or(s.start, |h| h.spawned);
-    let from = spawned.max(s.start.checked_sub(LEASE).unwrap_or(spawned));
+    let reported = holding.and_then(|h| h.acquired_line).unwrap_or(spawned);
+    let from = spawned.max(reported.checked_sub(REQUEST_TIMEOUT).unwrap_or(spawned));
     let to = s.end.unwrap_or(end_of_run);
     if r.pauses
         .iter()
@@ -962,6 +983,15 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
                 describe(r, t0, b)
             ));
         }
+    }
+
+    // The harness recognizes `run`'s loss line; if its wording changes, say so rather than
+    // silently checking less.
+    for h in r.holdings.iter().filter(|h| h.exited_lost && h.lost_at.is_none()) {
+        v.violations.push(format!(
+            "(3) client {} run {}: `azmutex run` exited 70 but the harness saw no `azmutex: lock \"…\" lost (…)` line on its stderr",
+            h.client, h.run
+        ));
     }
 
     // (3) a declared loss ends the section: at once in a Locker, within --kill-grace for `run`
@@ -1410,10 +1440,12 @@ mod checker {
                 cli,
                 spawned: self.t(start - 0.1),
                 acquired: (!cli).then(|| self.t(start - 0.05)),
+                acquired_line: None,
                 lost_at: None,
                 lost_reason: None,
                 outcome: None,
                 succeeded: false,
+                exited_lost: false,
                 stderr: Vec::new(),
             });
             self.r.sections.push(Section {
@@ -1525,6 +1557,27 @@ mod checker {
         // Writing on for 3 s after the loss (a grandchild left running) is not.
         h.r.sections[a].end = Some(h.t(21.2));
         h.assert_only("(3)");
+    }
+
+    #[test]
+    fn a_pause_while_merely_waiting_excuses_nothing() {
+        // Seen on main with seed 77: `run` waited (and was paused) for 15 s, acquired, lost the
+        // lock to a break, released it, and its command's child wrote on for 4 s.
+        let mut h = History::new();
+        let a = h.section(0, true, 4, 18.4, 33.2);
+        h.r.holdings[0].spawned = h.t(3.5);
+        h.r.holdings[0].acquired_line = Some(h.t(18.39));
+        h.pause(0, 6.2, 11.1);
+        h.lost(a, 28.8);
+        h.section(1, false, 5, 28.9, 50.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.starts_with("(1) overlap")), "{v:#?}");
+        assert!(v.iter().any(|m| m.starts_with("(3) section went on")), "{v:#?}");
+        // Paused after acquiring, it would be exempt from (1).
+        h.r.pauses[0].start = h.t(18.0);
+        h.r.pauses[0].end = h.t(24.0);
+        let v = h.violations();
+        assert!(!v.iter().any(|m| m.starts_with("(1)")), "{v:#?}");
     }
 
     #[test]
