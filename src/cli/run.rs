@@ -299,10 +299,7 @@ async fn supervise(
     }
     if let Some(reason) = guard.lost_reason() {
         let _ = guard.release().await;
-        eprintln!(
-            "azmutex: lock {:?} was lost before the command ended ({reason})",
-            args.lock
-        );
+        eprintln!("azmutex: lock {:?} lost ({reason}) before the command ended", args.lock);
         return Ok(exit::LOST);
     }
     match guard.release().await {
@@ -313,7 +310,7 @@ async fn supervise(
         ),
         Err(Error::LeaseLost { reason, .. }) => {
             eprintln!(
-                "azmutex: lock {:?} was lost before the command ended ({reason}): someone else may have held it",
+                "azmutex: lock {:?} lost ({reason}): the release showed that the lease was not ours until the command ended",
                 args.lock
             );
             return Ok(exit::LOST);

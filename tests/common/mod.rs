@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use azmutex::{AzureMutex, ClientOptions, StorageConfig};
 
+pub mod faults;
 pub mod http_proxy;
 pub mod proxy;
 

@@ -1,0 +1,1621 @@
+//! The chaos checker: several clients — `azmutex run` processes and `Locker` tasks — take turns
+//! on ONE lock in one Azurite, each through its own fault proxy, while the harness pauses CLI
+//! processes (SIGSTOP/SIGCONT) and breaks the lease from outside. Every critical section writes
+//! to a protected resource (a loopback server here) that checks fencing tokens. At the end a
+//! checker asserts:
+//!
+//! 1. no two sections of unpaused holders overlapped in real time (server-side arrival times);
+//! 2. the resource never accepted a lower token after a higher one, tokens never repeat and
+//!    follow real-time order, and only a paused, broken or already-declared-lost holder ever had
+//!    a write rejected;
+//! 3. every loss was declared before another client acquired (the smallest margin is reported),
+//!    and ended the section at once (`Locker`) or within `--kill-grace` (`azmutex run`, the
+//!    command and all its descendants);
+//! 4. once faults and clients stop, the lock is free again within one lease duration;
+//! 5. a client that reported success (`run` exited 0, a clean release) held the lock to the end
+//!    of its section: no other client acquired meanwhile.
+//!
+//! Outside the clients, the harness also breaks the lease (at once, or when it runs out) and
+//! now and then removes the lock blob (break at once, then delete), as an operator might.
+//!
+//! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
+//! `AZMUTEX_CHAOS_MINUTES` (default 1), `AZMUTEX_CHAOS_CLI` (2) and `AZMUTEX_CHAOS_LOCKERS` (2)
+//! size the run; `scripts/chaos` wraps them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use azmutex::rest::RestRequest;
+use azmutex::{AzureMutex, BreakPeriod, ClientOptions, LeaseDuration, LeaseState, LockError, Locker, LockerOptions};
+use common::faults::{Fault, FaultProxy};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+const BIN: &str = env!("CARGO_BIN_EXE_azmutex");
+const LOCK: &str = "chaos";
+/// The lease every client takes.
+const LEASE: Duration = Duration::from_secs(15);
+/// The library's default timeout of one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// `azmutex run --kill-grace`.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Scheduling and signal latency allowed between a deadline and its effect at the resource.
+const SLACK: Duration = Duration::from_secs(1);
+/// How long a client may take to exit once told to stop.
+const EXIT_LIMIT: Duration = Duration::from_secs(40);
+
+// ---------------------------------------------------------------------------------------------
+// Settings and schedule
+
+/// The run's size and seed, from the environment.
+#[derive(Debug, Clone)]
+struct Settings {
+    seed: u64,
+    chaos: Duration,
+    cli: usize,
+    lockers: usize,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let seed = var("AZMUTEX_CHAOS_SEED")
+            .map(|s| s.trim().parse().expect("AZMUTEX_CHAOS_SEED: an unsigned integer"))
+            .unwrap_or_else(|| fastrand::u64(..) % 1_000_000_000);
+        let minutes: f64 = var("AZMUTEX_CHAOS_MINUTES")
+            .map(|s| s.trim().parse().expect("AZMUTEX_CHAOS_MINUTES: a number"))
+            .unwrap_or(1.0);
+        let count = |name: &str, default: usize| {
+            var(name).map_or(default, |s| s.trim().parse().expect("client count: an integer"))
+        };
+        Settings {
+            seed,
+            chaos: Duration::from_secs_f64((minutes * 60.0).max(10.0)),
+            cli: count("AZMUTEX_CHAOS_CLI", 2),
+            lockers: count("AZMUTEX_CHAOS_LOCKERS", 2),
+        }
+    }
+
+    fn clients(&self) -> usize {
+        self.cli + self.lockers
+    }
+}
+
+/// One scheduled step, at an offset from the start of the chaos period.
+#[derive(Debug, Clone)]
+enum Action {
+    /// Switch a proxy to `fault` for `len`: the proxy of whichever client holds the lock at that
+    /// moment when `holder` (most faults only matter to a holder), else (or when nobody
+    /// visibly holds it) client `client`'s.
+    Fault {
+        client: usize,
+        holder: bool,
+        fault: Fault,
+        len: Duration,
+    },
+    /// SIGSTOP CLI client `.0` (its `azmutex` and its command) for `.1`.
+    Pause(usize, Duration),
+    /// Break the lease straight on Azurite: at once (`true`) or when it runs out (`false`).
+    Break(bool),
+    /// An operator removes the lock: breaks the lease at once and deletes the lock blob.
+    Delete,
+}
+
+/// A random fault and its length; `long` episodes are long enough to outlast a lease.
+fn random_fault(rng: &mut fastrand::Rng, long: bool) -> (Fault, Duration) {
+    let secs = |rng: &mut fastrand::Rng, lo: f64, hi: f64| Duration::from_secs_f64(lo + (hi - lo) * rng.f64());
+    let (lo, hi) = if long { (6.0, 20.0) } else { (0.5, 8.0) };
+    let len = secs(rng, lo, hi);
+    let fault = match rng.u8(..7) {
+        0 => Fault::Blackhole,
+        1 => Fault::DropAnswers,
+        2 => Fault::Delay(secs(rng, 0.2, 4.0)),
+        3 => return (Fault::Reset, secs(rng, 0.5, 5.0)),
+        4 => Fault::Answer500,
+        5 => Fault::Answer503,
+        _ => Fault::Fail500AfterForward,
+    };
+    (fault, len)
+}
+
+/// The whole schedule, derived from the seed alone: background faults on every proxy, faults
+/// aimed at the current holder, pauses of CLI clients and breaks.
+fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
+    let mut rng = fastrand::Rng::with_seed(s.seed);
+    let secs = |rng: &mut fastrand::Rng, lo: f64, hi: f64| Duration::from_secs_f64(lo + (hi - lo) * rng.f64());
+    let end = s.chaos;
+    let mut plan = Vec::new();
+    for client in 0..s.clients() {
+        let mut t = secs(&mut rng, 1.0, 10.0);
+        while t < end {
+            let (fault, len) = random_fault(&mut rng, false);
+            plan.push((
+                t,
+                Action::Fault {
+                    client,
+                    holder: false,
+                    fault,
+                    len: len.min(end - t),
+                },
+            ));
+            t += len + secs(&mut rng, 5.0, 20.0);
+        }
+    }
+    let mut t = secs(&mut rng, 2.0, 8.0);
+    while t < end {
+        let long = rng.u8(..10) < 7;
+        let (fault, len) = random_fault(&mut rng, long);
+        let client = rng.usize(..s.clients());
+        plan.push((
+            t,
+            Action::Fault {
+                client,
+                holder: true,
+                fault,
+                len: len.min(end - t),
+            },
+        ));
+        t += len + secs(&mut rng, 3.0, 12.0);
+    }
+    for client in 0..s.cli {
+        let mut t = secs(&mut rng, 3.0, 15.0);
+        loop {
+            let len = secs(&mut rng, 2.0, 14.0);
+            if t + len >= end {
+                break;
+            }
+            plan.push((t, Action::Pause(client, len)));
+            t += len + secs(&mut rng, 5.0, 25.0);
+        }
+    }
+    let mut t = secs(&mut rng, 5.0, 20.0);
+    while t < end {
+        let action = match rng.u8(..20) {
+            0..=5 => Action::Break(true),
+            6..=16 => Action::Break(false),
+            _ => Action::Delete,
+        };
+        plan.push((t, action));
+        t += secs(&mut rng, 8.0, 25.0);
+    }
+    plan.sort_by_key(|(t, _)| *t);
+    plan
+}
+
+/// Which client visibly holds the lock now: the newest open section, else a Locker between
+/// `lock()` and the end of its work.
+fn current_holder(r: &Records) -> Option<usize> {
+    r.sections
+        .iter()
+        .filter(|s| s.end.is_none())
+        .max_by_key(|s| s.start)
+        .map(|s| s.client)
+        .or_else(|| {
+            r.holdings
+                .iter()
+                .rev()
+                .find(|h| h.acquired.is_some() && h.outcome.is_none())
+                .map(|h| h.client)
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+
+/// A critical section as the protected resource saw it: from the connection's arrival to its
+/// close (a killed worker's section ends when the kernel closes its socket).
+#[derive(Debug, Clone)]
+struct Section {
+    client: usize,
+    run: u64,
+    token: u64,
+    pid: i32,
+    ppid: i32,
+    pgid: i32,
+    start: Instant,
+    end: Option<Instant>,
+    writes: usize,
+    rejected: usize,
+}
+
+/// One write as it arrived at the resource, in arrival order.
+#[derive(Debug, Clone)]
+struct WriteRecord {
+    at: Instant,
+    section: usize,
+    token: u64,
+    accepted: bool,
+}
+
+/// One acquisition attempt by a client: an `azmutex run` process, or one `Locker::lock` call.
+#[derive(Debug, Clone)]
+struct Holding {
+    client: usize,
+    run: u64,
+    cli: bool,
+    /// When the process was spawned or the `lock()` call began.
+    spawned: Instant,
+    /// When `lock()` returned (Locker clients only).
+    acquired: Option<Instant>,
+    /// When `azmutex run` said `acquired lock … after waiting` (it says so after waits over
+    /// 0.5 s; a shorter wait ended near `spawned`).
+    acquired_line: Option<Instant>,
+    /// When the client declared the lock lost: the `lost` line on stderr, or `lost()` firing.
+    lost_at: Option<Instant>,
+    lost_reason: Option<String>,
+    /// How it ended (exit status, error).
+    outcome: Option<String>,
+    /// The client reported success: `azmutex run` exited 0, or the `Locker` guard was
+    /// released without a loss or an error.
+    succeeded: bool,
+    /// `azmutex run` exited 70 (lock lost).
+    exited_lost: bool,
+    stderr: Vec<(Instant, String)>,
+}
+
+/// A SIGSTOP/SIGCONT episode of a CLI client.
+#[derive(Debug, Clone)]
+struct PauseRecord {
+    client: usize,
+    start: Instant,
+    end: Instant,
+    targets: Vec<i32>,
+}
+
+/// A break sent straight to Azurite.
+#[derive(Debug, Clone)]
+struct BreakRecord {
+    at: Instant,
+    now: bool,
+    /// The lock blob was deleted right after the break.
+    delete: bool,
+    /// Fencing tokens that may have been the holder's when an immediate break landed.
+    tokens: Option<(u64, u64)>,
+    outcome: String,
+}
+
+/// Everything the harness observed, on the harness's monotonic clock.
+#[derive(Default)]
+struct Records {
+    sections: Vec<Section>,
+    writes: Vec<WriteRecord>,
+    holdings: Vec<Holding>,
+    pauses: Vec<PauseRecord>,
+    breaks: Vec<BreakRecord>,
+    /// Proxy fault episodes started, per kind.
+    episodes: HashMap<&'static str, u64>,
+    notes: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Records>>;
+
+// ---------------------------------------------------------------------------------------------
+// The protected resource
+
+/// Starts the protected resource on a thread and runtime of its own. Protocol, one line each:
+/// `HELLO <client> <run> <token> <pid> <ppid> <pgid>`, then `W` per write; close ends the section.
+/// A write is accepted when its token is at least the highest token accepted so far.
+fn start_resource(records: Shared) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let highest = Arc::new(Mutex::new(0u64));
+            loop {
+                let Ok((conn, _)) = listener.accept().await else { return };
+                let start = Instant::now();
+                tokio::spawn(serve_section(conn, start, records.clone(), highest.clone()));
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+async fn serve_section(conn: tokio::net::TcpStream, start: Instant, records: Shared, highest: Arc<Mutex<u64>>) {
+    let mut lines = BufReader::new(conn).lines();
+    let Ok(Some(hello)) = lines.next_line().await else {
+        return;
+    };
+    let f: Vec<&str> = hello.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    if f.first() != Some(&"HELLO") {
+        return;
+    }
+    let index = {
+        let mut r = records.lock().unwrap();
+        r.sections.push(Section {
+            client: num(1) as usize,
+            run: num(2) as u64,
+            token: num(3) as u64,
+            pid: num(4) as i32,
+            ppid: num(5) as i32,
+            pgid: num(6) as i32,
+            start,
+            end: None,
+            writes: 0,
+            rejected: 0,
+        });
+        r.sections.len() - 1
+    };
+    let token = num(3) as u64;
+    loop {
+        let line = lines.next_line().await;
+        let at = Instant::now();
+        let mut r = records.lock().unwrap();
+        match line {
+            Ok(Some(_)) => {
+                let mut h = highest.lock().unwrap();
+                let accepted = token >= *h;
+                if accepted {
+                    *h = token;
+                }
+                r.writes.push(WriteRecord {
+                    at,
+                    section: index,
+                    token,
+                    accepted,
+                });
+                let s = &mut r.sections[index];
+                s.writes += 1;
+                if !accepted {
+                    s.rejected += 1;
+                }
+            }
+            _ => {
+                r.sections[index].end = Some(at);
+                return;
+            }
+        }
+    }
+}
+
+/// The critical section's work: connect, introduce, write every 100 ms `writes` times, close.
+async fn protected_work(resource: SocketAddr, client: usize, run: u64, token: u64, writes: u64) {
+    let Ok(mut s) = tokio::net::TcpStream::connect(resource).await else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    let pid = std::process::id();
+    // SAFETY: getpgrp has no preconditions.
+    let pgid = unsafe { libc::getpgrp() };
+    let hello = format!("HELLO {client} {run} {token} {pid} {pid} {pgid}\n");
+    if s.write_all(hello.as_bytes()).await.is_err() {
+        return;
+    }
+    for _ in 0..writes {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"W\n").await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The CLI clients' command: this test binary re-executed as this ignored test. Without the
+/// harness's environment it does nothing.
+#[test]
+#[ignore = "the chaos checker's critical section, started by `azmutex run`"]
+fn chaos_worker() {
+    use std::io::Write;
+    let Ok(addr) = std::env::var("AZMUTEX_CHAOS_WORKER") else {
+        return;
+    };
+    let var = |n: &str| std::env::var(n).unwrap_or_default();
+    if var("AZMUTEX_CHAOS_IGNORE_TERM") == "1" {
+        // SAFETY: installs SIG_IGN; no handler code runs.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let token = var("AZMUTEX_FENCING_TOKEN");
+    let writes: u64 = var("AZMUTEX_CHAOS_WRITES").parse().unwrap_or(10);
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return;
+    };
+    let _ = s.set_nodelay(true);
+    // SAFETY: these calls have no preconditions.
+    let (ppid, pgid) = unsafe { (libc::getppid(), libc::getpgrp()) };
+    let hello = format!(
+        "HELLO {} {} {} {} {ppid} {pgid}\n",
+        var("AZMUTEX_CHAOS_CLIENT"),
+        var("AZMUTEX_CHAOS_RUN"),
+        if token.is_empty() { "0" } else { &token },
+        std::process::id()
+    );
+    if s.write_all(hello.as_bytes()).is_err() {
+        return;
+    }
+    for _ in 0..writes {
+        std::thread::sleep(Duration::from_millis(100));
+        if s.write_all(b"W\n").is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// What every client task needs.
+struct Ctx {
+    records: Shared,
+    resource: SocketAddr,
+    container: String,
+    /// Per CLI client: the pid of its running `azmutex` (0 when none).
+    cli_pids: Vec<std::sync::atomic::AtomicI32>,
+}
+
+fn options() -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.retry.call_timeout = Duration::from_secs(10);
+    o
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How many writes (100 ms apart) a critical section makes: mostly 0.2–5 s of work, and three
+/// sections in ten 14–25 s, long enough for a fault to outlast the lease under them (a loss is
+/// declared no sooner than 13 s after the last confirmed request).
+fn section_writes(rng: &mut fastrand::Rng) -> u64 {
+    if rng.u8(..10) < 3 {
+        rng.u64(140..=250)
+    } else {
+        rng.u64(2..=50)
+    }
+}
+
+/// A CLI client: `azmutex run` processes one after another, through `proxy`.
+async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let exe = std::env::current_exe().unwrap();
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{proxy}/devstoreaccount1",
+        common::DEV_KEY
+    );
+    let mut run = 0u64;
+    while !*stop.borrow() {
+        run += 1;
+        let writes = section_writes(&mut rng);
+        let ignore_term = rng.u8(..4) == 0;
+        let via_sh = rng.u8(..3) == 0;
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args([
+                "--connection-string",
+                &cs,
+                "--container",
+                &ctx.container,
+                "--timeout",
+                "10s",
+            ])
+            .args(["run", LOCK, "--lease", "15", "--kill-grace"])
+            .arg(format!("{}s", KILL_GRACE.as_secs()))
+            .arg("--owner")
+            .arg(format!("chaos client {client} run {run}"))
+            .arg("--");
+        if via_sh {
+            // The worker is a grandchild: signalling only `sh` leaves it running.
+            cmd.args(["sh", "-c", "\"$0\" \"$@\"; :"]);
+        }
+        cmd.arg(&exe)
+            .args([
+                "--exact",
+                "chaos_worker",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+                "-q",
+            ])
+            .env("AZMUTEX_CHAOS_WORKER", ctx.resource.to_string())
+            .env("AZMUTEX_CHAOS_CLIENT", client.to_string())
+            .env("AZMUTEX_CHAOS_RUN", run.to_string())
+            .env("AZMUTEX_CHAOS_WRITES", writes.to_string())
+            .env("AZMUTEX_CHAOS_IGNORE_TERM", if ignore_term { "1" } else { "0" })
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: setsid is async-signal-safe. A session of its own keeps `azmutex` (and what it
+        // starts) off the terminal of whoever runs the tests.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let spawned = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => panic!("cannot start {BIN}: {e}"),
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        let index = {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings.push(Holding {
+                client,
+                run,
+                cli: true,
+                spawned,
+                acquired: None,
+                acquired_line: None,
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                succeeded: false,
+                exited_lost: false,
+                stderr: Vec::new(),
+            });
+            r.holdings.len() - 1
+        };
+        ctx.cli_pids[client].store(pid, std::sync::atomic::Ordering::SeqCst);
+        let stderr = child.stderr.take().unwrap();
+        let records = ctx.records.clone();
+        // Not awaited: an orphaned grandchild may keep the pipe open.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let at = Instant::now();
+                let mut r = records.lock().unwrap();
+                let h = &mut r.holdings[index];
+                if h.acquired_line.is_none() && line.starts_with("azmutex: acquired lock ") {
+                    h.acquired_line = Some(at);
+                }
+                if h.lost_at.is_none() && line.starts_with("azmutex: lock ") && line.contains(" lost (") {
+                    h.lost_at = Some(at);
+                    h.lost_reason = Some(line.clone());
+                }
+                h.stderr.push((at, line));
+            }
+        });
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|e| e.to_string()),
+            _ = stopped(stop.clone()) => {
+                // SAFETY: kill(2) on our own, not yet reaped, child.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                match tokio::time::timeout(EXIT_LIMIT, child.wait()).await {
+                    Ok(status) => status.map_err(|e| e.to_string()),
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        Err(format!("did not exit within {EXIT_LIMIT:?} of SIGTERM; killed"))
+                    }
+                }
+            }
+        };
+        ctx.cli_pids[client].store(0, std::sync::atomic::Ordering::SeqCst);
+        let succeeded = matches!(&status, Ok(s) if s.success());
+        let exited_lost = matches!(&status, Ok(s) if s.code() == Some(70));
+        let outcome = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => {
+                ctx.records
+                    .lock()
+                    .unwrap()
+                    .notes
+                    .push(format!("client {client} run {run}: {e}"));
+                e
+            }
+        };
+        {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings[index].outcome = Some(outcome);
+            r.holdings[index].succeeded = succeeded;
+            r.holdings[index].exited_lost = exited_lost;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
+    }
+}
+
+/// A library client: `Locker` with fencing, through `proxy`, doing the work inside
+/// `tokio::select!` with `guard.lost()`.
+async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mutex = AzureMutex::builder(common::config_via(proxy), ctx.container.as_str())
+        .fencing(true)
+        .client_options(options())
+        .build()
+        .unwrap();
+    let lockopts = LockerOptions {
+        lease: LeaseDuration::seconds(LEASE.as_secs()).unwrap(),
+        report_holder: false,
+        ..LockerOptions::default()
+    };
+    let locker = Locker::with_options(mutex, LOCK, lockopts).unwrap();
+    let mut run = 0u64;
+    while !*stop.borrow() {
+        run += 1;
+        let spawned = Instant::now();
+        let mut guard = match locker.lock_until(None, stopped(stop.clone())).await {
+            Ok(g) => g,
+            Err(LockError::Cancelled { .. }) => break,
+            Err(e) => {
+                let note = format!("client {client} run {run}: lock() failed: {e}");
+                ctx.records.lock().unwrap().notes.push(note);
+                tokio::time::sleep(Duration::from_millis(rng.u64(100..500))).await;
+                continue;
+            }
+        };
+        let acquired = Instant::now();
+        let index = {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings.push(Holding {
+                client,
+                run,
+                cli: false,
+                spawned,
+                acquired: Some(acquired),
+                acquired_line: None,
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                succeeded: false,
+                exited_lost: false,
+                stderr: Vec::new(),
+            });
+            r.holdings.len() - 1
+        };
+        let token = guard.fencing_token().unwrap_or(0);
+        let writes = section_writes(&mut rng);
+        let lost = guard.lost();
+        let lost = tokio::select! {
+            biased;
+            reason = lost => Some(reason),
+            _ = protected_work(ctx.resource, client, run, token, writes) => None,
+            _ = stopped(stop.clone()) => None,
+        };
+        let ended = Instant::now();
+        {
+            let mut r = ctx.records.lock().unwrap();
+            let h = &mut r.holdings[index];
+            if let Some(reason) = lost {
+                h.lost_at = Some(ended);
+                h.lost_reason = Some(reason.to_string());
+            }
+        }
+        let released = guard.release().await;
+        let succeeded = lost.is_none() && released.is_ok();
+        let outcome = match (&lost, released) {
+            (Some(_), _) => "lost".to_string(),
+            (None, Err(e)) => format!("release failed: {e}"),
+            (None, Ok(_)) => "released".to_string(),
+        };
+        {
+            let mut r = ctx.records.lock().unwrap();
+            r.holdings[index].outcome = Some(outcome);
+            r.holdings[index].succeeded = succeeded;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(50..400))).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pauses and breaks
+
+/// Sends SIGCONT to everything it stopped when dropped, even on a panic.
+struct Stopped(Vec<i32>);
+
+impl Stopped {
+    fn stop(&mut self, target: i32) {
+        if target == 0 || self.0.contains(&target) {
+            return;
+        }
+        // SAFETY: kill(2); a negative target is a process group.
+        unsafe { libc::kill(target, libc::SIGSTOP) };
+        self.0.push(target);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for t in self.0.iter().rev() {
+            // SAFETY: kill(2) on a process (group) we stopped.
+            unsafe { libc::kill(*t, libc::SIGCONT) };
+        }
+    }
+}
+
+/// Stops CLI client `client`'s `azmutex` and its command for `len`.
+async fn pause(ctx: Arc<Ctx>, client: usize, len: Duration) {
+    let azmutex_pid = ctx.cli_pids[client].load(std::sync::atomic::Ordering::SeqCst);
+    if azmutex_pid == 0 {
+        ctx.records
+            .lock()
+            .unwrap()
+            .notes
+            .push(format!("pause of client {client} skipped: no process"));
+        return;
+    }
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let start = Instant::now();
+    let mut stopped = Stopped(Vec::new());
+    stopped.stop(azmutex_pid);
+    let until = start + len;
+    loop {
+        // Workers that show up during the pause (spawned just before it) are stopped too.
+        let workers: Vec<(i32, i32, i32)> = {
+            let r = ctx.records.lock().unwrap();
+            r.sections
+                .iter()
+                .filter(|s| s.client == client && s.end.is_none())
+                .map(|s| (s.pid, s.ppid, s.pgid))
+                .collect()
+        };
+        for (pid, ppid, pgid) in workers {
+            stopped.stop(pid);
+            if ppid != azmutex_pid && ppid > 1 && ppid != std::process::id() as i32 {
+                stopped.stop(ppid); // the `sh` between azmutex and the worker
+            }
+            if pgid > 0 && pgid != own_group {
+                stopped.stop(-pgid);
+            }
+        }
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(100))).await;
+    }
+    let targets = stopped.0.clone();
+    drop(stopped);
+    ctx.records.lock().unwrap().pauses.push(PauseRecord {
+        client,
+        start,
+        end: Instant::now(),
+        targets,
+    });
+}
+
+/// Breaks the lease straight on Azurite (then deletes the lock blob when `delete`), reading
+/// the fencing counter before and after so that an immediate break's victims can be named.
+async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool, delete: bool) {
+    let before = breaker.inspect(LOCK).await.ok();
+    let at = Instant::now();
+    let period = if now { Some(BreakPeriod::NOW) } else { None };
+    let mut outcome = match breaker.break_lease(LOCK, period).await {
+        Ok(d) => format!("ok, free in {}s", d.as_secs()),
+        Err(e) => format!("error: {e}"),
+    };
+    let after = breaker.inspect(LOCK).await.ok();
+    if delete {
+        let req = RestRequest::new("delete", reqwest::Method::DELETE, &ctx.container, Some(LOCK));
+        outcome += &match breaker
+            .client()
+            .send(&req, Instant::now() + Duration::from_secs(5))
+            .await
+        {
+            Ok(resp) if resp.status == 202 => "; lock blob deleted".to_string(),
+            Ok(resp) => format!("; delete answered {}", resp.status),
+            Err(e) => format!("; delete failed: {e}"),
+        };
+    }
+    let tokens = now.then(|| {
+        let first_new = |i: &azmutex::LockInfo| match i.state {
+            LeaseState::Leased => i.fencing_token.unwrap_or(0),
+            _ => i.fencing_token.map_or(0, |t| t + 1),
+        };
+        let lo = before.as_ref().map(first_new);
+        let hi = after.as_ref().and_then(|i| i.fencing_token);
+        let lo = lo.or(hi).unwrap_or(0);
+        (lo, hi.filter(|h| *h >= lo).unwrap_or(lo))
+    });
+    ctx.records.lock().unwrap().breaks.push(BreakRecord {
+        at,
+        now,
+        delete,
+        tokens,
+        outcome,
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker
+
+/// The checker's verdict and the numbers for the summary.
+#[derive(Default)]
+struct Verdict {
+    violations: Vec<String>,
+    /// Smallest (margin, description) between a declared loss and the next acquisition.
+    min_margin: Option<(Duration, String)>,
+    losses_checked: usize,
+    excluded: HashMap<&'static str, usize>,
+}
+
+/// Seconds since `t0`, for messages.
+fn at(t0: Instant, t: Instant) -> String {
+    if t >= t0 {
+        format!("{:.3}s", (t - t0).as_secs_f64())
+    } else {
+        format!("-{:.3}s", (t0 - t).as_secs_f64())
+    }
+}
+
+/// Why a section is exempt from the real-time checks, if it is: its holder was paused during
+/// it or while its successful acquire was in flight, or an immediate break hit its lease.
+///
+/// That acquire was sent at most one request timeout (5 s) before `run` reported the lock
+/// acquired (or before it was spawned, when it did not wait); a pause that ended earlier
+/// happened while `run` was merely waiting, and excuses nothing.
+fn exemption(r: &Records, s: &Section, end_of_run: Instant) -> Option<&'static str> {
+    let holding = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run);
+    let spawned = holding.map_or(s.start, |h| h.spawned);
+    let reported = holding.and_then(|h| h.acquired_line).unwrap_or(spawned);
+    let from = spawned.max(reported.checked_sub(REQUEST_TIMEOUT).unwrap_or(spawned));
+    let to = s.end.unwrap_or(end_of_run);
+    if r.pauses
+        .iter()
+        .any(|p| p.client == s.client && p.start <= to && p.end >= from)
+    {
+        return Some("paused");
+    }
+    if r.breaks
+        .iter()
+        .any(|b| b.tokens.is_some_and(|(lo, hi)| lo <= s.token && s.token <= hi))
+    {
+        return Some("broken");
+    }
+    None
+}
+
+fn describe(r: &Records, t0: Instant, s: &Section) -> String {
+    let kind = if r.holdings.iter().any(|h| h.client == s.client && h.cli) {
+        "cli"
+    } else {
+        "locker"
+    };
+    format!(
+        "{kind} client {} run {} token {} [{} .. {}] writes {} rejected {}",
+        s.client,
+        s.run,
+        s.token,
+        at(t0, s.start),
+        s.end.map_or("never closed".into(), |e| at(t0, e)),
+        s.writes,
+        s.rejected
+    )
+}
+
+/// When a section's holder acquired, as near as the harness knows: `lock()`'s return for a
+/// Locker, the section's start for a CLI process.
+fn acquired(r: &Records, s: &Section) -> Instant {
+    r.holdings
+        .iter()
+        .find(|h| h.client == s.client && h.run == s.run)
+        .and_then(|h| h.acquired)
+        .unwrap_or(s.start)
+}
+
+fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
+    let mut v = Verdict::default();
+    let exempt: Vec<Option<&'static str>> = r.sections.iter().map(|s| exemption(r, s, end_of_run)).collect();
+    for e in exempt.iter().flatten() {
+        *v.excluded.entry(e).or_default() += 1;
+    }
+    let mut strict: Vec<usize> = (0..r.sections.len()).filter(|i| exempt[*i].is_none()).collect();
+    strict.sort_by_key(|i| r.sections[*i].start);
+
+    // (1) no overlap between sections of unpaused, unbroken holders.
+    for (n, &a) in strict.iter().enumerate() {
+        let sa = &r.sections[a];
+        for &b in &strict[n + 1..] {
+            let sb = &r.sections[b];
+            if sa.end.is_none_or(|end| sb.start < end) {
+                v.violations.push(format!(
+                    "(1) overlap: {} and {}",
+                    describe(r, t0, sa),
+                    describe(r, t0, sb)
+                ));
+            }
+        }
+    }
+
+    // (2) fencing at the resource.
+    let mut highest = 0;
+    // Per section: rejected writes not excused, and when the first arrived.
+    let mut unexcused: HashMap<usize, (usize, Instant)> = HashMap::new();
+    for w in &r.writes {
+        if w.accepted {
+            if w.token < highest {
+                v.violations.push(format!(
+                    "(2) accepted token {} after {highest} at {}",
+                    w.token,
+                    at(t0, w.at)
+                ));
+            }
+            highest = highest.max(w.token);
+        } else {
+            let s = &r.sections[w.section];
+            let lost_before = r
+                .holdings
+                .iter()
+                .find(|h| h.client == s.client && h.run == s.run)
+                .and_then(|h| h.lost_at)
+                .is_some_and(|l| l <= w.at);
+            if exempt[w.section].is_none() && !lost_before {
+                unexcused.entry(w.section).or_insert((0, w.at)).0 += 1;
+            }
+        }
+    }
+    let mut unexcused: Vec<_> = unexcused.into_iter().collect();
+    unexcused.sort_by_key(|(_, (_, first))| *first);
+    for (section, (count, first)) in unexcused {
+        v.violations.push(format!(
+            "(2) {count} write(s) rejected, the first at {}, from a holder neither paused, broken nor declared lost: {}",
+            at(t0, first),
+            describe(r, t0, &r.sections[section])
+        ));
+    }
+    let mut by_token: HashMap<u64, Vec<&Section>> = HashMap::new();
+    for s in &r.sections {
+        by_token.entry(s.token).or_default().push(s);
+    }
+    for (token, list) in &by_token {
+        if *token == 0 {
+            for s in list {
+                v.violations
+                    .push(format!("(2) section without a fencing token: {}", describe(r, t0, s)));
+            }
+        } else if list.len() > 1 {
+            let all: Vec<String> = list.iter().map(|s| describe(r, t0, s)).collect();
+            v.violations.push(format!(
+                "(2) fencing token {token} handed out twice: {}",
+                all.join("; ")
+            ));
+        }
+    }
+    for pair in strict.windows(2) {
+        let (a, b) = (&r.sections[pair[0]], &r.sections[pair[1]]);
+        if b.token <= a.token {
+            v.violations.push(format!(
+                "(2) tokens out of real-time order: {} then {}",
+                describe(r, t0, a),
+                describe(r, t0, b)
+            ));
+        }
+    }
+
+    // The harness recognizes `run`'s loss line; if its wording changes, say so rather than
+    // silently checking less.
+    for h in r.holdings.iter().filter(|h| h.exited_lost && h.lost_at.is_none()) {
+        v.violations.push(format!(
+            "(3) client {} run {}: `azmutex run` exited 70 but the harness saw no `azmutex: lock \"…\" lost (…)` line on its stderr",
+            h.client, h.run
+        ));
+    }
+
+    // (3) a declared loss ends the section: at once in a Locker, within --kill-grace for `run`
+    // (its command and all its descendants), unless a pause stretched that time.
+    for s in &r.sections {
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        let Some(lost_at) = h.lost_at else { continue };
+        let end = s.end.unwrap_or(end_of_run);
+        // Time spent stopped after the loss was declared does not count.
+        let paused: Duration = r
+            .pauses
+            .iter()
+            .filter(|p| p.client == s.client)
+            .map(|p| p.end.min(end).saturating_duration_since(p.start.max(lost_at)))
+            .sum();
+        let allowed = if h.cli { KILL_GRACE + SLACK } else { SLACK } + paused;
+        if end > lost_at + allowed {
+            v.violations.push(format!(
+                "(3) section went on {:.1}s after its loss was declared at {} (allowed {allowed:?}): {}",
+                (end - lost_at).as_secs_f64(),
+                at(t0, lost_at),
+                describe(r, t0, s)
+            ));
+        }
+    }
+
+    // (5) success means the lock was held to the end: a client that reported success (exit 0,
+    // a clean release) had no other client acquire during its section.
+    for s in &r.sections {
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        if !h.succeeded {
+            continue;
+        }
+        let end = s.end.unwrap_or(end_of_run);
+        let mine = acquired(r, s);
+        if let Some(o) = r
+            .sections
+            .iter()
+            .filter(|o| o.client != s.client)
+            .find(|o| (mine..end).contains(&acquired(r, o)))
+        {
+            v.violations.push(format!(
+                "(5) {} reported success although another client acquired during its section: {} / {}",
+                if h.cli {
+                    "`azmutex run` (exit 0)"
+                } else {
+                    "Locker (clean release)"
+                },
+                describe(r, t0, s),
+                describe(r, t0, o)
+            ));
+        }
+    }
+
+    // (3) every loss declared before another client acquired.
+    for (i, s) in r.sections.iter().enumerate() {
+        if exempt[i].is_some() {
+            continue;
+        }
+        let Some(h) = r.holdings.iter().find(|h| h.client == s.client && h.run == s.run) else {
+            continue;
+        };
+        let Some(lost_at) = h.lost_at else { continue };
+        let mine = acquired(r, s);
+        let next = strict
+            .iter()
+            .map(|&j| &r.sections[j])
+            .filter(|o| o.client != s.client)
+            .map(|o| (acquired(r, o), o))
+            .filter(|(t, _)| *t > mine)
+            .min_by_key(|(t, _)| *t);
+        let Some((theirs, other)) = next else { continue };
+        v.losses_checked += 1;
+        if lost_at >= theirs {
+            v.violations.push(format!(
+                "(3) loss declared at {} ({}) after another client acquired at {}: {} / {}",
+                at(t0, lost_at),
+                h.lost_reason.as_deref().unwrap_or("?"),
+                at(t0, theirs),
+                describe(r, t0, s),
+                describe(r, t0, other)
+            ));
+        } else {
+            let margin = theirs - lost_at;
+            if v.min_margin.as_ref().is_none_or(|(m, _)| margin < *m) {
+                v.min_margin = Some((
+                    margin,
+                    format!(
+                        "client {} run {} → client {} run {}",
+                        s.client, s.run, other.client, other.run
+                    ),
+                ));
+            }
+        }
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos() {
+    let settings = Settings::from_env();
+    println!(
+        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients)",
+        settings.seed, settings.chaos, settings.cli, settings.lockers
+    );
+    let service = common::service();
+    let target: SocketAddr = service
+        .endpoint
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("the chaos checker needs a loopback Azurite (AZMUTEX_TEST_CONNECTION_STRING is not supported)");
+    let container = common::unique("chaos");
+    let records: Shared = Arc::default();
+    let resource = start_resource(records.clone());
+    let proxies: Vec<Arc<FaultProxy>> = (0..settings.clients())
+        .map(|i| Arc::new(FaultProxy::start(target, settings.seed ^ (0x5eed_0000 + i as u64))))
+        .collect();
+    let breaker = AzureMutex::builder(common::config(), container.as_str())
+        .fencing(true)
+        .client_options(options())
+        .build()
+        .unwrap();
+    let ctx = Arc::new(Ctx {
+        records: records.clone(),
+        resource,
+        container: container.clone(),
+        cli_pids: (0..settings.cli)
+            .map(|_| std::sync::atomic::AtomicI32::new(0))
+            .collect(),
+    });
+    let plan = schedule(&settings);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let t0 = Instant::now();
+    let mut clients = Vec::new();
+    for (i, proxy) in proxies.iter().enumerate() {
+        let seed = settings.seed.wrapping_mul(31).wrapping_add(1000 + i as u64);
+        let task = if i < settings.cli {
+            tokio::spawn(cli_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
+        } else {
+            tokio::spawn(locker_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
+        };
+        clients.push(task);
+    }
+
+    // The director: faults, pauses and breaks on schedule.
+    let mut side = tokio::task::JoinSet::new();
+    // Per proxy, the episode in force; and the last episode number.
+    let episodes = Arc::new(Mutex::new((vec![0u64; proxies.len()], 0u64)));
+    for (offset, action) in plan {
+        tokio::time::sleep_until((t0 + offset).into()).await;
+        match action {
+            Action::Fault {
+                client,
+                holder,
+                fault,
+                len,
+            } => {
+                let i = if holder {
+                    current_holder(&records.lock().unwrap()).unwrap_or(client)
+                } else {
+                    client
+                };
+                let id = {
+                    let mut e = episodes.lock().unwrap();
+                    e.1 += 1;
+                    let id = e.1;
+                    e.0[i] = id;
+                    id
+                };
+                proxies[i].set(fault);
+                *records.lock().unwrap().episodes.entry(fault.kind()).or_default() += 1;
+                let (episodes, proxy) = (episodes.clone(), proxies[i].clone());
+                side.spawn(async move {
+                    tokio::time::sleep(len).await;
+                    // Heal unless a later episode took this proxy over.
+                    if episodes.lock().unwrap().0[i] == id {
+                        proxy.set(Fault::Healthy);
+                    }
+                });
+            }
+            Action::Pause(i, len) => {
+                side.spawn(pause(ctx.clone(), i, len));
+            }
+            Action::Break(now) => {
+                side.spawn(break_lease(ctx.clone(), breaker.clone(), now, false));
+            }
+            Action::Delete => {
+                side.spawn(break_lease(ctx.clone(), breaker.clone(), true, true));
+            }
+        }
+    }
+    tokio::time::sleep_until((t0 + settings.chaos).into()).await;
+    for p in &proxies {
+        p.set(Fault::Healthy);
+    }
+    while side.join_next().await.is_some() {}
+    let faults_over = Instant::now();
+
+    // Stop the clients and wait for them (each bounds its own exit).
+    stop_tx.send(true).unwrap();
+    for task in clients {
+        task.await.expect("client task panicked");
+    }
+    let all_stopped = Instant::now();
+
+    // (4) the lock is free again within one lease duration.
+    let mut free_after = None;
+    let mut last_state = String::new();
+    while all_stopped.elapsed() <= LEASE + Duration::from_secs(5) {
+        match breaker.inspect(LOCK).await {
+            Ok(info) if !matches!(info.state, LeaseState::Leased | LeaseState::Breaking) => {
+                free_after = Some(all_stopped.elapsed());
+                break;
+            }
+            Ok(info) => last_state = info.state.as_str().to_string(),
+            Err(e) => last_state = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let r = records.lock().unwrap();
+    let mut verdict = check(&r, t0, all_stopped);
+    match free_after {
+        Some(d) if d <= LEASE + Duration::from_millis(500) => {}
+        Some(d) => verdict.violations.push(format!(
+            "(4) the lock became free {:.1}s after all clients stopped (more than the {LEASE:?} lease)",
+            d.as_secs_f64()
+        )),
+        None => verdict.violations.push(format!(
+            "(4) the lock was still not free {:?} after all clients stopped (last: {last_state})",
+            LEASE + Duration::from_secs(5)
+        )),
+    }
+    for note in r.notes.iter().filter(|n| n.contains("did not exit")) {
+        verdict.violations.push(format!("(4) {note}"));
+    }
+
+    // The summary.
+    let mut out = String::new();
+    let _ = writeln!(out, "chaos summary (AZMUTEX_CHAOS_SEED={}):", settings.seed);
+    let cli_sections = r.sections.iter().filter(|s| s.client < settings.cli).count();
+    let _ = writeln!(
+        out,
+        "  critical sections: {} ({} CLI, {} Locker); exempt from real-time checks: {:?}",
+        r.sections.len(),
+        cli_sections,
+        r.sections.len() - cli_sections,
+        verdict.excluded
+    );
+    let mut hits = [0u64; 7];
+    let mut forwarded = 0;
+    for p in &proxies {
+        let (h, f) = p.stats();
+        for (a, b) in hits.iter_mut().zip(h) {
+            *a += b;
+        }
+        forwarded += f;
+    }
+    let kinds: Vec<String> = Fault::KINDS
+        .iter()
+        .zip(hits)
+        .map(|(k, h)| format!("{k} {}×/{h} req", r.episodes.get(k).copied().unwrap_or(0)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  faults (episodes/requests hit): {}; requests forwarded: {forwarded}",
+        kinds.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  pauses: {} ({} skipped: no process); breaks: {} now, {} at lease end; lock blob deleted: {}",
+        r.pauses.len(),
+        r.notes.iter().filter(|n| n.starts_with("pause of")).count(),
+        r.breaks.iter().filter(|b| b.now).count(),
+        r.breaks.iter().filter(|b| !b.now).count(),
+        r.breaks.iter().filter(|b| b.outcome.ends_with("deleted")).count()
+    );
+    let losses = r.holdings.iter().filter(|h| h.lost_at.is_some()).count();
+    let rejected: usize = r.sections.iter().map(|s| s.rejected).sum();
+    let _ = writeln!(
+        out,
+        "  losses declared: {losses} ({} checked against the next acquisition); writes: {} ({rejected} rejected)",
+        verdict.losses_checked,
+        r.writes.len()
+    );
+    let _ = writeln!(
+        out,
+        "  smallest margin between \"declared lost\" and \"another client acquired\": {}",
+        verdict
+            .min_margin
+            .as_ref()
+            .map_or("none observed".into(), |(m, d)| format!(
+                "{:.3}s ({d})",
+                m.as_secs_f64()
+            ))
+    );
+    let _ = writeln!(
+        out,
+        "  faults over at {}, clients stopped at {}, lock free {}",
+        at(t0, faults_over),
+        at(t0, all_stopped),
+        free_after.map_or("never".into(), |d| format!("{:.1}s later", d.as_secs_f64()))
+    );
+    let errors: Vec<&String> = r.notes.iter().filter(|n| !n.starts_with("pause of")).collect();
+    let _ = writeln!(out, "  client errors noted: {}", errors.len());
+    for e in errors.iter().take(5) {
+        let _ = writeln!(out, "    {e}");
+    }
+    let mut exits: HashMap<&str, usize> = HashMap::new();
+    for h in &r.holdings {
+        *exits.entry(h.outcome.as_deref().unwrap_or("-")).or_default() += 1;
+    }
+    let _ = writeln!(out, "  client outcomes: {exits:?}");
+    println!("{out}");
+    if r.sections.len() < 2 {
+        verdict.violations.push(format!(
+            "only {} critical sections ran: the run checked nothing",
+            r.sections.len()
+        ));
+    }
+
+    let verbose = std::env::var("AZMUTEX_CHAOS_VERBOSE").is_ok_and(|v| v == "1");
+    if !verdict.violations.is_empty() || verbose {
+        let mut msg = format!(
+            "chaos checker: {} violation(s) with AZMUTEX_CHAOS_SEED={}:\n",
+            verdict.violations.len(),
+            settings.seed
+        );
+        // Up to 10 of each rule, in rule order.
+        let mut shown: Vec<&String> = verdict.violations.iter().collect();
+        shown.sort_by_key(|v| v.get(..3).unwrap_or_default().to_string());
+        let mut per_rule: HashMap<&str, usize> = HashMap::new();
+        for v in shown {
+            let n = per_rule.entry(v.get(..3).unwrap_or_default()).or_default();
+            *n += 1;
+            if *n <= 10 {
+                let _ = writeln!(msg, "  {v}");
+            } else if *n == 11 {
+                let _ = writeln!(msg, "  … more {} violations", v.get(..3).unwrap_or_default());
+            }
+        }
+        let _ = writeln!(msg, "sections (seconds since start):");
+        for s in &r.sections {
+            let why = exemption(&r, s, all_stopped).unwrap_or("");
+            let _ = writeln!(msg, "  {} {why}", describe(&r, t0, s));
+        }
+        let _ = writeln!(msg, "events (seconds since start):");
+        for p in &r.pauses {
+            let _ = writeln!(
+                msg,
+                "  pause client {} [{} .. {}] {:?}",
+                p.client,
+                at(t0, p.start),
+                at(t0, p.end),
+                p.targets
+            );
+        }
+        for b in &r.breaks {
+            let _ = writeln!(
+                msg,
+                "  break{} at {}: {} tokens {:?}",
+                if b.delete {
+                    " now + delete"
+                } else if b.now {
+                    " now"
+                } else {
+                    ""
+                },
+                at(t0, b.at),
+                b.outcome,
+                b.tokens
+            );
+        }
+        for h in r.holdings.iter().filter(|h| h.lost_at.is_some() || h.cli) {
+            for (t, line) in &h.stderr {
+                let _ = writeln!(
+                    msg,
+                    "  client {} run {} stderr at {}: {line}",
+                    h.client,
+                    h.run,
+                    at(t0, *t)
+                );
+            }
+            if !h.cli {
+                let _ = writeln!(
+                    msg,
+                    "  client {} run {} lost at {}: {}",
+                    h.client,
+                    h.run,
+                    h.lost_at.map_or("-".into(), |t| at(t0, t)),
+                    h.lost_reason.as_deref().unwrap_or("")
+                );
+            }
+        }
+        drop(r); // not poisoned for the resource thread
+        if verdict.violations.is_empty() {
+            println!("{msg}");
+        } else {
+            panic!("{msg}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker on hand-made histories (no Azurite): each rule fires when it should.
+
+#[cfg(test)]
+mod checker {
+    use super::*;
+
+    struct History {
+        t0: Instant,
+        r: Records,
+    }
+
+    impl History {
+        fn new() -> History {
+            History {
+                t0: Instant::now(),
+                r: Records::default(),
+            }
+        }
+
+        fn t(&self, secs: f64) -> Instant {
+            self.t0 + Duration::from_secs_f64(secs)
+        }
+
+        /// A section of `client` with `token` from `start` to `end` (seconds), one accepted
+        /// write at its start, and its holding.
+        fn section(&mut self, client: usize, cli: bool, token: u64, start: f64, end: f64) -> usize {
+            let run = self.r.holdings.iter().filter(|h| h.client == client).count() as u64 + 1;
+            self.r.holdings.push(Holding {
+                client,
+                run,
+                cli,
+                spawned: self.t(start - 0.1),
+                acquired: (!cli).then(|| self.t(start - 0.05)),
+                acquired_line: None,
+                lost_at: None,
+                lost_reason: None,
+                outcome: None,
+                succeeded: false,
+                exited_lost: false,
+                stderr: Vec::new(),
+            });
+            self.r.sections.push(Section {
+                client,
+                run,
+                token,
+                pid: 1,
+                ppid: 1,
+                pgid: 1,
+                start: self.t(start),
+                end: Some(self.t(end)),
+                writes: 1,
+                rejected: 0,
+            });
+            let index = self.r.sections.len() - 1;
+            self.write(index, start + 0.01, true);
+            index
+        }
+
+        fn write(&mut self, section: usize, at: f64, accepted: bool) {
+            let token = self.r.sections[section].token;
+            let at = self.t(at);
+            self.r.writes.push(WriteRecord {
+                at,
+                section,
+                token,
+                accepted,
+            });
+        }
+
+        fn lost(&mut self, section: usize, at: f64) {
+            let t = self.t(at);
+            let s = &self.r.sections[section];
+            let (client, run) = (s.client, s.run);
+            let h = self
+                .r
+                .holdings
+                .iter_mut()
+                .find(|h| h.client == client && h.run == run)
+                .unwrap();
+            h.lost_at = Some(t);
+            h.lost_reason = Some("test".into());
+        }
+
+        fn succeeded(&mut self, section: usize) {
+            let s = &self.r.sections[section];
+            let (client, run) = (s.client, s.run);
+            let h = self
+                .r
+                .holdings
+                .iter_mut()
+                .find(|h| h.client == client && h.run == run)
+                .unwrap();
+            h.succeeded = true;
+        }
+
+        fn pause(&mut self, client: usize, from: f64, to: f64) {
+            let (start, end) = (self.t(from), self.t(to));
+            self.r.pauses.push(PauseRecord {
+                client,
+                start,
+                end,
+                targets: vec![],
+            });
+        }
+
+        fn violations(&self) -> Vec<String> {
+            check(&self.r, self.t0, self.t(1000.0)).violations
+        }
+
+        fn assert_only(&self, rule: &str) {
+            let v = self.violations();
+            assert!(!v.is_empty(), "expected a {rule} violation, got none");
+            assert!(v.iter().all(|m| m.starts_with(rule)), "expected only {rule}: {v:#?}");
+        }
+    }
+
+    #[test]
+    fn a_clean_history_passes_and_reports_its_margin() {
+        let mut h = History::new();
+        let a = h.section(0, false, 1, 1.0, 14.0);
+        h.lost(a, 14.0);
+        let b = h.section(1, true, 2, 16.5, 18.0);
+        h.succeeded(b);
+        let v = check(&h.r, h.t0, h.t(20.0));
+        assert!(v.violations.is_empty(), "{:#?}", v.violations);
+        let (margin, _) = v.min_margin.unwrap();
+        assert!((margin.as_secs_f64() - 2.5).abs() < 0.01, "{margin:?}");
+    }
+
+    #[test]
+    fn overlapping_unpaused_holders_are_flagged() {
+        let mut h = History::new();
+        h.section(0, true, 1, 1.0, 5.0);
+        h.section(1, false, 2, 4.0, 6.0);
+        h.assert_only("(1)");
+    }
+
+    #[test]
+    fn a_paused_holder_is_exempt_from_overlap_but_must_stop_after_its_loss() {
+        let mut h = History::new();
+        let a = h.section(0, true, 1, 1.0, 21.0);
+        h.pause(0, 2.0, 18.0);
+        h.lost(a, 18.1);
+        let b = h.section(1, false, 2, 17.0, 19.0);
+        h.write(a, 18.5, false);
+        assert!(h.violations().is_empty(), "{:#?}", h.violations());
+        let _ = b;
+        // Writing on for 3 s after the loss (a grandchild left running) is not.
+        h.r.sections[a].end = Some(h.t(21.2));
+        h.assert_only("(3)");
+    }
+
+    #[test]
+    fn a_pause_while_merely_waiting_excuses_nothing() {
+        // Seen on main with seed 77: `run` waited (and was paused) for 15 s, acquired, lost the
+        // lock to a break, released it, and its command's child wrote on for 4 s.
+        let mut h = History::new();
+        let a = h.section(0, true, 4, 18.4, 33.2);
+        h.r.holdings[0].spawned = h.t(3.5);
+        h.r.holdings[0].acquired_line = Some(h.t(18.39));
+        h.pause(0, 6.2, 11.1);
+        h.lost(a, 28.8);
+        h.section(1, false, 5, 28.9, 50.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.starts_with("(1) overlap")), "{v:#?}");
+        assert!(v.iter().any(|m| m.starts_with("(3) section went on")), "{v:#?}");
+        // Paused after acquiring, it would be exempt from (1).
+        h.r.pauses[0].start = h.t(18.0);
+        h.r.pauses[0].end = h.t(24.0);
+        let v = h.violations();
+        assert!(!v.iter().any(|m| m.starts_with("(1)")), "{v:#?}");
+    }
+
+    #[test]
+    fn repeated_and_decreasing_tokens_are_flagged() {
+        let mut h = History::new();
+        h.section(0, false, 5, 1.0, 2.0);
+        h.section(1, false, 5, 3.0, 4.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.contains("handed out twice")), "{v:#?}");
+        let mut h = History::new();
+        h.section(0, false, 5, 1.0, 2.0);
+        let late = h.section(1, false, 1, 3.0, 4.0);
+        h.r.writes.last_mut().unwrap().accepted = false;
+        h.write(late, 3.5, false);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.contains("rejected, the first")), "{v:#?}");
+        assert!(v.iter().any(|m| m.contains("out of real-time order")), "{v:#?}");
+    }
+
+    #[test]
+    fn a_loss_declared_after_another_acquired_is_flagged() {
+        let mut h = History::new();
+        let a = h.section(0, false, 1, 1.0, 5.0);
+        h.section(1, false, 2, 5.5, 7.0);
+        h.lost(a, 6.0);
+        let v = h.violations();
+        assert!(v.iter().any(|m| m.starts_with("(3) loss declared")), "{v:#?}");
+    }
+
+    #[test]
+    fn success_after_a_stolen_lease_is_flagged() {
+        let mut h = History::new();
+        let a = h.section(0, true, 1, 1.0, 5.0);
+        h.succeeded(a);
+        // B acquired during A's section (say, after an immediate break) and started after it.
+        let b = h.section(1, false, 2, 5.5, 7.0);
+        h.r.holdings[1].acquired = Some(h.t(4.0));
+        let _ = b;
+        h.assert_only("(5)");
+    }
+}

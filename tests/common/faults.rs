@@ -1,0 +1,372 @@
+//! A fault-injecting HTTP/1.1 proxy between one client and Azurite, for the chaos checker.
+//!
+//! Unlike [`super::proxy::Proxy`], which copies bytes, this proxy reads whole requests and whole
+//! answers, so that a fault hits one request cleanly: the server applied it or it did not, and
+//! the client got the real answer, a fake one, or none. The current [`Fault`] is read when a
+//! request has fully arrived (and, for a blackhole, again before an answer is written back).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the proxy does to the requests that arrive while it is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fault {
+    /// Forward requests and answers.
+    Healthy,
+    /// Nothing is forwarded and nothing answered (a network partition): requests vanish, and
+    /// answers the server gives meanwhile are dropped too.
+    Blackhole,
+    /// Requests reach the server; its answers are dropped and the connection goes silent.
+    DropAnswers,
+    /// Answers are held back this long after the server gave them.
+    Delay(Duration),
+    /// The connection is reset (RST): before forwarding, or after the server has answered.
+    Reset,
+    /// The proxy answers `500 InternalError` itself; the server never sees the request.
+    Answer500,
+    /// The proxy answers `503 ServerBusy` itself; the server never sees the request.
+    Answer503,
+    /// The request is applied by the server, but the client gets `500 InternalError` instead of
+    /// the server's answer.
+    Fail500AfterForward,
+}
+
+impl Fault {
+    /// Short name used in summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Healthy => "healthy",
+            Fault::Blackhole => "blackhole",
+            Fault::DropAnswers => "drop-answers",
+            Fault::Delay(_) => "delay",
+            Fault::Reset => "reset",
+            Fault::Answer500 => "answer-500",
+            Fault::Answer503 => "answer-503",
+            Fault::Fail500AfterForward => "500-after-forward",
+        }
+    }
+
+    /// Every faulty kind, in a fixed order (for summaries).
+    pub const KINDS: [&'static str; 7] = [
+        "blackhole",
+        "drop-answers",
+        "delay",
+        "reset",
+        "answer-500",
+        "answer-503",
+        "500-after-forward",
+    ];
+}
+
+#[derive(Default)]
+struct Shared {
+    fault: Mutex<Option<Fault>>,
+    /// Requests affected, per index in [`Fault::KINDS`].
+    hits: [AtomicU64; 7],
+    forwarded: AtomicU64,
+}
+
+impl Shared {
+    fn current(&self) -> Fault {
+        self.fault.lock().unwrap().unwrap_or(Fault::Healthy)
+    }
+
+    fn hit(&self, f: Fault) {
+        if let Some(i) = Fault::KINDS.iter().position(|k| *k == f.kind()) {
+            self.hits[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A loopback proxy to one target whose behaviour is switched with [`FaultProxy::set`].
+/// It runs on a thread and runtime of its own, so that it outlives any test runtime.
+pub struct FaultProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl FaultProxy {
+    /// Starts a healthy proxy to `target`. `seed` drives its own random choices (reset before or
+    /// after forwarding).
+    pub fn start(target: SocketAddr, seed: u64) -> FaultProxy {
+        let shared = Arc::new(Shared::default());
+        let state = shared.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap()).unwrap();
+                let mut rng = fastrand::Rng::with_seed(seed);
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else { return };
+                    let _ = conn.set_nodelay(true);
+                    tokio::spawn(handle(conn, target, state.clone(), rng.u64(..)));
+                }
+            });
+        });
+        FaultProxy {
+            addr: rx.recv().unwrap(),
+            shared,
+        }
+    }
+
+    /// Switches behaviour for requests from now on.
+    pub fn set(&self, fault: Fault) {
+        *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Requests affected so far, per kind in [`Fault::KINDS`] order, and requests forwarded.
+    pub fn stats(&self) -> ([u64; 7], u64) {
+        let mut out = [0; 7];
+        for (o, h) in out.iter_mut().zip(&self.shared.hits) {
+            *o = h.load(Ordering::Relaxed);
+        }
+        (out, self.shared.forwarded.load(Ordering::Relaxed))
+    }
+}
+
+fn canned(status: u16) -> Vec<u8> {
+    let (reason, code) = if status == 503 {
+        ("Service Unavailable", "ServerBusy")
+    } else {
+        ("Internal Server Error", "InternalError")
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nx-ms-error-code: {code}\r\nx-ms-request-id: chaos-proxy\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut client = Conn::new(client);
+    let mut server: Option<Conn> = None;
+    loop {
+        let Ok(Some(req)) = read_message(&mut client, None).await else {
+            return;
+        };
+        let fault = shared.current();
+        match fault {
+            Fault::Blackhole => {
+                shared.hit(fault);
+                return client.swallow().await;
+            }
+            Fault::Answer500 | Fault::Answer503 => {
+                shared.hit(fault);
+                let status = if fault == Fault::Answer503 { 503 } else { 500 };
+                if client.stream.write_all(&canned(status)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::Reset if rng.bool() => {
+                shared.hit(fault);
+                return client.reset();
+            }
+            _ => {}
+        }
+        let answer = match exchange(&mut server, target, &req).await {
+            Ok(a) => a,
+            Err(_) => {
+                // The server closed or failed mid-answer: the client sees a reset.
+                return client.reset();
+            }
+        };
+        shared.forwarded.fetch_add(1, Ordering::Relaxed);
+        let answer = match fault {
+            Fault::Healthy => answer,
+            Fault::DropAnswers => {
+                shared.hit(fault);
+                return client.swallow().await;
+            }
+            Fault::Delay(d) => {
+                shared.hit(fault);
+                tokio::time::sleep(d).await;
+                answer
+            }
+            Fault::Reset => {
+                shared.hit(fault);
+                return client.reset();
+            }
+            Fault::Fail500AfterForward => {
+                shared.hit(fault);
+                canned(500)
+            }
+            Fault::Blackhole | Fault::Answer500 | Fault::Answer503 => unreachable!(),
+        };
+        if shared.current() == Fault::Blackhole {
+            shared.hit(Fault::Blackhole);
+            return client.swallow().await;
+        }
+        if client.stream.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `req` on the (re)connected server connection and reads the whole answer.
+async fn exchange(server: &mut Option<Conn>, target: SocketAddr, req: &Message) -> std::io::Result<Vec<u8>> {
+    // A pooled server connection may have been closed by the server while idle: on a failure
+    // before any answer byte, retry once on a fresh connection.
+    for fresh in [false, true] {
+        if server.is_none() || fresh {
+            let s = TcpStream::connect(target).await?;
+            let _ = s.set_nodelay(true);
+            *server = Some(Conn::new(s));
+        }
+        let conn = server.as_mut().unwrap();
+        if conn.stream.write_all(&req.bytes).await.is_err() {
+            continue;
+        }
+        match read_message(conn, Some(req.is_head)).await {
+            Ok(Some(answer)) => {
+                if answer.close {
+                    *server = None;
+                }
+                return Ok(answer.bytes);
+            }
+            Ok(None) if !fresh => continue,
+            Ok(None) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => {
+                *server = None;
+                return Err(e);
+            }
+        }
+    }
+    Err(std::io::ErrorKind::UnexpectedEof.into())
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+struct Message {
+    bytes: Vec<u8>,
+    is_head: bool,
+    /// The answer ends the connection (`Connection: close` or read to EOF).
+    close: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` at EOF.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    async fn take(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    async fn line(&mut self) -> std::io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                return Ok(self.buf.drain(..i + 2).collect());
+            }
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads and discards everything until the peer closes: a connection nobody answers.
+    async fn swallow(mut self) {
+        while let Ok(true) = self.fill().await {
+            self.buf.clear();
+        }
+    }
+
+    /// Closes with a TCP reset.
+    fn reset(self) {
+        let _ = self.stream.set_zero_linger();
+        drop(self.stream);
+    }
+}
+
+/// Reads one HTTP/1.1 message: a request (`answer_to_head` None) or an answer (to a HEAD
+/// request or not). `Ok(None)` on a clean EOF before the first byte.
+async fn read_message(conn: &mut Conn, answer_to_head: Option<bool>) -> std::io::Result<Option<Message>> {
+    let head_end = loop {
+        if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !conn.fill().await? {
+            if conn.buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    };
+    let mut bytes: Vec<u8> = conn.buf.drain(..head_end).collect();
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let first = head.lines().next().unwrap_or_default().to_string();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let is_head = first.starts_with("head ");
+    let close = header("connection").is_some_and(|v| v.contains("close"));
+    let status: Option<u16> = answer_to_head.and_then(|_| first.split(' ').nth(1).and_then(|s| s.parse().ok()));
+    let no_body = answer_to_head == Some(true) || status.is_some_and(|s| s < 200 || s == 204 || s == 304);
+    if no_body {
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let line = conn.line().await?;
+            let size_text = String::from_utf8_lossy(&line);
+            let size = usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+            bytes.extend_from_slice(&line);
+            if size == 0 {
+                loop {
+                    let trailer = conn.line().await?;
+                    bytes.extend_from_slice(&trailer);
+                    if trailer == b"\r\n" {
+                        break;
+                    }
+                }
+                break;
+            }
+            bytes.extend(conn.take(size + 2).await?);
+        }
+    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        bytes.extend(conn.take(len).await?);
+    } else if answer_to_head.is_some() {
+        // An answer without a length runs to EOF.
+        while conn.fill().await? {}
+        bytes.append(&mut conn.buf);
+        return Ok(Some(Message {
+            bytes,
+            is_head,
+            close: true,
+        }));
+    }
+    Ok(Some(Message { bytes, is_head, close }))
+}
