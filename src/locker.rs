@@ -911,6 +911,17 @@ mod tests {
         })
     }
 
+    fn bare_guard(state: watch::Receiver<State>) -> LockGuard {
+        LockGuard {
+            lock: LockName::new("job").expect("valid"),
+            lease_id: LeaseId::new_random(),
+            fencing_token: None,
+            state,
+            commands: None,
+            released: None,
+        }
+    }
+
     #[test]
     fn lost_is_final() {
         let (tx, rx) = watch::channel(held_for(Duration::from_secs(10)));
@@ -932,14 +943,7 @@ mod tests {
     #[test]
     fn a_guard_whose_renewer_died_is_not_held() {
         let (tx, rx) = watch::channel(held_for(Duration::from_secs(30)));
-        let guard = LockGuard {
-            lock: LockName::new("job").expect("valid"),
-            lease_id: LeaseId::new_random(),
-            fencing_token: None,
-            state: rx,
-            commands: None,
-            released: None,
-        };
+        let guard = bare_guard(rx);
         assert!(guard.is_held());
         drop(tx); // the renewal task ended (panicked) without a verdict
         assert!(!guard.is_held());
@@ -949,14 +953,7 @@ mod tests {
     #[tokio::test]
     async fn lost_fires_when_the_renewer_dies() {
         let (tx, rx) = watch::channel(held_for(Duration::from_secs(30)));
-        let guard = LockGuard {
-            lock: LockName::new("job").expect("valid"),
-            lease_id: LeaseId::new_random(),
-            fencing_token: None,
-            state: rx,
-            commands: None,
-            released: None,
-        };
+        let guard = bare_guard(rx);
         let lost = guard.lost();
         drop(tx);
         assert_eq!(lost.await, LostReason::Expired);

@@ -259,6 +259,25 @@ struct Holding {
     stderr: Vec<(Instant, String)>,
 }
 
+impl Holding {
+    fn new(client: usize, run: u64, cli: bool, spawned: Instant, acquired: Option<Instant>) -> Self {
+        Self {
+            client,
+            run,
+            cli,
+            spawned,
+            acquired,
+            acquired_line: None,
+            lost_at: None,
+            lost_reason: None,
+            outcome: None,
+            succeeded: false,
+            exited_lost: false,
+            stderr: Vec::new(),
+        }
+    }
+}
+
 /// A SIGSTOP/SIGCONT episode of a CLI client.
 #[derive(Debug, Clone)]
 struct PauseRecord {
@@ -302,24 +321,8 @@ type Shared = Arc<Mutex<Records>>;
 /// `HELLO <client> <run> <token> <pid> <ppid> <pgid>`, then `W` per write; close ends the section.
 /// A write is accepted when its token is at least the highest token accepted so far.
 fn start_resource(records: Shared) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let highest = Arc::new(Mutex::new(0u64));
-            loop {
-                let Ok((conn, _)) = listener.accept().await else { return };
-                let start = Instant::now();
-                tokio::spawn(serve_section(conn, start, records.clone(), highest.clone()));
-            }
-        });
-    });
-    rx.recv().unwrap()
+    let highest = Arc::new(Mutex::new(0u64));
+    common::proxy::serve(move |conn| serve_section(conn, Instant::now(), records.clone(), highest.clone()))
 }
 
 async fn serve_section(conn: tokio::net::TcpStream, start: Instant, records: Shared, highest: Arc<Mutex<u64>>) {
@@ -543,20 +546,7 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
         let pid = child.id().unwrap_or(0) as i32;
         let index = {
             let mut r = ctx.records.lock().unwrap();
-            r.holdings.push(Holding {
-                client,
-                run,
-                cli: true,
-                spawned,
-                acquired: None,
-                acquired_line: None,
-                lost_at: None,
-                lost_reason: None,
-                outcome: None,
-                succeeded: false,
-                exited_lost: false,
-                stderr: Vec::new(),
-            });
+            r.holdings.push(Holding::new(client, run, true, spawned, None));
             r.holdings.len() - 1
         };
         ctx.cli_pids[client].store(pid, std::sync::atomic::Ordering::SeqCst);
@@ -649,20 +639,7 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
         let acquired = Instant::now();
         let index = {
             let mut r = ctx.records.lock().unwrap();
-            r.holdings.push(Holding {
-                client,
-                run,
-                cli: false,
-                spawned,
-                acquired: Some(acquired),
-                acquired_line: None,
-                lost_at: None,
-                lost_reason: None,
-                outcome: None,
-                succeeded: false,
-                exited_lost: false,
-                stderr: Vec::new(),
-            });
+            r.holdings.push(Holding::new(client, run, false, spawned, Some(acquired)));
             r.holdings.len() - 1
         };
         let token = guard.fencing_token().unwrap_or(0);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// What the proxy does to the requests that arrive while it is set.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,27 +97,13 @@ impl FaultProxy {
     pub fn start(target: SocketAddr, seed: u64) -> FaultProxy {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                tx.send(listener.local_addr().unwrap()).unwrap();
-                let mut rng = fastrand::Rng::with_seed(seed);
-                loop {
-                    let Ok((conn, _)) = listener.accept().await else { return };
-                    let _ = conn.set_nodelay(true);
-                    tokio::spawn(handle(conn, target, state.clone(), rng.u64(..)));
-                }
-            });
+        let rng = Mutex::new(fastrand::Rng::with_seed(seed));
+        let addr = super::proxy::serve(move |conn| {
+            let _ = conn.set_nodelay(true);
+            let conn_seed = rng.lock().unwrap().u64(..);
+            handle(conn, target, state.clone(), conn_seed)
         });
-        FaultProxy {
-            addr: rx.recv().unwrap(),
-            shared,
-        }
+        FaultProxy { addr, shared }
     }
 
     /// Switches behaviour for requests from now on.
