@@ -214,3 +214,70 @@ fn break_run_exits_0_after_a_stolen_lock_when_the_release_answer_is_a_500() {
         out.status.code()
     );
 }
+
+fn proc_state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .unwrap_or('?')
+}
+
+/// Promise 2 ("on a terminal the command is foreground"; interactive commands keep working).
+/// Ctrl-Z at the terminal stops the command's group, which is now the terminal's foreground
+/// group, but not azmutex (another group). A job-control shell waiting on azmutex's group never
+/// sees a stopped job, so it never gets the terminal back; the command stays stopped forever
+/// while azmutex keeps renewing the lease (the lock is held by a frozen job until someone
+/// kills it from elsewhere; Ctrl-C only queues SIGINT to the stopped group).
+#[test]
+fn break_ctrl_z_freezes_the_command_but_not_azmutex() {
+    let c = common::unique("brk-ctrlz");
+    let dir = scratch("brk-ctrlz");
+    let report = dir.join("report");
+    let inner = r#"echo "$$ $PPID" > "$REPORT"; sleep 60"#;
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let line = format!(
+        "{} --container {} -q run job --lease 15 -- sh -c {}",
+        quote(&bin()),
+        quote(&c),
+        quote(inner)
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-qfec", &line, "/dev/null"])
+        .env("AZURE_STORAGE_CONNECTION_STRING", &common::service().connection_string)
+        .env("REPORT", &report)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = script.spawn().expect("`script` (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    let started = Instant::now();
+    let (cmd_pid, azm_pid) = loop {
+        let text = std::fs::read_to_string(&report).unwrap_or_default();
+        let v: Vec<i32> = text.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+        if v.len() == 2 {
+            break (v[0], v[1]);
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the command never started");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::io::Write;
+    stdin.write_all(b"\x1a").unwrap(); // Ctrl-Z
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (cmd_state, azm_state) = (proc_state(cmd_pid), proc_state(azm_pid));
+    // SAFETY: cleaning up what this test started: the command's group, then azmutex.
+    unsafe {
+        libc::kill(-cmd_pid, libc::SIGKILL);
+        libc::kill(azm_pid, libc::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !(cmd_state == 'T' && azm_state != 'T'),
+        "after Ctrl-Z the command is stopped ({cmd_state}) but azmutex is not ({azm_state}): \
+         the job never stops as a whole, the shell never gets the terminal back, and the lease \
+         is renewed for a frozen command"
+    );
+}
