@@ -62,6 +62,11 @@ pub enum LostReason {
     Expired,
     /// A renewal was refused for good (authentication, permission): the lease will expire.
     RenewalRefused,
+    /// The release's answer was lost and a retry found the lease gone: most likely the lost
+    /// attempt released it, but it cannot be confirmed that the lease was ours until then (it
+    /// may have been broken and taken). Counted as a loss where success must mean "held to the
+    /// end".
+    Unconfirmed,
 }
 
 impl fmt::Display for LostReason {
@@ -74,6 +79,9 @@ impl fmt::Display for LostReason {
             Self::ReturnedOtherId => "the service answered with another lease id",
             Self::Expired => "no renewal was confirmed before the local deadline",
             Self::RenewalRefused => "renewal was refused (authentication or permission)",
+            Self::Unconfirmed => {
+                "the release's answer was lost, so it cannot be confirmed that the lease was ours to the end"
+            }
         })
     }
 }

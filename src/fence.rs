@@ -1,14 +1,16 @@
 //! Fencing tokens: numbers that never repeat or decrease for a lock name.
 //!
 //! Two counters, both written under the lease that the token is handed out with:
-//! - the sequence number of a zero-length page blob, incremented on the server in one request
+//! - the sequence number of a zero-length page blob, set in one request
 //!   ([Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties),
-//!   `x-ms-sequence-number-action: increment`). A page blob this crate creates starts at the
-//!   wall clock in microseconds ([`clock_seed`]), so a lock blob deleted and recreated (by an
-//!   operator or a lifecycle rule) starts above every token its predecessor handed out.
-//! - a metadata counter `azmutexfence` on other blobs, written with `If-Match`: the next value is
-//!   `max(previous + 1, clock_seed())`, so a corrupt or deleted counter also restarts above the
-//!   old one.
+//!   `x-ms-sequence-number-action: max`);
+//! - a metadata counter `azmutexfence` on other blobs, written with `If-Match`.
+//!
+//! Either way the next value is `max(previous + 1, clock_seed())` ([`next_token`]), the wall
+//! clock in microseconds, so a lock blob deleted and recreated (by an operator, a lifecycle rule,
+//! or a tool that starts the sequence number at 0) or a corrupt counter restarts above every
+//! token its predecessor handed out. The answer is checked: the service must have stored at
+//! least the proposed value.
 //!
 //! Either way the guarantee rests on the clocks of the machines that create lock blobs being
 //! roughly right (within the age of the lock blob): a token is a count of microseconds since
@@ -43,25 +45,39 @@ pub(crate) fn clock_seed() -> u64 {
         .min(MAX_SEQUENCE_NUMBER)
 }
 
-/// The next metadata counter after `previous` (the `azmutexfence` value, if any).
-pub(crate) fn next_counter(lock: &LockName, previous: Option<&str>) -> Result<u64, Error> {
-    let seed = clock_seed();
-    let next = match previous.map(|v| v.trim().parse::<u64>()) {
-        None => seed,
-        Some(Ok(n)) => n
-            .checked_add(1)
-            .ok_or_else(|| Error::FencingExhausted { lock: lock.to_string() })?
-            .max(seed),
-        Some(Err(_)) => {
-            tracing::warn!(lock = %lock, "fencing counter unreadable; restarting it from the clock");
-            seed
-        }
+/// The next token after `previous` (none: a new counter): `max(previous + 1, clock_seed())`,
+/// at most `limit`.
+pub(crate) fn next_token(lock: &LockName, previous: Option<u64>, limit: u64) -> Result<u64, Error> {
+    let exhausted = || Error::FencingExhausted { lock: lock.to_string() };
+    let next = match previous {
+        None => clock_seed(),
+        Some(n) => n.checked_add(1).ok_or_else(exhausted)?.max(clock_seed()),
     };
+    if next > limit {
+        return Err(exhausted());
+    }
     Ok(next)
 }
 
-/// The token and new ETag from a successful increment answer.
-pub(crate) fn sequence_number(resp: &RestResponse) -> Result<(u64, Option<String>), Error> {
+/// The next metadata counter after `previous` (the `azmutexfence` value, if any). An unreadable
+/// value restarts from the clock.
+pub(crate) fn next_counter(lock: &LockName, previous: Option<&str>) -> Result<u64, Error> {
+    let previous = match previous.map(|v| v.trim().parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            tracing::warn!(lock = %lock, "fencing counter unreadable; restarting it from the clock");
+            None
+        }
+    };
+    next_token(lock, previous, u64::MAX)
+}
+
+/// The token and new ETag from the answer to a sequence-number update that proposed
+/// `proposed`. The service must have stored at least that (it takes the maximum), within the
+/// limit: a store that cannot hold the number (Azurite keeps it as a JavaScript double, exact
+/// only up to 2^53) would otherwise repeat tokens.
+pub(crate) fn advanced(lock: &LockName, proposed: u64, resp: &RestResponse) -> Result<(u64, Option<String>), Error> {
     let n = resp
         .header("x-ms-blob-sequence-number")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -69,6 +85,10 @@ pub(crate) fn sequence_number(resp: &RestResponse) -> Result<(u64, Option<String
             service: resp.error(),
             detail: "no valid x-ms-blob-sequence-number in the answer".into(),
         })?;
+    if n < proposed || n > MAX_SEQUENCE_NUMBER {
+        tracing::warn!(lock = %lock, proposed, stored = n, "the service did not store the fencing token");
+        return Err(Error::FencingExhausted { lock: lock.to_string() });
+    }
     Ok((n, resp.header("etag").map(str::to_string)))
 }
 
@@ -96,32 +116,42 @@ pub(crate) fn content_headers(head: &RestResponse) -> ContentHeaders {
     .collect()
 }
 
-/// Page blobs whose state this mutex wrote last: their ETag then and their content headers.
-/// An acquire answer with the same ETag proves nothing changed since, so the increment can go
-/// out at once with those headers (one request instead of three). Bounded.
+/// Page blobs whose state this mutex wrote last: their ETag then, their content headers and
+/// the token written. An acquire answer with the same ETag proves nothing changed since, so the
+/// next token can go out at once with those headers (one request instead of three). Bounded.
 #[derive(Debug, Default)]
 pub(crate) struct PageCache {
-    known: Mutex<HashMap<LockName, (String, ContentHeaders)>>,
+    known: Mutex<HashMap<LockName, Known>>,
+}
+
+/// What [`PageCache`] knows of one page blob.
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    /// The ETag after our last write.
+    pub(crate) etag: String,
+    /// Its content headers (sent back with every Set Blob Properties).
+    pub(crate) content: ContentHeaders,
+    /// The sequence number we wrote (`None`: not written by us yet, e.g. just created).
+    pub(crate) token: Option<u64>,
 }
 
 /// Content headers named as Set Blob Properties takes them (`x-ms-blob-content-type`, …).
 pub(crate) type ContentHeaders = Vec<(&'static str, String)>;
 
 impl PageCache {
-    /// The content headers of `lock` if its ETag is still `etag`.
-    pub(crate) fn get(&self, lock: &LockName, etag: &str) -> Option<ContentHeaders> {
+    /// What is known of `lock` if its ETag is still `etag`.
+    pub(crate) fn get(&self, lock: &LockName, etag: &str) -> Option<Known> {
         let known = self.known.lock().ok()?;
-        let (cached, content) = known.get(lock)?;
-        (cached == etag).then(|| content.clone())
+        known.get(lock).filter(|k| k.etag == etag).cloned()
     }
 
-    /// Remembers `lock`'s ETag after our own write, with its content headers.
-    pub(crate) fn remember(&self, lock: &LockName, etag: String, content: ContentHeaders) {
+    /// Remembers `lock` after our own write.
+    pub(crate) fn remember(&self, lock: &LockName, entry: Known) {
         if let Ok(mut known) = self.known.lock() {
             if known.len() >= PAGE_CACHE_LIMIT && !known.contains_key(lock) {
                 known.clear();
             }
-            known.insert(lock.clone(), (etag, content));
+            known.insert(lock.clone(), entry);
         }
     }
 
@@ -166,20 +196,32 @@ mod tests {
         ));
         assert_eq!(next_counter(&l, Some(&(u64::MAX - 1).to_string())).unwrap(), u64::MAX);
         assert!(clock_seed() <= MAX_SEQUENCE_NUMBER);
+        // Page blobs: the service's limit is the limit.
+        assert!(matches!(
+            next_token(&l, Some(MAX_SEQUENCE_NUMBER), MAX_SEQUENCE_NUMBER),
+            Err(Error::FencingExhausted { .. })
+        ));
+        assert_eq!(
+            next_token(&l, Some(MAX_SEQUENCE_NUMBER - 1), MAX_SEQUENCE_NUMBER).unwrap(),
+            MAX_SEQUENCE_NUMBER
+        );
+        // A page blob recreated by someone else starts at 0 or 1: the clock takes over.
+        assert!(next_token(&l, Some(1), MAX_SEQUENCE_NUMBER).unwrap() >= seed);
     }
 
     #[test]
     fn page_cache_is_bounded_and_checks_the_etag() {
         let c = PageCache::default();
-        c.remember(
-            &lock(0),
-            "\"e1\"".into(),
-            vec![("x-ms-blob-content-type", "text/plain".into())],
-        );
+        let known = |etag: &str| Known {
+            etag: etag.into(),
+            content: vec![("x-ms-blob-content-type", "text/plain".into())],
+            token: Some(7),
+        };
+        c.remember(&lock(0), known("\"e1\""));
         assert!(c.get(&lock(0), "\"e2\"").is_none());
-        assert_eq!(c.get(&lock(0), "\"e1\"").unwrap().len(), 1);
+        assert_eq!(c.get(&lock(0), "\"e1\"").unwrap().token, Some(7));
         for n in 0..3 * PAGE_CACHE_LIMIT {
-            c.remember(&lock(n), "e".into(), Vec::new());
+            c.remember(&lock(n), known("e"));
             assert!(c.len() <= PAGE_CACHE_LIMIT);
         }
         c.forget(&lock(3 * PAGE_CACHE_LIMIT - 1));

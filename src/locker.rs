@@ -8,6 +8,8 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
@@ -257,7 +259,7 @@ impl Locker {
 
     /// Waits at most `timeout`, then [`LockError::TimedOut`].
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard, LockError> {
-        self.acquire(Limit::Until(Some(Instant::now() + timeout)), std::future::pending())
+        self.acquire(Limit::Until(deadline_in(timeout)), std::future::pending())
             .await
     }
 
@@ -270,14 +272,14 @@ impl Locker {
         timeout: Option<Duration>,
         cancel: impl Future<Output = ()>,
     ) -> Result<LockGuard, LockError> {
-        self.acquire(Limit::Until(timeout.map(|t| Instant::now() + t)), cancel)
-            .await
+        self.acquire(Limit::Until(timeout.and_then(deadline_in)), cancel).await
     }
 
     /// Acquires the lock, runs `work` while it is held, and releases it. If the lock is lost
     /// first, `work` is dropped (cancelled) and the result is [`LockError::Lost`]. `Ok` means
     /// the lock was ours until `work` ended: if the release shows it was not (someone else
-    /// holds it), the result is [`LockError::Lost`] too, although `work` completed.
+    /// holds it), or cannot confirm it ([`Released::Unconfirmed`]), the result is
+    /// [`LockError::Lost`] too, although `work` completed.
     pub async fn with_lock<T, Fut: Future<Output = T>>(
         &self,
         work: impl FnOnce(LeaseInfo) -> Fut,
@@ -295,7 +297,9 @@ impl Locker {
         };
         let value = result.map_err(lost)?;
         match released {
-            Ok(_) => Ok(value),
+            Ok(Released::Confirmed) => Ok(value),
+            // A refused release attempt and a stolen lock look the same from here.
+            Ok(Released::Unconfirmed) => Err(lost(LostReason::Unconfirmed)),
             Err(Error::LeaseLost { reason, .. }) => Err(lost(reason)),
             Err(e) => Err(e.into()),
         }
@@ -305,7 +309,7 @@ impl Locker {
     /// renewal and no release on drop: for callers that manage the lease themselves, such as
     /// `azmutex acquire` in a script.
     pub async fn lock_detached(&self, timeout: Option<Duration>) -> Result<Lease, LockError> {
-        let limit = Limit::Until(timeout.map(|t| Instant::now() + t));
+        let limit = Limit::Until(timeout.and_then(deadline_in));
         self.wait(limit, std::future::pending(), Detached).await
     }
 
@@ -394,13 +398,26 @@ impl Handout for Detached {
         lease
     }
     async fn unclaimed(out: Lease, mutex: &AzureMutex) {
-        let _ = mutex.release_until(&out, cleanup_deadline(mutex)).await;
+        let _ = mutex.release_until(&out, cleanup_deadline(mutex, None)).await;
     }
 }
 
-/// The deadline of a cleanup release started now.
-fn cleanup_deadline(mutex: &AzureMutex) -> Instant {
-    Instant::now() + CLEANUP_TIMEOUT.min(mutex.client().options().retry.call_timeout)
+/// `now + d`, or `None` (no limit) when that is beyond what the clock can represent.
+fn deadline_in(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
+
+/// The deadline of a cleanup release started now: a few seconds, and never more than a few
+/// seconds past the wait's own limit (so that a wait overruns its limit by one bounded request
+/// at most, however many cleanups it needs).
+fn cleanup_deadline(mutex: &AzureMutex, limit: Option<Instant>) -> Instant {
+    let now = Instant::now();
+    let budget = CLEANUP_TIMEOUT.min(mutex.client().options().retry.call_timeout);
+    let soon = now.checked_add(budget).unwrap_or(now);
+    match limit.and_then(|l| l.checked_add(budget)) {
+        Some(end) => soon.min(end),
+        None => soon,
+    }
 }
 
 impl Waiter {
@@ -442,7 +459,7 @@ impl Waiter {
                 r = attempt => r,
                 _ = tx.closed() => {
                     // Abandoned in flight: the lease may be ours on the server.
-                    self.cleanup(id, true).await;
+                    self.cleanup(id, true, limit_deadline).await;
                     return Err(LockError::Cancelled { lock: self.lock.to_string() });
                 }
             };
@@ -455,7 +472,10 @@ impl Waiter {
                         return Ok(lease);
                     }
                     tracing::warn!(lock = %self.lock, "acquired too late to use (past the local deadline); releasing");
-                    let _ = self.mutex.release_until(&lease, cleanup_deadline(&self.mutex)).await;
+                    let _ = self
+                        .mutex
+                        .release_until(&lease, cleanup_deadline(&self.mutex, limit_deadline))
+                        .await;
                     None
                 }
                 Err(Error::Conflict { .. }) => {
@@ -484,11 +504,11 @@ impl Waiter {
                 .zip(self.options.give_up_after)
                 .is_some_and(|(since, patience)| since.elapsed() >= patience);
             if let (true, Some(e)) = (patience_over, &failure) {
-                self.cleanup(id, maybe_granted).await;
+                self.cleanup(id, maybe_granted, limit_deadline).await;
                 return Err(e.clone().into());
             }
             let Limit::Until(deadline) = limit else {
-                self.cleanup(id, maybe_granted).await;
+                self.cleanup(id, maybe_granted, limit_deadline).await;
                 return Err(match failure {
                     Some(e) => e.into(),
                     None => LockError::Busy {
@@ -505,12 +525,12 @@ impl Waiter {
             tokio::select! {
                 _ = sleep_until(wake.into()) => {}
                 _ = tx.closed() => {
-                    self.cleanup(id, maybe_granted).await;
+                    self.cleanup(id, maybe_granted, limit_deadline).await;
                     return Err(LockError::Cancelled { lock: self.lock.to_string() });
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                self.cleanup(id, maybe_granted).await;
+                self.cleanup(id, maybe_granted, limit_deadline).await;
                 // Storage failing at the end is a storage error, not a busy lock.
                 return Err(match failure {
                     Some(e) => e.into(),
@@ -526,10 +546,13 @@ impl Waiter {
 
     /// After a failed attempt whose answer never came, the lease may exist on the server:
     /// release it under our id (a mismatch answer just means it never did). Bounded.
-    async fn cleanup(&self, id: LeaseId, maybe_granted: bool) {
+    async fn cleanup(&self, id: LeaseId, maybe_granted: bool, limit: Option<Instant>) {
         if maybe_granted {
             let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
-            let _ = self.mutex.release_until(&lease, cleanup_deadline(&self.mutex)).await;
+            let _ = self
+                .mutex
+                .release_until(&lease, cleanup_deadline(&self.mutex, limit))
+                .await;
         }
     }
 }
@@ -588,6 +611,9 @@ pub struct LockGuard {
     state: watch::Receiver<State>,
     commands: Option<oneshot::Sender<Command>>,
     released: Option<Result<Released, Error>>,
+    /// Set by whoever first sees the local deadline pass (the guard, a `lost()` future, the
+    /// renewer): from then on the lock counts as lost even if a clock steps back.
+    lapsed: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -612,12 +638,14 @@ impl LockGuard {
             state: state_rx,
             commands: Some(cmd_tx),
             released: None,
+            lapsed: Arc::default(),
         };
         let renewer = Renewer {
             mutex,
             lease,
             state: state_tx,
             options: options.clone(),
+            lapsed: guard.lapsed.clone(),
         };
         tokio::spawn(renewer.run(cmd_rx));
         guard
@@ -650,7 +678,14 @@ impl LockGuard {
         let renewer_gone = self.state.has_changed().is_err();
         match *self.state.borrow() {
             State::Lost(r) => Some(r),
-            State::Held(v) if renewer_gone || !v.holds(Instant::now(), SystemTime::now()) => Some(LostReason::Expired),
+            State::Held(v)
+                if self.lapsed.load(Ordering::SeqCst)
+                    || renewer_gone
+                    || !v.holds(Instant::now(), SystemTime::now()) =>
+            {
+                self.lapsed.store(true, Ordering::SeqCst);
+                Some(LostReason::Expired)
+            }
             _ => None,
         }
     }
@@ -660,9 +695,13 @@ impl LockGuard {
     /// after a release.
     pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
         let mut state = self.state.clone();
+        let lapsed = self.lapsed.clone();
         async move {
             loop {
                 let current = *state.borrow_and_update();
+                if lapsed.load(Ordering::SeqCst) && matches!(current, State::Held(_)) {
+                    return LostReason::Expired;
+                }
                 let validity = match current {
                     State::Lost(r) => return r,
                     State::Released => std::future::pending::<Validity>().await,
@@ -690,7 +729,10 @@ impl LockGuard {
                             return LostReason::Expired;
                         }
                     }
-                    _ = expiry => return LostReason::Expired,
+                    _ = expiry => {
+                        lapsed.store(true, Ordering::SeqCst);
+                        return LostReason::Expired;
+                    }
                 }
             }
         }
@@ -762,6 +804,7 @@ struct Renewer {
     lease: Lease,
     state: watch::Sender<State>,
     options: LockerOptions,
+    lapsed: Arc<AtomicBool>,
 }
 
 impl Renewer {
@@ -800,8 +843,9 @@ impl Renewer {
                 c = &mut commands => break c.ok(),
             }
             // Slept through the deadline (machine suspended, runtime starved)? Then the lock
-            // may be gone.
-            if !validity.holds(Instant::now(), SystemTime::now()) {
+            // may be gone. So it is if anyone saw the deadline pass.
+            if self.lapsed.load(Ordering::SeqCst) || !validity.holds(Instant::now(), SystemTime::now()) {
+                self.lapsed.store(true, Ordering::SeqCst);
                 self.lose(LostReason::Expired, &"the local deadline passed before renewal");
                 continue;
             }
@@ -811,7 +855,10 @@ impl Renewer {
                 _ = sleep_until(validity.until.into()) => None,
                 c = &mut commands => break c.ok(),
             };
-            let in_time = validity.holds(Instant::now(), SystemTime::now());
+            let in_time = !self.lapsed.load(Ordering::SeqCst) && validity.holds(Instant::now(), SystemTime::now());
+            if !in_time {
+                self.lapsed.store(true, Ordering::SeqCst);
+            }
             match outcome {
                 // A confirmation counts only if it came while the previous grant still held:
                 // otherwise `lost()` may already have fired.
@@ -900,6 +947,7 @@ mod tests {
             lease,
             state,
             options: LockerOptions::default(),
+            lapsed: Arc::default(),
         }
     }
 
@@ -919,6 +967,7 @@ mod tests {
             state,
             commands: None,
             released: None,
+            lapsed: Arc::default(),
         }
     }
 
@@ -957,6 +1006,21 @@ mod tests {
         let lost = guard.lost();
         drop(tx);
         assert_eq!(lost.await, LostReason::Expired);
+    }
+
+    #[test]
+    fn a_lapse_once_seen_is_final() {
+        let (_tx, rx) = watch::channel(held_for(Duration::from_millis(30)));
+        let guard = bare_guard(rx);
+        assert!(guard.is_held());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!guard.is_held());
+        // The wall clock stepping back (modelled by a validity that holds again) changes nothing.
+        let (tx2, rx2) = watch::channel(held_for(Duration::from_secs(30)));
+        let mut again = bare_guard(rx2);
+        again.lapsed = guard.lapsed.clone();
+        assert!(!again.is_held());
+        drop(tx2);
     }
 
     #[test]

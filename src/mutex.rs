@@ -425,7 +425,7 @@ impl AzureMutex {
         if let Err(e) = self.check_returned_id(lock, &resp, id) {
             // 201 without our id: the service (or something in between) did not confirm that
             // the lease is ours. Nothing may run under it; release what may be ours.
-            self.release_quietly(&lease).await;
+            self.release_quietly(&lease, deadline).await;
             return Err(Error::Unexpected {
                 service: e.service().cloned().unwrap_or_else(|| resp.error()),
                 detail: format!(
@@ -443,7 +443,7 @@ impl AzureMutex {
                 Ok(token) => lease.fencing_token = token,
                 Err(e) => {
                     // Do not keep a lease the caller will never hear of.
-                    self.release_quietly(&lease).await;
+                    self.release_quietly(&lease, deadline).await;
                     return Err(e);
                 }
             }
@@ -451,9 +451,13 @@ impl AzureMutex {
         Ok(lease)
     }
 
-    /// Releases `lease` after a failed acquire, bounded by a few seconds; failures are logged.
-    async fn release_quietly(&self, lease: &Lease) {
-        let deadline = Instant::now() + CLEANUP_TIMEOUT.min(self.inner.client.options().retry.call_timeout);
+    /// Releases `lease` after a failed acquire whose call deadline was `call_deadline`: for a
+    /// few seconds, and never more than a few seconds past that deadline. Failures are logged.
+    async fn release_quietly(&self, lease: &Lease, call_deadline: Instant) {
+        let now = Instant::now();
+        let budget = CLEANUP_TIMEOUT.min(self.inner.client.options().retry.call_timeout);
+        let soon = now.checked_add(budget).unwrap_or(now);
+        let deadline = call_deadline.checked_add(budget).map_or(soon, |end| soon.min(end));
         if let Err(e) = self.release_until(lease, deadline).await {
             tracing::warn!(lock = %lease.lock, error = %e, "could not release after a failed acquire; the lease will expire");
         }
@@ -670,7 +674,12 @@ impl AzureMutex {
                     if let (true, Some(etag)) = (page, resp.header("etag")) {
                         // Created by us: no content headers to keep; this ETag is the blob's
                         // until someone changes it.
-                        self.inner.pages.remember(lock, etag.to_string(), Vec::new());
+                        let known = fence::Known {
+                            etag: etag.to_string(),
+                            content: Vec::new(),
+                            token: None,
+                        };
+                        self.inner.pages.remember(lock, known);
                     }
                     tracing::debug!(lock = %lock, page, "created lock blob");
                     return Ok(());
@@ -705,14 +714,20 @@ impl AzureMutex {
         let fencing = self.inner.fencing;
         if fencing && self.inner.holder.is_none() {
             // Fast path: a page blob unchanged since our own last write to it (same ETag), so
-            // its content headers are known and the increment can send them back.
+            // its content headers and sequence number are known.
             if let Some(known) = acquired_etag.and_then(|etag| self.inner.pages.get(lock, &etag)) {
-                let resp = self.increment(lock, id, &known, deadline).await?;
+                let next = fence::next_token(lock, known.token, fence::MAX_SEQUENCE_NUMBER)?;
+                let resp = self.advance(lock, id, next, &known.content, deadline).await?;
                 match resp.status {
                     200 => {
-                        let (token, etag) = fence::sequence_number(&resp)?;
+                        let (token, etag) = fence::advanced(lock, next, &resp)?;
                         if let Some(etag) = etag {
-                            self.inner.pages.remember(lock, etag, known);
+                            let known = fence::Known {
+                                etag,
+                                token: Some(token),
+                                ..known
+                            };
+                            self.inner.pages.remember(lock, known);
                         }
                         return Ok(Some(token));
                     }
@@ -741,14 +756,20 @@ impl AzureMutex {
             let mut token = None;
             if fencing && page {
                 let content = fence::content_headers(&resp);
-                let inc = self.increment(lock, id, &content, deadline).await?;
-                if inc.status != 200 {
-                    return Err(self.classify(lock, &inc, Op::Write));
+                let next = fence::next_token(lock, props.sequence_number, fence::MAX_SEQUENCE_NUMBER)?;
+                let set = self.advance(lock, id, next, &content, deadline).await?;
+                if set.status != 200 {
+                    return Err(self.classify(lock, &set, Op::Write));
                 }
-                let (n, new_etag) = fence::sequence_number(&inc)?;
+                let (n, new_etag) = fence::advanced(lock, next, &set)?;
                 token = Some(n);
                 if let (Some(new_etag), None) = (&new_etag, &self.inner.holder) {
-                    self.inner.pages.remember(lock, new_etag.clone(), content);
+                    let known = fence::Known {
+                        etag: new_etag.clone(),
+                        content,
+                        token: Some(n),
+                    };
+                    self.inner.pages.remember(lock, known);
                 }
                 etag = new_etag.or(etag);
             } else if fencing {
@@ -798,20 +819,23 @@ impl AzureMutex {
     }
 
     /// [Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties)
-    /// with `x-ms-sequence-number-action: increment`: one request, atomic on the server. This
-    /// call sets every content header, clearing those it does not send: `content` carries the
-    /// blob's current ones (`x-ms-blob-content-*` names) so that nothing is lost.
-    async fn increment(
+    /// with `x-ms-sequence-number-action: max` and `x-ms-blob-sequence-number: to`: one request,
+    /// under our lease, idempotent when retried. This call sets every content header, clearing
+    /// those it does not send: `content` carries the blob's current ones
+    /// (`x-ms-blob-content-*` names) so that nothing is lost.
+    async fn advance(
         &self,
         lock: &LockName,
         id: LeaseId,
+        to: u64,
         content: &[(&'static str, String)],
         deadline: Instant,
     ) -> Result<RestResponse, Error> {
         let mut req = RestRequest::new("fence", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
             .query("comp", "properties")
             .header("x-ms-lease-id", id.to_string())
-            .header("x-ms-sequence-number-action", "increment");
+            .header("x-ms-sequence-number-action", "max")
+            .header("x-ms-blob-sequence-number", to.to_string());
         for (name, value) in content {
             req = req.header(name, value.clone());
         }

@@ -327,7 +327,11 @@ impl BlobClient {
 
     /// The deadline of a call started now with the default call timeout.
     pub fn default_deadline(&self) -> Instant {
-        Instant::now() + self.inner.options.retry.call_timeout
+        let now = Instant::now();
+        // An absurd call timeout (Duration::MAX) means "a very long time", never a panic.
+        now.checked_add(self.inner.options.retry.call_timeout)
+            .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+            .unwrap_or(now)
     }
 
     /// The URL of a container or blob, with `query` (and the SAS token, if any) appended.

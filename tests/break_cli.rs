@@ -1,5 +1,6 @@
-//! Hostile review of issue 8 (CLI side): the built `azmutex` against a real Azurite. Each test
-//! here reproduces a broken promise of `azmutex run`: it FAILS on the code under review.
+//! Hostile review of issue 8 (CLI side), against a real Azurite. Each test is an attack that
+//! broke a safety promise of the first implementation (commit c0e243f), named after what went
+//! wrong then; it passes when the promise holds. Kept as regression tests.
 
 mod common;
 
@@ -116,7 +117,19 @@ echo $$ > "$BEAT.pid"
 while :; do echo "p $(date +%s%N)" >> "$BEAT"; sleep 0.1; done"#;
     let mut cmd = azmutex_with(&c, &common::service().connection_string);
     cmd.env("BEAT", &beat)
-        .args(["-q", "run", "job", "--lease", "15", "--kill-grace", "1s", "--", "sh", "-c", script])
+        .args([
+            "-q",
+            "run",
+            "job",
+            "--lease",
+            "15",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -159,7 +172,18 @@ while :; do sleep 0.1; done"#;
     let proxy = Proxy::start(common::azurite_addr());
     let mut cmd = azmutex_with(&c, &connection_via(proxy.addr));
     cmd.env("BEAT", &beat)
-        .args(["run", "job", "--lease", "15", "--kill-grace", "1s", "--", "sh", "-c", script])
+        .args([
+            "run",
+            "job",
+            "--lease",
+            "15",
+            "--kill-grace",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -202,8 +226,13 @@ fn break_run_exits_0_after_a_stolen_lock_when_the_release_answer_is_a_500() {
     let rt = rt();
     let thief = common::mutex(&c);
     rt.block_on(thief.break_lease("job", Some(BreakPeriod::NOW))).unwrap();
-    rt.block_on(thief.acquire("job", LeaseDuration::seconds(60).unwrap())).unwrap();
-    proxy.add(Match::LeaseAction("release"), Action::Respond(500, "InternalError"), Some(1));
+    rt.block_on(thief.acquire("job", LeaseDuration::seconds(60).unwrap()))
+        .unwrap();
+    proxy.add(
+        Match::LeaseAction("release"),
+        Action::Respond(500, "InternalError"),
+        Some(1),
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());

@@ -1,12 +1,13 @@
-//! Hostile review of issue 8 (library side), against a real Azurite. Each test here is a
-//! reproduction of a broken promise: it FAILS on the code under review.
+//! Hostile review of issue 8 (library side), against a real Azurite. Each test is an attack that
+//! broke a safety promise of the first implementation (commit c0e243f), named after what went
+//! wrong then; it passes when the promise holds. Kept as regression tests.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use azmutex::rest::RestRequest;
-use azmutex::{AzureMutex, BlobClient, BreakPeriod, ClientOptions, LeaseDuration, LockError, Locker, LockerOptions};
+use azmutex::{AzureMutex, BlobClient, BreakPeriod, ClientOptions, LeaseDuration, Locker, LockerOptions};
 use common::http_proxy::{Action, HttpProxy, Match};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,13 +90,17 @@ async fn break_with_lock_reports_ok_for_work_done_under_a_stolen_lock() {
             thief.break_lease("job", Some(BreakPeriod::NOW)).await.unwrap();
             thief.acquire("job", secs(60)).await.unwrap();
             // A gateway answers 500 without forwarding (outcome unknown to the client).
-            proxy.add(Match::LeaseAction("release"), Action::Respond(500, "InternalError"), Some(1));
+            proxy.add(
+                Match::LeaseAction("release"),
+                Action::Respond(500, "InternalError"),
+                Some(1),
+            );
             "work done"
         })
         .await;
     assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());
     assert!(
-        !matches!(result, Ok(_)),
+        result.is_err(),
         "with_lock returned {result:?} although another client held the lock while the work ran \
          (the release was Unconfirmed, and with_lock cannot say so)"
     );
@@ -139,7 +144,9 @@ async fn break_huge_call_timeout_panics() {
     let c = common::unique("brk-calltimeout");
     let mut options = ClientOptions::default();
     options.retry.call_timeout = Duration::MAX;
-    let built = AzureMutex::builder(common::config(), &c).client_options(options).build();
+    let built = AzureMutex::builder(common::config(), &c)
+        .client_options(options)
+        .build();
     let Ok(m) = built else {
         return; // refused up front: fine
     };
@@ -156,7 +163,9 @@ async fn retry_after_server(value: &'static str) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 8192];
                 let _ = conn.read(&mut buf).await;
@@ -251,7 +260,7 @@ async fn break_page_blob_tokens_repeat_at_the_limit() {
         }
     }
     assert!(
-        tokens[1] > tokens[0] && tokens[1] <= (1u64 << 63) - 1,
+        tokens[1] > tokens[0] && tokens[1] < (1u64 << 63),
         "tokens {tokens:?}: repeated and/or beyond the page-blob limit 2^63-1"
     );
 }
@@ -272,5 +281,8 @@ async fn break_page_blob_recreated_elsewhere_restarts_tokens() {
     put_page_blob(&c, "job", None).await;
     let lease = fenced(&c).acquire("job", secs(15)).await.unwrap();
     let after = lease.fencing_token().unwrap();
-    assert!(after > before, "token {after} after {before}: went back after recreation");
+    assert!(
+        after > before,
+        "token {after} after {before}: went back after recreation"
+    );
 }

@@ -639,7 +639,8 @@ async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u6
         let acquired = Instant::now();
         let index = {
             let mut r = ctx.records.lock().unwrap();
-            r.holdings.push(Holding::new(client, run, false, spawned, Some(acquired)));
+            r.holdings
+                .push(Holding::new(client, run, false, spawned, Some(acquired)));
             r.holdings.len() - 1
         };
         let token = guard.fencing_token().unwrap_or(0);

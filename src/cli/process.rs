@@ -66,6 +66,7 @@ pub fn own_group(command: &mut Command, terminal: Option<RawFd>) {
 pub struct Group {
     pgid: libc::pid_t,
     terminal: Option<RawFd>,
+    watchdog: Option<libc::pid_t>,
 }
 
 impl Group {
@@ -82,7 +83,11 @@ impl Group {
                 }
             }
         }
-        Self { pgid, terminal }
+        Self {
+            pgid,
+            terminal,
+            watchdog: None,
+        }
     }
 
     /// Sends `sig` to every process of the group.
@@ -129,5 +134,151 @@ impl Group {
             // SAFETY: tcsetpgrp on our terminal; SIGTTOU is ignored (see `own_group`).
             unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
         }
+    }
+}
+
+impl Group {
+    /// Whether the command (the group's leader) is stopped (Ctrl-Z, SIGTSTP, SIGSTOP). Consumes
+    /// the stop report; the command stays waitable for its exit.
+    pub fn leader_stopped(&self) -> bool {
+        if self.pgid <= 0 {
+            return false;
+        }
+        // SAFETY: waitid on our own child with WSTOPPED | WNOHANG (no exit is consumed: WEXITED
+        // is not asked for); `info` is plain data, zeroed as the man page asks.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_PID,
+                self.pgid as libc::id_t,
+                &mut info,
+                libc::WSTOPPED | libc::WNOHANG,
+            );
+            rc == 0 && info.si_pid() != 0 && info.si_code == libc::CLD_STOPPED
+        }
+    }
+
+    /// The command stopped: stop azmutex's own job with it, the way a shell expects a job to
+    /// stop. Returns once azmutex is continued (`fg`/`bg`); the caller then decides whether the
+    /// command may go on ([`Group::resume`]) or must die (the lease ran out meanwhile).
+    pub fn suspend_with_leader(&self) {
+        // SAFETY: tcsetpgrp/getpgrp/kill on our own terminal, group and pid.
+        unsafe {
+            match self.terminal {
+                Some(fd) => {
+                    libc::tcsetpgrp(fd, libc::getpgrp());
+                    // Our group is the shell's job: stop all of it.
+                    libc::kill(0, libc::SIGSTOP);
+                }
+                // No terminal, no job control: stop only ourselves (never the caller's group).
+                None => {
+                    libc::kill(libc::getpid(), libc::SIGSTOP);
+                }
+            }
+        }
+    }
+
+    /// Lets the group go on after a stop: gives it the terminal again (if azmutex has the
+    /// foreground) and sends SIGCONT.
+    pub fn resume(&self) {
+        if let Some(fd) = self.terminal {
+            // SAFETY: tcgetpgrp/tcsetpgrp on our own terminal.
+            unsafe {
+                if libc::tcgetpgrp(fd) == libc::getpgrp() {
+                    libc::tcsetpgrp(fd, self.pgid);
+                }
+            }
+        }
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Starts the watchdog: a copy of azmutex forked (without exec) into the command's group.
+    /// Every 50 ms it looks at azmutex: stopped (SIGSTOP, a debugger) → it stops the whole group,
+    /// itself included, so that the command never runs on while its supervisor cannot renew or
+    /// stop it (azmutex continues the group, or kills it if the lease ran out meanwhile); gone
+    /// (even by SIGKILL) → it kills the whole group. Returns its pid.
+    pub fn start_watchdog(&mut self) {
+        if self.pgid <= 0 {
+            return;
+        }
+        // SAFETY: getpid is a plain syscall.
+        let parent = unsafe { libc::getpid() };
+        // Everything the child needs is made before fork: after it, only async-signal-safe
+        // calls (no allocation, no locks), as fork in a threaded process requires.
+        let Ok(path) = std::ffi::CString::new(format!("/proc/{parent}/stat")) else {
+            return;
+        };
+        let pgid = self.pgid;
+        // SAFETY: the child branch below only makes async-signal-safe syscalls and never returns.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: see above; `path` was allocated before fork and is only read.
+            unsafe { watchdog(parent, pgid, path.as_ptr()) }
+        }
+        if pid > 0 {
+            self.watchdog = Some(pid);
+        }
+    }
+
+    /// Stops the watchdog (before checking whether the command left processes behind).
+    pub fn stop_watchdog(&mut self) {
+        if let Some(pid) = self.watchdog.take() {
+            // SAFETY: killing and reaping our own forked child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+}
+
+/// The watchdog's loop (see [`Group::start_watchdog`]). Async-signal-safe calls only.
+///
+/// # Safety
+/// Call only in a freshly forked child; `path` must be a NUL-terminated `/proc/<pid>/stat`.
+unsafe fn watchdog(parent: libc::pid_t, pgid: libc::pid_t, path: *const libc::c_char) -> ! {
+    libc::setpgid(0, pgid);
+    // Signals forwarded to the group are for the command; the watchdog stays until killed.
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGPIPE,
+    ] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+    // Hold no descriptor of azmutex's (a pipe held open would keep a reader waiting).
+    for fd in 0..1024 {
+        libc::close(fd);
+    }
+    let pause = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 50_000_000,
+    };
+    let mut buf = [0u8; 512];
+    loop {
+        if libc::getppid() != parent {
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(0);
+        }
+        let fd = libc::open(path, libc::O_RDONLY);
+        if fd >= 0 {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            if n > 0 {
+                let text = &buf[..n as usize];
+                // `pid (comm) S ...`: the state follows the last ')'.
+                if let Some(close) = text.iter().rposition(|&b| b == b')') {
+                    if matches!(text.get(close + 2), Some(b'T') | Some(b't')) {
+                        libc::kill(-pgid, libc::SIGSTOP);
+                    }
+                }
+            }
+        }
+        libc::nanosleep(&pause, std::ptr::null_mut());
     }
 }

@@ -63,10 +63,24 @@ fn hostname() -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
 }
 
+/// What a signal to azmutex means while the command runs.
+enum Event {
+    /// Pass it on to the command's group. A stop request (SIGTSTP) is meant for the job: the
+    /// command's stop then stops azmutex too.
+    Forward(libc::c_int),
+    /// A child changed state (SIGCHLD).
+    Child,
+    /// azmutex was continued after a stop (SIGCONT).
+    Continued,
+}
+
 struct Signals {
     term: Signal,
     int: Signal,
     hup: Signal,
+    tstp: Signal,
+    child: Signal,
+    cont: Signal,
 }
 
 impl Signals {
@@ -76,7 +90,22 @@ impl Signals {
             term: make(SignalKind::terminate())?,
             int: make(SignalKind::interrupt())?,
             hup: make(SignalKind::hangup())?,
+            tstp: make(SignalKind::from_raw(libc::SIGTSTP))?,
+            child: make(SignalKind::child())?,
+            cont: make(SignalKind::from_raw(libc::SIGCONT))?,
         })
+    }
+
+    /// The next signal while the command runs.
+    async fn event(&mut self) -> Event {
+        tokio::select! {
+            _ = self.term.recv() => Event::Forward(libc::SIGTERM),
+            _ = self.int.recv() => Event::Forward(libc::SIGINT),
+            _ = self.hup.recv() => Event::Forward(libc::SIGHUP),
+            _ = self.tstp.recv() => Event::Forward(libc::SIGTSTP),
+            _ = self.child.recv() => Event::Child,
+            _ = self.cont.recv() => Event::Continued,
+        }
     }
 
     /// The next of SIGTERM, SIGINT, SIGHUP.
@@ -111,6 +140,13 @@ fn describe_holder(info: &azmutex::LockInfo) -> String {
         parts.push(format!("since {}", rfc3339(since)));
     }
     format!(" (held by {})", parts.join(" "))
+}
+
+/// Writes a line to stderr. A closed or failing stderr must never stop supervision
+/// (`eprintln!` panics on EPIPE).
+fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{args}");
 }
 
 /// Safety margin kept before the lease's local deadline (the library's default).
@@ -178,7 +214,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
                 if !ctx.quiet {
                     let info = mutex.inspect(locker.lock_name()).await.ok();
                     let who = info.as_ref().map(describe_holder).unwrap_or_default();
-                    eprintln!("azmutex: lock {:?} is busy{who}; not waiting (--no-wait)", args.lock);
+                    say(format_args!(
+                        "azmutex: lock {:?} is busy{who}; not waiting (--no-wait)",
+                        args.lock
+                    ));
                 }
                 return Ok(args.conflict_exit_code);
             }
@@ -197,11 +236,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
                 if let Ok(info) = mutex.inspect(locker.lock_name()).await {
                     if info.locked {
                         let limit = args.wait.map(|w| format!(", up to {w:?}")).unwrap_or_default();
-                        eprintln!(
+                        say(format_args!(
                             "azmutex: waiting for lock {:?}{}{limit}",
                             args.lock,
                             describe_holder(&info)
-                        );
+                        ));
                     }
                 }
             }
@@ -215,11 +254,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
             Ok(g) => g,
             Err(LockError::TimedOut { waited, .. }) => {
                 if !ctx.quiet {
-                    eprintln!(
+                    say(format_args!(
                         "azmutex: gave up waiting for lock {:?} after {:.1}s",
                         args.lock,
                         waited.as_secs_f64()
-                    );
+                    ));
                 }
                 return Ok(args.conflict_exit_code);
             }
@@ -228,12 +267,12 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
         }
     };
     if !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
-        eprintln!(
+        say(format_args!(
             "azmutex: acquired lock {:?} after waiting {:.1}s (fencing token {})",
             args.lock,
             started.elapsed().as_secs_f64(),
             guard.fencing_token().map_or("-".into(), |t| t.to_string())
-        );
+        ));
     }
 
     let terminal = process::foreground_terminal();
@@ -259,8 +298,10 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
             return Err(Failure::new(code, format!("cannot run {:?}: {e}", args.command[0])));
         }
     };
-    let group = process::Group::new(&child, terminal);
-    let outcome = supervise(ctx, &args, child, &group, &mut guard, &mut signals).await;
+    let mut group = process::Group::new(&child, terminal);
+    group.start_watchdog();
+    let outcome = supervise(ctx, &args, child, &mut group, &mut guard, &mut signals).await;
+    group.stop_watchdog();
     group.restore_terminal();
     outcome
 }
@@ -271,7 +312,7 @@ async fn supervise(
     ctx: &Context,
     args: &RunArgs,
     mut child: Child,
-    group: &process::Group,
+    group: &mut process::Group,
     guard: &mut LockGuard,
     signals: &mut Signals,
 ) -> Result<u8, Failure> {
@@ -281,14 +322,40 @@ async fn supervise(
         tokio::select! {
             status = child.wait() => break status,
             reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason).await,
-            sig = signals.next() => group.signal(sig),
+            event = signals.event() => match event {
+                Event::Forward(sig) => group.signal(sig),
+                // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
+                // stop azmutex's job with it, so that the shell sees a stopped job.
+                Event::Child => {
+                    if group.leader_stopped() {
+                        group.suspend_with_leader();
+                        // Continued. The lease may have run out meanwhile: then the command
+                        // must not go on.
+                        if let Some(reason) = guard.lost_reason() {
+                            return stop_on_loss(ctx, args, child, group, guard, reason).await;
+                        }
+                        group.resume();
+                    }
+                }
+                // azmutex was stopped (the watchdog then stopped the command's group too) and
+                // is running again: continue the group only if the lock is still ours.
+                Event::Continued => {
+                    if let Some(reason) = guard.lost_reason() {
+                        return stop_on_loss(ctx, args, child, group, guard, reason).await;
+                    }
+                    group.resume();
+                }
+            },
         }
     };
     let status = status.map_err(|e| Failure::new(exit::OTHER, format!("waiting for the command failed: {e}")))?;
     // Whatever the command left behind in its group runs under the lock too: stop it first.
+    group.stop_watchdog();
     if group.alive() {
         if !ctx.quiet {
-            eprintln!("azmutex: the command left processes behind; stopping them before releasing the lock");
+            say(format_args!(
+                "azmutex: the command left processes behind; stopping them before releasing the lock"
+            ));
         }
         group.signal(libc::SIGTERM);
         tokio::select! {
@@ -299,26 +366,33 @@ async fn supervise(
     }
     if let Some(reason) = guard.lost_reason() {
         let _ = guard.release().await;
-        eprintln!("azmutex: lock {:?} lost ({reason}) before the command ended", args.lock);
+        say(format_args!(
+            "azmutex: lock {:?} lost ({reason}) before the command ended",
+            args.lock
+        ));
         return Ok(exit::LOST);
     }
     match guard.release().await {
         Ok(Released::Confirmed) => {}
-        Ok(Released::Unconfirmed) => eprintln!(
-            "azmutex: warning: releasing lock {:?} is unconfirmed (an answer was lost; the retry found the lease gone)",
-            args.lock
-        ),
-        Err(Error::LeaseLost { reason, .. }) => {
-            eprintln!(
-                "azmutex: lock {:?} lost ({reason}): the release showed that the lease was not ours until the command ended",
-                args.lock
-            );
+        Ok(Released::Unconfirmed) => {
+            say(format_args!(
+                "azmutex: lock {:?} lost ({}): the release's answer was lost and its retry found the lease gone",
+                args.lock,
+                LostReason::Unconfirmed
+            ));
             return Ok(exit::LOST);
         }
-        Err(e) => eprintln!(
+        Err(Error::LeaseLost { reason, .. }) => {
+            say(format_args!(
+                "azmutex: lock {:?} lost ({reason}): the release showed that the lease was not ours until the command ended",
+                args.lock
+            ));
+            return Ok(exit::LOST);
+        }
+        Err(e) => say(format_args!(
             "azmutex: warning: releasing lock {:?} failed ({e}); it stays locked until the lease expires",
             args.lock
-        ),
+        )),
     }
     Ok(exit_code(status))
 }
@@ -330,23 +404,31 @@ async fn stop_on_loss(
     ctx: &Context,
     args: &RunArgs,
     mut child: Child,
-    group: &process::Group,
+    group: &mut process::Group,
     guard: &mut LockGuard,
     reason: LostReason,
 ) -> Result<u8, Failure> {
-    eprintln!("azmutex: lock {:?} lost ({reason}); stopping the command", args.lock);
+    // Signal first: nothing (not even a failing stderr) may delay stopping the command.
     group.signal(libc::SIGTERM);
+    say(format_args!(
+        "azmutex: lock {:?} lost ({reason}); stopping the command",
+        args.lock
+    ));
     let deadline = tokio::time::Instant::now() + args.kill_grace;
     let main_done = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
+    // The watchdog ignores SIGTERM; with the command gone it has nothing left to guard for long.
+    if main_done {
+        group.stop_watchdog();
+    }
     let all_done = main_done
         && tokio::time::timeout_at(deadline, group.wait_gone(args.kill_grace))
             .await
             .is_ok();
     if !all_done && !ctx.quiet {
-        eprintln!(
+        say(format_args!(
             "azmutex: the command did not stop within {:?}; killing it",
             args.kill_grace
-        );
+        ));
     }
     group.signal(libc::SIGKILL);
     let _ = child.wait().await;
