@@ -99,6 +99,75 @@ impl fmt::Display for TransientCause {
     }
 }
 
+/// What was wrong with the server's TLS certificate or handshake. Not transient: retrying does
+/// not help, the configuration must change (`--ca-cert`, the endpoint's host name or scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The certificate was issued by a CA this client does not trust.
+    UnknownIssuer,
+    /// The certificate is not valid for the endpoint's host name.
+    NameMismatch,
+    /// The certificate has expired (or is not valid yet: check this machine's clock).
+    Expired,
+    /// The endpoint does not speak TLS (an `http://` server behind an `https://` URL?).
+    NotTls,
+    /// Another certificate or handshake failure (the text is rustls's, without any URL).
+    Other(String),
+}
+
+impl fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownIssuer => f.write_str(
+                "the server's certificate is issued by an unknown (untrusted) CA; add the CA with --ca-cert / ClientOptions::ca_certificates_pem",
+            ),
+            Self::NameMismatch => f.write_str(
+                "the server's certificate is not valid for the endpoint's host name; use the name the certificate was issued for",
+            ),
+            Self::Expired => f.write_str(
+                "the server's certificate has expired or is not yet valid; renew it or check this machine's clock",
+            ),
+            Self::NotTls => f.write_str(
+                "the server does not speak TLS; use http:// if the endpoint is plain HTTP (e.g. a local emulator)",
+            ),
+            Self::Other(detail) => write!(f, "TLS handshake failed: {detail}"),
+        }
+    }
+}
+
+/// Makes server- or user-controlled text safe to print on a terminal: control characters
+/// (C0, DEL, C1, including ESC and CSI) and bidirectional/invisible formatting characters are
+/// replaced by `\u{..}` escapes, and the text is cut to at most `max_chars` characters (with
+/// `…` when cut). Used for the service's `<Message>`, holder records and anything else a server
+/// or another lock user can set.
+///
+/// ```
+/// assert_eq!(azmutex::error::sanitize_text("a\x1b[2Jb", 80), "a\\u{1b}[2Jb");
+/// assert_eq!(azmutex::error::sanitize_text("abcdef", 3), "abc…");
+/// ```
+pub fn sanitize_text(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
+    for (n, c) in text.chars().enumerate() {
+        if n >= max_chars {
+            out.push('…');
+            break;
+        }
+        if is_unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Control characters and the invisible formatting characters that can reorder or hide text.
+pub(crate) fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}')
+}
+
 /// Input refused before any request was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -207,6 +276,13 @@ pub enum Error {
         attempts: u32,
         /// The last failure.
         cause: TransientCause,
+    },
+    /// The TLS handshake failed: an untrusted, mismatched or expired certificate, or a server
+    /// that does not speak TLS. Not retried: it is a configuration problem.
+    #[error("TLS failure: {problem}")]
+    Tls {
+        /// What was wrong.
+        problem: TlsProblem,
     },
     /// An answer this crate did not expect.
     #[error("unexpected response: {service}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]
