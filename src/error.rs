@@ -162,8 +162,9 @@ pub fn sanitize_text(text: &str, max_chars: usize) -> String {
     out
 }
 
-/// Control characters and the invisible formatting characters that can reorder or hide text.
-pub(crate) fn is_unsafe_char(c: char) -> bool {
+/// Whether `c` is a control character or an invisible formatting character that can reorder or
+/// hide text on a terminal (the characters [`sanitize_text`] escapes).
+pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}')
 }
@@ -198,11 +199,12 @@ pub enum InvalidInput {
         /// The seconds given.
         seconds: u64,
     },
-    /// A lease id that is not a GUID.
-    #[error("invalid lease id {value:?}: a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301")]
+    /// A lease id that is not a GUID. The value is not quoted: a secret pasted into the wrong
+    /// option (an account key as `--lease-id`) must not be printed.
+    #[error("invalid lease id ({chars} characters): a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301")]
     LeaseId {
-        /// The value given (first 64 characters).
-        value: String,
+        /// How many characters were given.
+        chars: usize,
     },
     /// A CA certificate that could not be read as PEM.
     #[error("invalid CA certificate: {0}")]
