@@ -39,18 +39,25 @@ impl fmt::Debug for StorageConfig {
     }
 }
 
-/// A URL fit for printing: user name and password replaced by `***`, the query redacted by
-/// [`crate::auth::redact_query`].
+/// A URL fit for printing: user name and password replaced by `***`, a path other than `/`
+/// shown as `/...`, the query redacted by [`crate::auth::redact_query`], no fragment.
 pub fn redact_url(url: &Url) -> String {
-    let mut u = url.clone();
-    if !u.username().is_empty() || u.password().is_some() {
-        let _ = u.set_username("***");
-        let _ = u.set_password(None);
+    let mut out = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        out.push_str("***@");
     }
+    if let Some(host) = url.host_str() {
+        out.push_str(host);
+    }
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(if url.path() == "/" || url.path().is_empty() { "/" } else { "/..." });
     if let Some(q) = url.query() {
-        u.set_query(Some(&crate::auth::redact_query(q)));
+        out.push('?');
+        out.push_str(&crate::auth::redact_query(q));
     }
-    u.to_string()
+    out
 }
 
 /// Why a connection string or environment could not be used. Names the offending key and the
@@ -806,6 +813,58 @@ mod tests {
             assert!(!msg.contains(secret) && !msg.contains("c2VjcmV0"), "{msg}");
             assert!(messages.insert(msg.clone()), "message not distinct: {msg}");
         }
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        let bad = [
+            format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core\\windows.net"),
+            format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core..net"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=http://127.0.0.1:0/acct"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b:0"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b/x,AccountKey=y"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a=b.c"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://{}.c", "a".repeat(64)),
+        ];
+        for cs in bad {
+            let e = parse(&cs).unwrap_err();
+            assert!(matches!(e, ConfigError::InvalidValue { .. }), "{cs}: {e:?}");
+        }
+        // A pasted SAS URL gives its query.
+        let c = parse("BlobEndpoint=https://a.b;SharedAccessSignature=https://a.b/c?sv=1&sig=SIGSECRET").unwrap();
+        assert!(matches!(c.credential, Credential::Sas(_)));
+        assert!(!format!("{c:?}").contains("SIGSECRET"));
+        // A proxy's password is not printed.
+        let c = parse("UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://u:PROXYSECRET@p:8080").unwrap();
+        assert!(!format!("{c:?}").contains("PROXYSECRET"), "{c:?}");
+    }
+
+    #[test]
+    fn empty_variables_are_errors_not_development_storage() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        for name in ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"] {
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(name, " ")]));
+            assert_eq!(
+                StorageConfig::from_vars(env(pairs)).unwrap_err(),
+                ConfigError::EmptyVariable { name }
+            );
+        }
+    }
+
+    #[test]
+    fn typos_get_a_suggestion_not_a_quote() {
+        let e = parse(&format!("AccountName=acct;AccountKey:{KEY}")).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::UnknownKey {
+                index: 2,
+                suggestion: Some("AccountKey")
+            }
+        );
+        let e = parse(&format!("AccountName=acct;{KEY}")).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("a2V5MTIz"), "{e}");
     }
 
     #[test]

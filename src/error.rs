@@ -148,16 +148,20 @@ impl fmt::Display for TlsProblem {
 /// ```
 pub fn sanitize_text(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
-    for (n, c) in text.chars().enumerate() {
-        if n >= max_chars {
+    let mut used = 0usize;
+    for c in text.chars() {
+        let piece = if is_unsafe_char(c) {
+            format!("\\u{{{:x}}}", c as u32)
+        } else {
+            c.to_string()
+        };
+        let n = piece.chars().count();
+        if used + n > max_chars {
             out.push('…');
             break;
         }
-        if is_unsafe_char(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
+        used += n;
+        out.push_str(&piece);
     }
     out
 }

@@ -755,6 +755,47 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
     }
 
     #[test]
+    fn error_bodies_with_entities_cdata_and_namespaces() {
+        let (code, msg) = parse_error_body(
+            br#"<e:Error xmlns:e="urn:x"><e:Code>Lease&#65;lready&amp;Present</e:Code><e:Message>a &lt;b&gt; <![CDATA[c & d]]> &quot;e&apos; &#x263A;</e:Message></e:Error>"#,
+        );
+        assert_eq!(code.as_deref(), Some("LeaseAlready&Present"));
+        assert_eq!(msg.as_deref(), Some("a <b> c & d \"e' \u{263A}"));
+        // Nested elements inside <Message> do not end it early; unknown entities are dropped.
+        let (_, msg) = parse_error_body(b"<Error><Message>x<b>y</b>z &bogus; w</Message></Error>");
+        assert_eq!(msg.as_deref(), Some("xyz  w"));
+        // A cut body still gives the code.
+        let (code, msg) = parse_error_body(b"<Error><Code>ServerBusy</Code><Message>abc");
+        assert_eq!((code.as_deref(), msg), (Some("ServerBusy"), None));
+    }
+
+    #[test]
+    fn server_text_is_bounded_and_inert() {
+        let mut body = b"<Error><Code>X</Code><Message>".to_vec();
+        body.extend(std::iter::repeat_n(b"\x1b[2J\xc2\x9b".as_slice(), 100_000).flatten());
+        body.extend_from_slice(b"</Message></Error>");
+        let (_, msg) = parse_error_body(&body);
+        let msg = msg.unwrap();
+        assert!(msg.chars().count() <= MAX_MESSAGE_CHARS + 1, "{}", msg.len());
+        assert!(!msg.chars().any(crate::error::is_unsafe_char));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-error-code", HeaderValue::from_str(&"C".repeat(10_000)).unwrap());
+        let e = service_error(500, &headers, b"");
+        assert!(e.code.unwrap().chars().count() <= MAX_CODE_CHARS + 1);
+    }
+
+    #[test]
+    fn retry_after_is_clamped() {
+        for huge in ["9223372036854775808", "18446744073709551615", "184467440737095516150000"] {
+            assert_eq!(parse_retry_after(huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+
+    #[test]
     fn backoff_is_capped_and_jittered() {
         let p = RetryPolicy::default();
         for i in 1..40 {
