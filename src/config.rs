@@ -287,7 +287,10 @@ impl StorageConfig {
             (Some(e), _) => parse_endpoint("BlobEndpoint", e)?,
             (None, Some(a)) => {
                 let suffix = suffix.unwrap_or("core.windows.net");
-                if let Some(problem) = dns_problem(suffix) {
+                let problem = dns_problem(suffix).or_else(|| {
+                    (!suffix.contains('.')).then(|| "it has a single label (no `.`)".to_string())
+                });
+                if let Some(problem) = problem {
                     return Err(ConfigError::InvalidValue {
                         key: "EndpointSuffix",
                         reason: format!("{problem}: it must be a DNS suffix such as `core.windows.net`"),
@@ -596,18 +599,19 @@ pub(crate) fn parse_endpoint(key: &'static str, value: &str) -> Result<Url, Conf
             reason: "the endpoint must not contain a `#fragment` or `user:password@`".into(),
         });
     }
-    // A path-style endpoint's path is an account name (`/devstoreaccount1`) or a few plain
-    // segments; anything else is most likely a pasted-together connection string.
+    // A path-style endpoint's path is an account name (`/devstoreaccount1`: lower-case letters
+    // and digits) or a few plain segments; anything else is most likely a pasted-together
+    // connection string or a key, and would be printed wherever the endpoint is.
     if let Some((i, c)) = url
         .path()
         .chars()
         .enumerate()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~')))
+        .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '/' | '-' | '.' | '_' | '~')))
     {
         return Err(ConfigError::InvalidValue {
             key,
             reason: format!(
-                "character {} of the endpoint's path is {}: the path may hold letters, digits, `-._~` and `/`{}",
+                "character {} of the endpoint's path is {}: the path may hold lower-case letters, digits, `-._~` and `/`{}",
                 i + 1,
                 describe_char(c),
                 separator_hint(value)
