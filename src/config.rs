@@ -52,7 +52,11 @@ pub fn redact_url(url: &Url) -> String {
     if let Some(port) = url.port() {
         out.push_str(&format!(":{port}"));
     }
-    out.push_str(if url.path() == "/" || url.path().is_empty() { "/" } else { "/..." });
+    out.push_str(if url.path() == "/" || url.path().is_empty() {
+        "/"
+    } else {
+        "/..."
+    });
     if let Some(q) = url.query() {
         out.push('?');
         out.push_str(&crate::auth::redact_query(q));
@@ -287,9 +291,8 @@ impl StorageConfig {
             (Some(e), _) => parse_endpoint("BlobEndpoint", e)?,
             (None, Some(a)) => {
                 let suffix = suffix.unwrap_or("core.windows.net");
-                let problem = dns_problem(suffix).or_else(|| {
-                    (!suffix.contains('.')).then(|| "it has a single label (no `.`)".to_string())
-                });
+                let problem = dns_problem(suffix)
+                    .or_else(|| (!suffix.contains('.')).then(|| "it has a single label (no `.`)".to_string()));
                 if let Some(problem) = problem {
                     return Err(ConfigError::InvalidValue {
                         key: "EndpointSuffix",
@@ -496,12 +499,10 @@ fn separator_hint(value: &str) -> &'static str {
 /// known key followed by stray characters, as in `AccountKey:...`).
 fn suggest(key: &str) -> Option<&'static str> {
     let lower = key.to_ascii_lowercase();
-    KEYS.iter()
-        .copied()
-        .find(|k| {
-            let k = k.to_ascii_lowercase();
-            lower.starts_with(&k) || k.starts_with(&lower) && lower.len() >= 4 || edit_distance(&k, &lower) <= 2
-        })
+    KEYS.iter().copied().find(|k| {
+        let k = k.to_ascii_lowercase();
+        lower.starts_with(&k) || k.starts_with(&lower) && lower.len() >= 4 || edit_distance(&k, &lower) <= 2
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -532,7 +533,10 @@ fn dns_problem(name: &str) -> Option<String> {
             return Some(format!("it has an empty label at character {}", pos + 1));
         }
         if label.len() > 63 {
-            return Some(format!("the label at character {} is longer than 63 characters", pos + 1));
+            return Some(format!(
+                "the label at character {} is longer than 63 characters",
+                pos + 1
+            ));
         }
         if let Some((i, c)) = label
             .chars()
@@ -752,8 +756,9 @@ mod tests {
                 format!("AccountName=Bad_Name;AccountKey={secret}"),
                 InvalidValue {
                     key: "AccountName",
-                    reason: "character 1 is an upper-case letter; an account name is 3-24 lower-case letters and digits"
-                        .into(),
+                    reason:
+                        "character 1 is an upper-case letter; an account name is 3-24 lower-case letters and digits"
+                            .into(),
                 },
             ),
             (
@@ -828,7 +833,10 @@ mod tests {
             format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b:0"),
             format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b/x,AccountKey=y"),
             format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a=b.c"),
-            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://{}.c", "a".repeat(64)),
+            format!(
+                "AccountName=acct;AccountKey={KEY};BlobEndpoint=https://{}.c",
+                "a".repeat(64)
+            ),
         ];
         for cs in bad {
             let e = parse(&cs).unwrap_err();
@@ -848,7 +856,11 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
         };
-        for name in ["AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"] {
+        for name in [
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AZURE_STORAGE_ACCOUNT",
+            "AZURE_STORAGE_KEY",
+        ] {
             let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(name, " ")]));
             assert_eq!(
                 StorageConfig::from_vars(env(pairs)).unwrap_err(),

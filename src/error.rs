@@ -205,7 +205,9 @@ pub enum InvalidInput {
     },
     /// A lease id that is not a GUID. The value is not quoted: a secret pasted into the wrong
     /// option (an account key as `--lease-id`) must not be printed.
-    #[error("invalid lease id ({chars} characters): a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301")]
+    #[error(
+        "invalid lease id ({chars} characters): a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+    )]
     LeaseId {
         /// How many characters were given.
         chars: usize,

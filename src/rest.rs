@@ -299,9 +299,7 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
                     if *d == depth {
                         let value = text.trim();
                         match field {
-                            Field::Code => {
-                                code = Some(sanitize_text(value, MAX_CODE_CHARS)).filter(|s| !s.is_empty())
-                            }
+                            Field::Code => code = Some(sanitize_text(value, MAX_CODE_CHARS)).filter(|s| !s.is_empty()),
                             Field::Message => {
                                 let first = value.lines().next().unwrap_or_default().trim();
                                 message = Some(sanitize_text(first, MAX_MESSAGE_CHARS)).filter(|s| !s.is_empty())
@@ -602,7 +600,12 @@ impl BlobClient {
         let body = match read_capped(&mut response, MAX_BODY_BYTES).await {
             Ok((b, cut)) => {
                 if cut {
-                    tracing::debug!(op = req.op, attempt, status, "response body cut at {MAX_BODY_BYTES} bytes");
+                    tracing::debug!(
+                        op = req.op,
+                        attempt,
+                        status,
+                        "response body cut at {MAX_BODY_BYTES} bytes"
+                    );
                 }
                 b
             }
@@ -684,9 +687,11 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         let secs = v.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
-    httpdate::parse_http_date(v)
-        .ok()
-        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default().min(MAX_RETRY_AFTER))
+    httpdate::parse_http_date(v).ok().map(|t| {
+        t.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER)
+    })
 }
 
 /// The TLS problem behind a request error, if it was one: rustls's error is found in the source
@@ -786,11 +791,18 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
 
     #[test]
     fn retry_after_is_clamped() {
-        for huge in ["9223372036854775808", "18446744073709551615", "184467440737095516150000"] {
+        for huge in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "184467440737095516150000",
+        ] {
             assert_eq!(parse_retry_after(huge), Some(MAX_RETRY_AFTER), "{huge}");
         }
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
-        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("-1"), None);
     }

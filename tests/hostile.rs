@@ -67,7 +67,10 @@ async fn huge_retry_after_is_clamped_not_a_panic() {
         let client = BlobClient::new(&config, options).unwrap();
         let started = Instant::now();
         let req = RestRequest::new("probe", Method::HEAD, "c", Some("b"));
-        let err = client.send(&req, Instant::now() + Duration::from_secs(2)).await.unwrap_err();
+        let err = client
+            .send(&req, Instant::now() + Duration::from_secs(2))
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Throttled { .. }), "{value}: {err}");
         assert!(started.elapsed() < Duration::from_secs(3), "{value}");
     }
@@ -84,7 +87,11 @@ async fn huge_holder_since_is_ignored_not_a_panic() {
         .header("x-ms-lease-id", lease.id().to_string())
         .header("x-ms-meta-azmutexsince", "18446744073709551615")
         .header("x-ms-meta-azmutexowner", "x");
-    let resp = mutex.client().send(&req, mutex.client().default_deadline()).await.unwrap();
+    let resp = mutex
+        .client()
+        .send(&req, mutex.client().default_deadline())
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     let info = mutex.inspect("job").await.unwrap();
     let holder = info.holder.expect("the owner is still read");
@@ -154,9 +161,15 @@ async fn endless_and_huge_bodies_are_cut() {
         let _ = c.shutdown(std::net::Shutdown::Both);
     });
     let (config, options) = client_for(endless, Duration::from_secs(5));
-    let mutex = AzureMutex::builder(config, "locks").client_options(options).build().unwrap();
+    let mutex = AzureMutex::builder(config, "locks")
+        .client_options(options)
+        .build()
+        .unwrap();
     let started = Instant::now();
-    let err = mutex.acquire("job", LeaseDuration::seconds(15).unwrap()).await.unwrap_err();
+    let err = mutex
+        .acquire("job", LeaseDuration::seconds(15).unwrap())
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
     assert!(err.to_string().len() < 1000, "{} bytes", err.to_string().len());
@@ -176,8 +189,14 @@ async fn endless_and_huge_bodies_are_cut() {
         let _ = c.write_all(&body);
     });
     let (config, options) = client_for(huge, Duration::from_secs(5));
-    let mutex = AzureMutex::builder(config, "locks").client_options(options).build().unwrap();
-    let err = mutex.acquire("job", LeaseDuration::seconds(15).unwrap()).await.unwrap_err();
+    let mutex = AzureMutex::builder(config, "locks")
+        .client_options(options)
+        .build()
+        .unwrap();
+    let err = mutex
+        .acquire("job", LeaseDuration::seconds(15).unwrap())
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.len() < 2000, "{} bytes", text.len());
     assert!(!text.contains('\u{1b}') && !text.contains('\u{9b}'), "{text}");
@@ -196,8 +215,14 @@ async fn server_messages_are_stripped_of_control_characters() {
         let _ = c.write_all(body.as_bytes());
     });
     let (config, options) = client_for(addr, Duration::from_secs(5));
-    let mutex = AzureMutex::builder(config, "locks").client_options(options).build().unwrap();
-    let err = mutex.acquire("job", LeaseDuration::seconds(15).unwrap()).await.unwrap_err();
+    let mutex = AzureMutex::builder(config, "locks")
+        .client_options(options)
+        .build()
+        .unwrap();
+    let err = mutex
+        .acquire("job", LeaseDuration::seconds(15).unwrap())
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(!text.chars().any(azmutex::error::is_unsafe_char), "{text:?}");
     assert!(text.contains("\\u{1b}[31mred\\u{1b}[0m & \\u{202e}txt"), "{text}");
@@ -246,7 +271,9 @@ mod tls {
                 let Ok(mut tcp) = conn else { return };
                 let config = config.clone();
                 std::thread::spawn(move || {
-                    let Ok(mut tls) = rustls::ServerConnection::new(config) else { return };
+                    let Ok(mut tls) = rustls::ServerConnection::new(config) else {
+                        return;
+                    };
                     let started = Instant::now();
                     while tls.is_handshaking() && started.elapsed() < Duration::from_secs(10) {
                         if tls.complete_io(&mut tcp).is_err() {
@@ -274,9 +301,15 @@ async fn tls_error(endpoint: String, ca: Option<&str>) -> (Error, Duration) {
     if let Some(ca) = ca {
         options.ca_certificates_pem.push(ca.as_bytes().to_vec());
     }
-    let mutex = AzureMutex::builder(config, "locks").client_options(options).build().unwrap();
+    let mutex = AzureMutex::builder(config, "locks")
+        .client_options(options)
+        .build()
+        .unwrap();
     let started = Instant::now();
-    let err = mutex.acquire("job", LeaseDuration::seconds(15).unwrap()).await.unwrap_err();
+    let err = mutex
+        .acquire("job", LeaseDuration::seconds(15).unwrap())
+        .await
+        .unwrap_err();
     (err, started.elapsed())
 }
 
@@ -297,7 +330,11 @@ async fn tls_failures_are_named_and_not_retried() {
         }
     });
     let cases = [
-        (format!("https://localhost:{}/a", untrusted.addr.port()), None, TlsProblem::UnknownIssuer),
+        (
+            format!("https://localhost:{}/a", untrusted.addr.port()),
+            None,
+            TlsProblem::UnknownIssuer,
+        ),
         (
             format!("https://localhost:{}/a", mismatched.addr.port()),
             Some(mismatched.ca_pem.as_str()),
@@ -308,7 +345,11 @@ async fn tls_failures_are_named_and_not_retried() {
             Some(expired.ca_pem.as_str()),
             TlsProblem::Expired,
         ),
-        (format!("https://127.0.0.1:{}/a", plain.port()), None, TlsProblem::NotTls),
+        (
+            format!("https://127.0.0.1:{}/a", plain.port()),
+            None,
+            TlsProblem::NotTls,
+        ),
     ];
     for (endpoint, ca, expected) in cases {
         let (err, took) = tls_error(endpoint.clone(), ca).await;

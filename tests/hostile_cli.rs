@@ -29,7 +29,11 @@ fn azmutex(env: &[(&str, &str)], args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// No 8-character window of the key appears in `out`.
@@ -61,7 +65,11 @@ fn typos_never_print_the_key() {
         assert_no_key(&text(&o), cs);
     }
     let cases: Vec<(Vec<(&str, String)>, Vec<&str>, i32)> = vec![
-        (vec![], vec!["--account-name", KEY, "--account-key", "acct", "status", "x"], 78),
+        (
+            vec![],
+            vec!["--account-name", KEY, "--account-key", "acct", "status", "x"],
+            78,
+        ),
         (
             vec![(
                 "AZURE_STORAGE_ACCOUNT",
@@ -90,7 +98,10 @@ fn typos_never_print_the_key() {
 fn help_hides_values_and_lists_every_exit_code() {
     let o = azmutex(
         &[
-            ("AZURE_STORAGE_SERVICE_ENDPOINT", "https://a.blob.core.windows.net/?sv=1&sig=SIGSECRET1"),
+            (
+                "AZURE_STORAGE_SERVICE_ENDPOINT",
+                "https://a.blob.core.windows.net/?sv=1&sig=SIGSECRET1",
+            ),
             ("AZURE_STORAGE_ACCOUNT", "ACCTSECRET1"),
             ("AZURE_STORAGE_KEY", KEY),
         ],
@@ -101,7 +112,10 @@ fn help_hides_values_and_lists_every_exit_code() {
     assert!(!help.contains("SIGSECRET1") && !help.contains("ACCTSECRET1"), "{help}");
     assert_no_key(&help, "--help");
     for code in ["75", "70", "69", "77", "78", "126", "127", "2 ", "1 "] {
-        assert!(help.contains(&format!("\n  {code}")), "exit code {code} missing:\n{help}");
+        assert!(
+            help.contains(&format!("\n  {code}")),
+            "exit code {code} missing:\n{help}"
+        );
     }
 }
 
@@ -155,7 +169,11 @@ fn status_survives_a_hostile_holder_record() {
         for (k, v) in info.metadata.iter().filter(|(k, _)| k.as_str() != "azmutexsince") {
             req = req.header_owned(&format!("x-ms-meta-{k}"), v.clone()).unwrap();
         }
-        let resp = mutex.client().send(&req, mutex.client().default_deadline()).await.unwrap();
+        let resp = mutex
+            .client()
+            .send(&req, mutex.client().default_deadline())
+            .await
+            .unwrap();
         assert_eq!(resp.status, 200);
         lease
     });
@@ -168,7 +186,10 @@ fn status_survives_a_hostile_holder_record() {
         let o = azmutex(&[("AZURE_STORAGE_CONNECTION_STRING", &cs)], &args);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let out = String::from_utf8(o.stdout.clone()).unwrap();
-        assert!(!out.chars().any(|c| c != '\n' && azmutex::error::is_unsafe_char(c)), "{out:?}");
+        assert!(
+            !out.chars().any(|c| c != '\n' && azmutex::error::is_unsafe_char(c)),
+            "{out:?}"
+        );
         assert!(out.contains("job"), "{out}");
     }
     drop(lease);
@@ -194,7 +215,9 @@ fn untrusted_certificate_exits_78_within_2s() {
     );
     std::thread::spawn(move || {
         for mut tcp in listener.incoming().flatten() {
-            let Ok(mut tls) = rustls::ServerConnection::new(config.clone()) else { return };
+            let Ok(mut tls) = rustls::ServerConnection::new(config.clone()) else {
+                return;
+            };
             while tls.is_handshaking() {
                 if tls.complete_io(&mut tcp).is_err() {
                     break;
@@ -207,12 +230,18 @@ fn untrusted_certificate_exits_78_within_2s() {
         common::DEV_KEY
     );
     let started = Instant::now();
-    let o = azmutex(&[("AZURE_STORAGE_CONNECTION_STRING", &cs)], &["--timeout", "30s", "acquire", "job"]);
+    let o = azmutex(
+        &[("AZURE_STORAGE_CONNECTION_STRING", &cs)],
+        &["--timeout", "30s", "acquire", "job"],
+    );
     let took = started.elapsed();
     assert_eq!(o.status.code(), Some(78), "{}", text(&o));
     assert!(took < Duration::from_secs(2), "{took:?}");
     let msg = text(&o);
-    assert!(msg.contains("unknown (untrusted) CA") && msg.contains("--ca-cert"), "{msg}");
+    assert!(
+        msg.contains("unknown (untrusted) CA") && msg.contains("--ca-cert"),
+        "{msg}"
+    );
 }
 
 /// Item 3: a server streaming an endless body: the CLI exits within `--timeout`.
@@ -237,7 +266,10 @@ fn endless_body_exits_within_timeout() {
         common::DEV_KEY
     );
     let started = Instant::now();
-    let o = azmutex(&[("AZURE_STORAGE_CONNECTION_STRING", &cs)], &["--timeout", "3s", "status", "job"]);
+    let o = azmutex(
+        &[("AZURE_STORAGE_CONNECTION_STRING", &cs)],
+        &["--timeout", "3s", "status", "job"],
+    );
     let took = started.elapsed();
     assert_eq!(o.status.code(), Some(69), "{}", text(&o));
     assert!(took < Duration::from_secs(4), "{took:?}");

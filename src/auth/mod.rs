@@ -83,9 +83,10 @@ impl SasToken {
         if token.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
             return Err(SasError::Malformed);
         }
-        let has_sig = token
-            .split('&')
-            .any(|p| p.split_once('=').is_some_and(|(k, v)| param_name(k) == "sig" && !v.is_empty()));
+        let has_sig = token.split('&').any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, v)| param_name(k) == "sig" && !v.is_empty())
+        });
         if !has_sig {
             return Err(SasError::MissingSignature);
         }
@@ -130,7 +131,9 @@ pub fn redact_query(query: &str) -> String {
             let shown = |max: usize, ok: fn(char) -> bool| value.len() <= max && value.chars().all(ok);
             let visible = match name.as_str() {
                 "sv" => shown(10, |c| c.is_ascii_digit() || c == '-'),
-                "se" | "st" => shown(30, |c| c.is_ascii_digit() || matches!(c, 'T' | 'Z' | ':' | '.' | '-' | '+')),
+                "se" | "st" => shown(30, |c| {
+                    c.is_ascii_digit() || matches!(c, 'T' | 'Z' | ':' | '.' | '-' | '+')
+                }),
                 "sp" | "ss" | "srt" | "sr" => shown(16, |c| c.is_ascii_lowercase()),
                 "spr" => shown(16, |c| c.is_ascii_lowercase() || c == ','),
                 "sip" => shown(31, |c| c.is_ascii_digit() || c == '.' || c == '-'),
@@ -152,8 +155,8 @@ pub fn redact_query(query: &str) -> String {
 /// SAS query fields (service, account and user delegation SAS), shown by name when redacted.
 /// See [Create a service SAS](https://learn.microsoft.com/en-us/rest/api/storageservices/create-service-sas).
 const KNOWN_SAS_FIELDS: [&str; 27] = [
-    "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "ses", "skoid", "sktid", "skt",
-    "ske", "sks", "skv", "saoid", "suoid", "scid", "rscc", "rscd", "rsce", "rscl", "rsct",
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "ses", "skoid", "sktid", "skt", "ske",
+    "sks", "skv", "saoid", "suoid", "scid", "rscc", "rscd", "rsce", "rscl", "rsct",
 ];
 
 impl fmt::Debug for SasToken {
@@ -296,7 +299,10 @@ mod tests {
             ("si%67=SECRETSIG1&sp=rw", "sig=REDACTED&sp=rw"),
             ("SIG=SECRETSIG1", "sig=REDACTED"),
             ("%20sig=SECRETSIG1", "sig=REDACTED"),
-            ("se=2026-01-01T00%3A00%3A00Z&spr=https,http", "se=2026-01-01T00:00:00Z&spr=https,http"),
+            (
+                "se=2026-01-01T00%3A00%3A00Z&spr=https,http",
+                "se=2026-01-01T00:00:00Z&spr=https,http",
+            ),
             ("sp=SECRETSIG1", "sp=REDACTED"),
             ("xyzSECRETSIG1=1", "?=REDACTED"),
         ] {

@@ -119,8 +119,8 @@ pub fn compare_header_names(a: &str, b: &str) -> std::cmp::Ordering {
         }
     }
     const LETTERS: [u16; 26] = [
-        0xe02, 0xe09, 0xe0a, 0xe1a, 0xe21, 0xe23, 0xe25, 0xe2c, 0xe32, 0xe35, 0xe36, 0xe48, 0xe51, 0xe70, 0xe7c,
-        0xe7e, 0xe89, 0xe8a, 0xe91, 0xe99, 0xe9f, 0xea2, 0xea4, 0xea6, 0xea7, 0xea9,
+        0xe02, 0xe09, 0xe0a, 0xe1a, 0xe21, 0xe23, 0xe25, 0xe2c, 0xe32, 0xe35, 0xe36, 0xe48, 0xe51, 0xe70, 0xe7c, 0xe7e,
+        0xe89, 0xe8a, 0xe91, 0xe99, 0xe9f, 0xea2, 0xea4, 0xea6, 0xea7, 0xea9,
     ];
     fn case(c: u8) -> u16 {
         if c.is_ascii_uppercase() {
@@ -350,7 +350,12 @@ mod tests {
     fn header_order_matches_azurite_vectors() {
         let json: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/vectors/header_order.json")).unwrap();
-        let sorted: Vec<&str> = json["sorted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let sorted: Vec<&str> = json["sorted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert!(sorted.len() > 300);
         let mut mine = sorted.clone();
         mine.reverse();
