@@ -32,7 +32,7 @@ pub struct StorageConfig {
 impl fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StorageConfig")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &printable_url(&self.endpoint, true))
             .field("credential", &self.credential)
             .field("proxy", &self.proxy.as_ref().map(redact_url))
             .finish()
@@ -40,23 +40,33 @@ impl fmt::Debug for StorageConfig {
 }
 
 /// A URL fit for printing: user name and password replaced by `***`, a path other than `/`
-/// shown as `/...`, the query redacted by [`crate::auth::redact_query`], no fragment.
+/// shown as `/...`, the query redacted by [`crate::auth::redact_query`], no fragment, and a
+/// host name that could be a piece of a key (one label of 8 or more characters, other than
+/// `localhost`) shown as `<host>`.
 pub fn redact_url(url: &Url) -> String {
+    printable_url(url, false)
+}
+
+fn printable_url(url: &Url, show_path: bool) -> String {
     let mut out = format!("{}://", url.scheme());
     if !url.username().is_empty() || url.password().is_some() {
         out.push_str("***@");
     }
-    if let Some(host) = url.host_str() {
-        out.push_str(host);
+    match url.host() {
+        Some(url::Host::Domain(d)) if !d.contains('.') && d.len() >= 8 && d != "localhost" => out.push_str("<host>"),
+        Some(_) => out.push_str(url.host_str().unwrap_or_default()),
+        None => {}
     }
     if let Some(port) = url.port() {
         out.push_str(&format!(":{port}"));
     }
-    out.push_str(if url.path() == "/" || url.path().is_empty() {
-        "/"
+    if show_path {
+        out.push_str(url.path());
+    } else if url.path() == "/" || url.path().is_empty() {
+        out.push('/');
     } else {
-        "/..."
-    });
+        out.push_str("/...");
+    }
     if let Some(q) = url.query() {
         out.push('?');
         out.push_str(&crate::auth::redact_query(q));
@@ -551,16 +561,17 @@ fn dns_problem(name: &str) -> Option<String> {
 }
 
 fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let lower = value.get(..8).unwrap_or(value).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: format!("it must start with `http://` or `https://`{}", separator_hint(value)),
+        });
+    }
     let url = Url::parse(value).map_err(|e| ConfigError::InvalidValue {
         key,
         reason: format!("not an absolute URL ({e}){}", separator_hint(value)),
     })?;
-    if url.scheme() != "http" && url.scheme() != "https" {
-        return Err(ConfigError::InvalidValue {
-            key,
-            reason: "the scheme is not http or https".into(),
-        });
-    }
     match url.host() {
         None => {
             return Err(ConfigError::InvalidValue {
@@ -786,7 +797,7 @@ mod tests {
                 format!("BlobEndpoint=ftp://x;AccountName=acct;AccountKey={secret}"),
                 InvalidValue {
                     key: "BlobEndpoint",
-                    reason: "the scheme is not http or https".into(),
+                    reason: "it must start with `http://` or `https://`".into(),
                 },
             ),
             (

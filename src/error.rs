@@ -112,6 +112,10 @@ pub enum TlsProblem {
     Expired,
     /// The endpoint does not speak TLS (an `http://` server behind an `https://` URL?).
     NotTls,
+    /// The server presents a CA certificate as its own (a self-signed certificate made with
+    /// `CA:TRUE`, as `openssl req -x509` does by default), which certificate validation refuses
+    /// even when that CA is trusted.
+    CaAsServerCertificate,
     /// Another certificate or handshake failure (the text is rustls's, without any URL).
     Other(String),
 }
@@ -130,6 +134,9 @@ impl fmt::Display for TlsProblem {
             ),
             Self::NotTls => f.write_str(
                 "the server does not speak TLS; use http:// if the endpoint is plain HTTP (e.g. a local emulator)",
+            ),
+            Self::CaAsServerCertificate => f.write_str(
+                "the server's certificate is a CA certificate (self-signed with CA:TRUE); give the server a certificate issued by that CA (CA:FALSE) and pass the CA with --ca-cert",
             ),
             Self::Other(detail) => write!(f, "TLS handshake failed: {detail}"),
         }

@@ -724,7 +724,14 @@ fn classify_tls(e: &rustls::Error) -> TlsProblem {
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
                 TlsProblem::Expired
             }
-            other => TlsProblem::Other(sanitize_text(&format!("invalid certificate: {other:?}"), 200)),
+            other => {
+                let detail = format!("{other:?}");
+                if detail.contains("CaUsedAsEndEntity") {
+                    TlsProblem::CaAsServerCertificate
+                } else {
+                    TlsProblem::Other(sanitize_text(&format!("invalid certificate: {detail}"), 200))
+                }
+            }
         },
         rustls::Error::InvalidMessage(_) => TlsProblem::NotTls,
         other => TlsProblem::Other(sanitize_text(&other.to_string(), 200)),

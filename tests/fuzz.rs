@@ -259,7 +259,9 @@ fn typo(rng: &mut fastrand::Rng, s: &str, key: &str) -> String {
         6 => s = s.replace("=", [":", " = ", "=="][rng.usize(..3)]),
         7 => s = format!("\"{s}\""),
         8 => s = s.to_uppercase(),
-        9 => s = s.replacen(key, &key[..rng.usize(8..key.len())], 1),
+        // A cut key. At least 25 characters stay: a shorter fragment of lower-case letters and
+        // digits is a valid account name, which is printed as one, by design.
+        9 => s = s.replacen(key, &key[..rng.usize(25..key.len())], 1),
         10 => {
             let mut parts: Vec<&str> = s.split(';').collect();
             rng.shuffle(&mut parts);
