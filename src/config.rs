@@ -264,7 +264,7 @@ impl StorageConfig {
                 Some(e) => parse_endpoint("BlobEndpoint", e)?,
                 None => parse_endpoint("BlobEndpoint", DEV_BLOB_ENDPOINT)?,
             };
-            let proxy = proxy.map(|p| parse_url("DevelopmentStorageProxyUri", p)).transpose()?;
+            let proxy = proxy.map(parse_proxy).transpose()?;
             return Ok(Self {
                 endpoint,
                 credential: Credential::SharedKey {
@@ -531,8 +531,12 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// What is wrong with a DNS name (labels of letters, digits, `-` and `_`, 1-63 characters,
-/// separated by dots), or `None`.
+/// What is wrong with a DNS name (labels of lower-case letters, digits, `-` and `_`, 1-63
+/// characters, separated by dots), or `None`.
+///
+/// Upper case is refused although DNS ignores case: Azure account names and endpoint suffixes
+/// are lower-case, and a mixed-case "host" is what a pasted account key looks like once a
+/// separator is mistyped — which a URL parser would lower-case into a valid host and print.
 fn dns_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 253 {
         return Some(format!("it has {} characters", name.chars().count()));
@@ -551,7 +555,7 @@ fn dns_problem(name: &str) -> Option<String> {
         if let Some((i, c)) = label
             .chars()
             .enumerate()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
         {
             return Some(format!("character {} is {}", pos + i + 1, describe_char(c)));
         }
@@ -579,8 +583,13 @@ fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
                 reason: "the URL has no host".into(),
             })
         }
-        Some(url::Host::Domain(d)) => {
-            if let Some(problem) = dns_problem(d) {
+        Some(url::Host::Domain(_)) => {
+            // Check the host as written (the parser has lower-cased and IDNA-mapped it).
+            let rest = &value[value.find("://").map_or(0, |i| i + 3)..];
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let raw_host = host_port.split_once(':').map_or(host_port, |(h, _)| h);
+            if let Some(problem) = dns_problem(raw_host) {
                 return Err(ConfigError::InvalidValue {
                     key,
                     reason: format!("the host name is not a DNS name: {problem}{}", separator_hint(value)),
@@ -593,6 +602,22 @@ fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
         return Err(ConfigError::InvalidValue {
             key,
             reason: "port 0 is not a port to connect to".into(),
+        });
+    }
+    Ok(url)
+}
+
+/// Parses a proxy URL: `http(s)://[user:password@]host[:port]`, nothing after the host.
+fn parse_proxy(value: &str) -> Result<Url, ConfigError> {
+    let key = "DevelopmentStorageProxyUri";
+    let url = parse_url(key, value)?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: format!(
+                "a proxy URL is `http://host:port`, with nothing after the port{}",
+                separator_hint(value)
+            ),
         });
     }
     Ok(url)
