@@ -297,7 +297,7 @@ fn carrier(rng: &mut fastrand::Rng, key: &str) -> String {
         format!("UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://p/{key}"),
         format!("DefaultEndpointsProtocol={key};AccountName=acct;AccountKey=a2V5"),
         format!("UseDevelopmentStorage={key}"),
-        format!("{key}"),
+        key.to_string(),
         format!("AccountName=acct;{key}=x"),
     ];
     templates[rng.usize(..templates.len())].clone()

@@ -64,7 +64,8 @@ fn typos_never_print_the_key() {
         assert_eq!(o.status.code(), Some(78), "{cs:?}: {}", text(&o));
         assert_no_key(&text(&o), cs);
     }
-    let cases: Vec<(Vec<(&str, String)>, Vec<&str>, i32)> = vec![
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<&'a str>, i32);
+    let cases: Vec<Case> = vec![
         (
             vec![],
             vec!["--account-name", KEY, "--account-key", "acct", "status", "x"],
