@@ -53,6 +53,19 @@ fn client_for(addr: SocketAddr, call_timeout: Duration) -> (StorageConfig, Clien
     (common::config_via(addr), options)
 }
 
+/// One acquire through a loopback server, with a 5 s call timeout; its error.
+async fn acquire_via(addr: SocketAddr) -> Error {
+    let (config, options) = client_for(addr, Duration::from_secs(5));
+    let mutex = AzureMutex::builder(config, "locks")
+        .client_options(options)
+        .build()
+        .unwrap();
+    mutex
+        .acquire("job", LeaseDuration::seconds(15).unwrap())
+        .await
+        .unwrap_err()
+}
+
 /// Item 1: a `Retry-After` of 2^63 s or more used to overflow `Instant + Duration` and panic.
 #[tokio::test]
 async fn huge_retry_after_is_clamped_not_a_panic() {
@@ -188,15 +201,7 @@ async fn endless_and_huge_bodies_are_cut() {
         let _ = c.write_all(head.as_bytes());
         let _ = c.write_all(&body);
     });
-    let (config, options) = client_for(huge, Duration::from_secs(5));
-    let mutex = AzureMutex::builder(config, "locks")
-        .client_options(options)
-        .build()
-        .unwrap();
-    let err = mutex
-        .acquire("job", LeaseDuration::seconds(15).unwrap())
-        .await
-        .unwrap_err();
+    let err = acquire_via(huge).await;
     let text = err.to_string();
     assert!(text.len() < 2000, "{} bytes", text.len());
     assert!(!text.contains('\u{1b}') && !text.contains('\u{9b}'), "{text}");
@@ -214,15 +219,7 @@ async fn server_messages_are_stripped_of_control_characters() {
         let _ = c.write_all(head.as_bytes());
         let _ = c.write_all(body.as_bytes());
     });
-    let (config, options) = client_for(addr, Duration::from_secs(5));
-    let mutex = AzureMutex::builder(config, "locks")
-        .client_options(options)
-        .build()
-        .unwrap();
-    let err = mutex
-        .acquire("job", LeaseDuration::seconds(15).unwrap())
-        .await
-        .unwrap_err();
+    let err = acquire_via(addr).await;
     let text = err.to_string();
     assert!(!text.chars().any(azmutex::error::is_unsafe_char), "{text:?}");
     assert!(text.contains("\\u{1b}[31mred\\u{1b}[0m & \\u{202e}txt"), "{text}");
