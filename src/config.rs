@@ -32,22 +32,58 @@ pub struct StorageConfig {
 impl fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StorageConfig")
-            .field("endpoint", &self.endpoint.as_str())
+            .field("endpoint", &printable_url(&self.endpoint, true))
             .field("credential", &self.credential)
-            .field("proxy", &self.proxy.as_ref().map(Url::as_str))
+            .field("proxy", &self.proxy.as_ref().map(redact_url))
             .finish()
     }
 }
 
+/// A URL fit for printing: user name and password replaced by `***`, a path other than `/`
+/// shown as `/...`, the query redacted by [`crate::auth::redact_query`], no fragment, and a
+/// host name that could be a piece of a key (one label of 8 or more characters, other than
+/// `localhost`) shown as `<host>`.
+pub fn redact_url(url: &Url) -> String {
+    printable_url(url, false)
+}
+
+fn printable_url(url: &Url, show_path: bool) -> String {
+    let mut out = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        out.push_str("***@");
+    }
+    match url.host() {
+        Some(url::Host::Domain(d)) if !d.contains('.') && d.len() >= 8 && d != "localhost" => out.push_str("<host>"),
+        Some(_) => out.push_str(url.host_str().unwrap_or_default()),
+        None => {}
+    }
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    if show_path {
+        out.push_str(url.path());
+    } else if url.path() == "/" || url.path().is_empty() {
+        out.push('/');
+    } else {
+        out.push_str("/...");
+    }
+    if let Some(q) = url.query() {
+        out.push('?');
+        out.push_str(&crate::auth::redact_query(q));
+    }
+    out
+}
+
 /// Why a connection string or environment could not be used. Names the offending key and the
-/// reason; never contains a secret value.
+/// position and kind of the problem; never contains a value (a mistyped separator can put the
+/// account key inside any value, or inside a key).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// The connection string is empty.
     #[error("the connection string is empty")]
     Empty,
     /// A `;`-separated part has no `=`.
-    #[error("connection string part {index} is not `Key=Value` (parts are separated by `;`)")]
+    #[error("connection string part {index} is not `Key=Value` (parts are separated by `;`, keys and values by `=`)")]
     NotKeyValue {
         /// 1-based position of the part.
         index: usize,
@@ -55,14 +91,24 @@ pub enum ConfigError {
     /// A key is given twice.
     #[error("connection string key `{key}` is given more than once")]
     DuplicateKey {
-        /// The key, as written.
-        key: String,
+        /// The key's canonical spelling.
+        key: &'static str,
     },
-    /// A key is not one this crate knows.
-    #[error("connection string key `{key}` is unknown (expected AccountName, AccountKey, DefaultEndpointsProtocol, EndpointSuffix, BlobEndpoint, SharedAccessSignature, UseDevelopmentStorage or DevelopmentStorageProxyUri)")]
+    /// A key is not one this crate knows. The key is not quoted: with a mistyped separator it
+    /// can hold a secret.
+    #[error("connection string part {index} has an unknown key{}; expected AccountName, AccountKey, DefaultEndpointsProtocol, EndpointSuffix, BlobEndpoint, SharedAccessSignature, UseDevelopmentStorage or DevelopmentStorageProxyUri (parts are separated by `;`, keys and values by `=`)", did_you_mean(.suggestion))]
     UnknownKey {
-        /// The key, as written.
-        key: String,
+        /// 1-based position of the part.
+        index: usize,
+        /// A known key the written one is close to.
+        suggestion: Option<&'static str>,
+    },
+    /// An environment variable (or the flag standing for it) is set but empty. Development
+    /// storage is used only when nothing at all is configured.
+    #[error("`{name}` is set but empty: give it a value, or unset it (local development storage is used only when nothing is configured)")]
+    EmptyVariable {
+        /// The variable.
+        name: &'static str,
     },
     /// A key has an empty value.
     #[error("connection string key `{key}` has an empty value")]
@@ -110,6 +156,10 @@ pub enum ConfigError {
         /// The other.
         b: &'static str,
     },
+}
+
+fn did_you_mean(s: &Option<&'static str>) -> String {
+    s.map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default()
 }
 
 /// Canonical names of the keys we accept, matched case-insensitively.
@@ -170,7 +220,7 @@ impl StorageConfig {
             match KEYS.iter().position(|k| k.eq_ignore_ascii_case(key)) {
                 Some(slot) => {
                     if values[slot].is_some() {
-                        return Err(ConfigError::DuplicateKey { key: key.to_string() });
+                        return Err(ConfigError::DuplicateKey { key: KEYS[slot] });
                     }
                     if value.is_empty() {
                         return Err(ConfigError::EmptyValue { key: KEYS[slot] });
@@ -178,7 +228,12 @@ impl StorageConfig {
                     values[slot] = Some(value);
                 }
                 None if OTHER_SERVICE_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) => {}
-                None => return Err(ConfigError::UnknownKey { key: key.to_string() }),
+                None => {
+                    return Err(ConfigError::UnknownKey {
+                        index: i + 1,
+                        suggestion: suggest(key),
+                    })
+                }
             }
         }
         if !any {
@@ -209,7 +264,7 @@ impl StorageConfig {
                 Some(e) => parse_endpoint("BlobEndpoint", e)?,
                 None => parse_endpoint("BlobEndpoint", DEV_BLOB_ENDPOINT)?,
             };
-            let proxy = proxy.map(|p| parse_url("DevelopmentStorageProxyUri", p)).transpose()?;
+            let proxy = proxy.map(parse_proxy).transpose()?;
             return Ok(Self {
                 endpoint,
                 credential: Credential::SharedKey {
@@ -235,10 +290,10 @@ impl StorageConfig {
             None => "https",
             Some(p) if p.eq_ignore_ascii_case("https") => "https",
             Some(p) if p.eq_ignore_ascii_case("http") => "http",
-            Some(_) => {
+            Some(p) => {
                 return Err(ConfigError::InvalidValue {
                     key: "DefaultEndpointsProtocol",
-                    reason: "must be `http` or `https`".into(),
+                    reason: format!("must be `http` or `https`{}", separator_hint(p)),
                 })
             }
         };
@@ -246,10 +301,12 @@ impl StorageConfig {
             (Some(e), _) => parse_endpoint("BlobEndpoint", e)?,
             (None, Some(a)) => {
                 let suffix = suffix.unwrap_or("core.windows.net");
-                if suffix.contains(['/', ':', '?', '#', ' ']) || suffix.starts_with('.') {
+                let problem = dns_problem(suffix)
+                    .or_else(|| (!suffix.contains('.')).then(|| "it has a single label (no `.`)".to_string()));
+                if let Some(problem) = problem {
                     return Err(ConfigError::InvalidValue {
                         key: "EndpointSuffix",
-                        reason: "must be a DNS suffix such as `core.windows.net`".into(),
+                        reason: format!("{problem}: it must be a DNS suffix such as `core.windows.net`"),
                     });
                 }
                 parse_endpoint("EndpointSuffix", &format!("{scheme}://{a}.blob.{suffix}"))?
@@ -273,19 +330,29 @@ impl StorageConfig {
     /// `AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or
     /// `AZURE_STORAGE_SAS_TOKEN` (and optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom
     /// blob endpoint). `Ok(None)` when none of them is set.
+    ///
+    /// A variable that is set but empty is an error ([`ConfigError::EmptyVariable`]), never
+    /// "not configured": a deployment whose secret did not arrive must not silently lock on
+    /// local development storage.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        Self::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
     /// [`StorageConfig::from_env`] reading variables through `var` (for tests and embedding).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
-        if let Some(cs) = var("AZURE_STORAGE_CONNECTION_STRING") {
+        let var = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match var(name) {
+                Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable { name }),
+                other => Ok(other),
+            }
+        };
+        if let Some(cs) = var("AZURE_STORAGE_CONNECTION_STRING")? {
             return Self::parse_connection_string(&cs).map(Some);
         }
-        let account = var("AZURE_STORAGE_ACCOUNT");
-        let key = var("AZURE_STORAGE_KEY");
-        let sas = var("AZURE_STORAGE_SAS_TOKEN");
-        let endpoint = var("AZURE_STORAGE_SERVICE_ENDPOINT");
+        let account = var("AZURE_STORAGE_ACCOUNT")?;
+        let key = var("AZURE_STORAGE_KEY")?;
+        let sas = var("AZURE_STORAGE_SAS_TOKEN")?;
+        let endpoint = var("AZURE_STORAGE_SERVICE_ENDPOINT")?;
         if account.is_none() && key.is_none() && sas.is_none() && endpoint.is_none() {
             return Ok(None);
         }
@@ -383,33 +450,174 @@ fn credential(
 
 /// Storage account names: 3–24 lower-case letters and digits.
 /// See [Storage account name](https://learn.microsoft.com/en-us/azure/azure-resource-manager/management/resource-name-rules#microsoftstorage).
+/// The error names the first bad character's position and kind, never the name (a swapped
+/// `--account-name`/`--account-key` puts the key here).
 fn check_account_name(key: &'static str, name: &str) -> Result<(), ConfigError> {
-    let ok = (3..=24).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::InvalidValue {
-            key,
-            reason: format!("account name {name:?} must be 3-24 lower-case letters and digits"),
-        })
+    let bad = name
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit()));
+    let n = name.chars().count();
+    let problem = match bad {
+        Some((i, c)) => format!("character {} is {}", i + 1, describe_char(c)),
+        None if !(3..=24).contains(&n) => format!("it has {n} characters"),
+        None => return Ok(()),
+    };
+    Err(ConfigError::InvalidValue {
+        key,
+        reason: format!(
+            "{problem}; an account name is 3-24 lower-case letters and digits{}",
+            separator_hint(name)
+        ),
+    })
+}
+
+/// A character, described without quoting more than itself (and only when it is harmless
+/// punctuation: a single character of a secret tells nothing).
+fn describe_char(c: char) -> String {
+    match c {
+        ' ' => "a space".into(),
+        '\t' => "a tab".into(),
+        '\n' | '\r' => "a line break".into(),
+        c if c.is_control() => "a control character".into(),
+        c if c.is_ascii_uppercase() => "an upper-case letter".into(),
+        c if c.is_ascii_punctuation() => format!("`{c}`"),
+        c if !c.is_ascii() => "a non-ASCII character".into(),
+        _ => "not allowed here".into(),
     }
 }
 
+/// A hint for values that look like several parts run together (a mistyped `;`).
+fn separator_hint(value: &str) -> &'static str {
+    let lower = value.to_ascii_lowercase();
+    let base64ish = value.len() >= 40
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if value.contains(';') && value.contains('=') {
+        " (this looks like a connection string: give it as one)"
+    } else if base64ish {
+        " (this looks like an account key: are the account name and key swapped?)"
+    } else if KEYS.iter().any(|k| lower.contains(&k.to_ascii_lowercase())) || value.contains([',', '\n', ' ', '\t']) {
+        " (parts of a connection string are separated by `;`, keys and values by `=`)"
+    } else {
+        ""
+    }
+}
+
+/// The known key a mistyped one is close to (case-insensitive edit distance at most 2, or a
+/// known key followed by stray characters, as in `AccountKey:...`).
+fn suggest(key: &str) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    KEYS.iter().copied().find(|k| {
+        let k = k.to_ascii_lowercase();
+        lower.starts_with(&k) || k.starts_with(&lower) && lower.len() >= 4 || edit_distance(&k, &lower) <= 2
+    })
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len().abs_diff(b.len()) > 2 {
+        return 3;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// What is wrong with a DNS name (labels of lower-case letters, digits, `-` and `_`, 1-63
+/// characters, separated by dots), or `None`.
+///
+/// Upper case is refused although DNS ignores case: Azure account names and endpoint suffixes
+/// are lower-case, and a mixed-case "host" is what a pasted account key looks like once a
+/// separator is mistyped — which a URL parser would lower-case into a valid host and print.
+fn dns_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 253 {
+        return Some(format!("it has {} characters", name.chars().count()));
+    }
+    let mut pos = 0;
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Some(format!("it has an empty label at character {}", pos + 1));
+        }
+        if label.len() > 63 {
+            return Some(format!(
+                "the label at character {} is longer than 63 characters",
+                pos + 1
+            ));
+        }
+        if let Some((i, c)) = label
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_'))
+        {
+            return Some(format!("character {} is {}", pos + i + 1, describe_char(c)));
+        }
+        pos += label.chars().count() + 1;
+    }
+    None
+}
+
 fn parse_url(key: &'static str, value: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(value).map_err(|e| ConfigError::InvalidValue {
-        key,
-        reason: format!("not an absolute URL ({e})"),
-    })?;
-    if url.scheme() != "http" && url.scheme() != "https" {
+    let lower = value.get(..8).unwrap_or(value).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err(ConfigError::InvalidValue {
             key,
-            reason: format!("scheme `{}` is not http or https", url.scheme()),
+            reason: format!("it must start with `http://` or `https://`{}", separator_hint(value)),
         });
     }
-    if url.host().is_none() {
+    let url = Url::parse(value).map_err(|e| ConfigError::InvalidValue {
+        key,
+        reason: format!("not an absolute URL ({e}){}", separator_hint(value)),
+    })?;
+    match url.host() {
+        None => {
+            return Err(ConfigError::InvalidValue {
+                key,
+                reason: "the URL has no host".into(),
+            })
+        }
+        Some(url::Host::Domain(_)) => {
+            // Check the host as written (the parser has lower-cased and IDNA-mapped it).
+            let rest = &value[value.find("://").map_or(0, |i| i + 3)..];
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let raw_host = host_port.split_once(':').map_or(host_port, |(h, _)| h);
+            if let Some(problem) = dns_problem(raw_host) {
+                return Err(ConfigError::InvalidValue {
+                    key,
+                    reason: format!("the host name is not a DNS name: {problem}{}", separator_hint(value)),
+                });
+            }
+        }
+        Some(_) => {} // an IP address
+    }
+    if url.port() == Some(0) {
         return Err(ConfigError::InvalidValue {
             key,
-            reason: "the URL has no host".into(),
+            reason: "port 0 is not a port to connect to".into(),
+        });
+    }
+    Ok(url)
+}
+
+/// Parses a proxy URL: `http(s)://[user:password@]host[:port]`, nothing after the host.
+fn parse_proxy(value: &str) -> Result<Url, ConfigError> {
+    let key = "DevelopmentStorageProxyUri";
+    let url = parse_url(key, value)?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: format!(
+                "a proxy URL is `http://host:port`, with nothing after the port{}",
+                separator_hint(value)
+            ),
         });
     }
     Ok(url)
@@ -429,6 +637,25 @@ pub(crate) fn parse_endpoint(key: &'static str, value: &str) -> Result<Url, Conf
         return Err(ConfigError::InvalidValue {
             key,
             reason: "the endpoint must not contain a `#fragment` or `user:password@`".into(),
+        });
+    }
+    // A path-style endpoint's path is an account name (`/devstoreaccount1`: lower-case letters
+    // and digits) or a few plain segments; anything else is most likely a pasted-together
+    // connection string or a key, and would be printed wherever the endpoint is.
+    if let Some((i, c)) = url
+        .path()
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '/' | '-' | '.' | '_' | '~')))
+    {
+        return Err(ConfigError::InvalidValue {
+            key,
+            reason: format!(
+                "character {} of the endpoint's path is {}: the path may hold lower-case letters, digits, `-._~` and `/`{}",
+                i + 1,
+                describe_char(c),
+                separator_hint(value)
+            ),
         });
     }
     let path = url.path().trim_end_matches('/').to_string();
@@ -509,14 +736,13 @@ mod tests {
             (format!("AccountKey={secret};=x"), NotKeyValue { index: 2 }),
             (
                 "AccountName=a;AccountName=b".into(),
-                DuplicateKey {
-                    key: "AccountName".into(),
-                },
+                DuplicateKey { key: "AccountName" },
             ),
             (
                 "AccountNme=acct".into(),
                 UnknownKey {
-                    key: "AccountNme".into(),
+                    index: 1,
+                    suggestion: Some("AccountName"),
                 },
             ),
             ("AccountName=;AccountKey=x".into(), EmptyValue { key: "AccountName" }),
@@ -566,7 +792,9 @@ mod tests {
                 format!("AccountName=Bad_Name;AccountKey={secret}"),
                 InvalidValue {
                     key: "AccountName",
-                    reason: "account name \"Bad_Name\" must be 3-24 lower-case letters and digits".into(),
+                    reason:
+                        "character 1 is an upper-case letter; an account name is 3-24 lower-case letters and digits"
+                            .into(),
                 },
             ),
             (
@@ -587,14 +815,14 @@ mod tests {
                 format!("AccountName=acct;AccountKey={secret};EndpointSuffix=/evil"),
                 InvalidValue {
                     key: "EndpointSuffix",
-                    reason: "must be a DNS suffix such as `core.windows.net`".into(),
+                    reason: "character 1 is `/`: it must be a DNS suffix such as `core.windows.net`".into(),
                 },
             ),
             (
                 format!("BlobEndpoint=ftp://x;AccountName=acct;AccountKey={secret}"),
                 InvalidValue {
                     key: "BlobEndpoint",
-                    reason: "scheme `ftp` is not http or https".into(),
+                    reason: "it must start with `http://` or `https://`".into(),
                 },
             ),
             (
@@ -630,6 +858,65 @@ mod tests {
             assert!(!msg.contains(secret) && !msg.contains("c2VjcmV0"), "{msg}");
             assert!(messages.insert(msg.clone()), "message not distinct: {msg}");
         }
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        let bad = [
+            format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core\\windows.net"),
+            format!("AccountName=acct;AccountKey={KEY};EndpointSuffix=core..net"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=http://127.0.0.1:0/acct"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b:0"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a.b/x,AccountKey=y"),
+            format!("AccountName=acct;AccountKey={KEY};BlobEndpoint=https://a=b.c"),
+            format!(
+                "AccountName=acct;AccountKey={KEY};BlobEndpoint=https://{}.c",
+                "a".repeat(64)
+            ),
+        ];
+        for cs in bad {
+            let e = parse(&cs).unwrap_err();
+            assert!(matches!(e, ConfigError::InvalidValue { .. }), "{cs}: {e:?}");
+        }
+        // A pasted SAS URL gives its query.
+        let c = parse("BlobEndpoint=https://a.b;SharedAccessSignature=https://a.b/c?sv=1&sig=SIGSECRET").unwrap();
+        assert!(matches!(c.credential, Credential::Sas(_)));
+        assert!(!format!("{c:?}").contains("SIGSECRET"));
+        // A proxy's password is not printed.
+        let c = parse("UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://u:PROXYSECRET@p:8080").unwrap();
+        assert!(!format!("{c:?}").contains("PROXYSECRET"), "{c:?}");
+    }
+
+    #[test]
+    fn empty_variables_are_errors_not_development_storage() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        for name in [
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AZURE_STORAGE_ACCOUNT",
+            "AZURE_STORAGE_KEY",
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] = Box::leak(Box::new([(name, " ")]));
+            assert_eq!(
+                StorageConfig::from_vars(env(pairs)).unwrap_err(),
+                ConfigError::EmptyVariable { name }
+            );
+        }
+    }
+
+    #[test]
+    fn typos_get_a_suggestion_not_a_quote() {
+        let e = parse(&format!("AccountName=acct;AccountKey:{KEY}")).unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::UnknownKey {
+                index: 2,
+                suggestion: Some("AccountKey")
+            }
+        );
+        let e = parse(&format!("AccountName=acct;{KEY}")).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("a2V5MTIz"), "{e}");
     }
 
     #[test]

@@ -107,6 +107,87 @@ impl fmt::Display for TransientCause {
     }
 }
 
+/// What was wrong with the server's TLS certificate or handshake. Not transient: retrying does
+/// not help, the configuration must change (`--ca-cert`, the endpoint's host name or scheme).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The certificate was issued by a CA this client does not trust.
+    UnknownIssuer,
+    /// The certificate is not valid for the endpoint's host name.
+    NameMismatch,
+    /// The certificate has expired (or is not valid yet: check this machine's clock).
+    Expired,
+    /// The endpoint does not speak TLS (an `http://` server behind an `https://` URL?).
+    NotTls,
+    /// The server presents a CA certificate as its own (a self-signed certificate made with
+    /// `CA:TRUE`, as `openssl req -x509` does by default), which certificate validation refuses
+    /// even when that CA is trusted.
+    CaAsServerCertificate,
+    /// Another certificate or handshake failure (the text is rustls's, without any URL).
+    Other(String),
+}
+
+impl fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownIssuer => f.write_str(
+                "the server's certificate is issued by an unknown (untrusted) CA; add the CA with --ca-cert / ClientOptions::ca_certificates_pem",
+            ),
+            Self::NameMismatch => f.write_str(
+                "the server's certificate is not valid for the endpoint's host name; use the name the certificate was issued for",
+            ),
+            Self::Expired => f.write_str(
+                "the server's certificate has expired or is not yet valid; renew it or check this machine's clock",
+            ),
+            Self::NotTls => f.write_str(
+                "the server does not speak TLS; use http:// if the endpoint is plain HTTP (e.g. a local emulator)",
+            ),
+            Self::CaAsServerCertificate => f.write_str(
+                "the server's certificate is a CA certificate (self-signed with CA:TRUE); give the server a certificate issued by that CA (CA:FALSE) and pass the CA with --ca-cert",
+            ),
+            Self::Other(detail) => write!(f, "TLS handshake failed: {detail}"),
+        }
+    }
+}
+
+/// Makes server- or user-controlled text safe to print on a terminal: control characters
+/// (C0, DEL, C1, including ESC and CSI) and bidirectional/invisible formatting characters are
+/// replaced by `\u{..}` escapes, and the text is cut to at most `max_chars` characters (with
+/// `…` when cut). Used for the service's `<Message>`, holder records and anything else a server
+/// or another lock user can set.
+///
+/// ```
+/// assert_eq!(azmutex::error::sanitize_text("a\x1b[2Jb", 80), "a\\u{1b}[2Jb");
+/// assert_eq!(azmutex::error::sanitize_text("abcdef", 3), "abc…");
+/// ```
+pub fn sanitize_text(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars.saturating_mul(4)));
+    let mut used = 0usize;
+    for c in text.chars() {
+        let piece = if is_unsafe_char(c) {
+            format!("\\u{{{:x}}}", c as u32)
+        } else {
+            c.to_string()
+        };
+        let n = piece.chars().count();
+        if used + n > max_chars {
+            out.push('…');
+            break;
+        }
+        used += n;
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// Whether `c` is a control character or an invisible formatting character that can reorder or
+/// hide text on a terminal (the characters [`sanitize_text`] escapes).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}' | '\u{061c}')
+}
+
 /// Input refused before any request was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -137,11 +218,14 @@ pub enum InvalidInput {
         /// The seconds given.
         seconds: u64,
     },
-    /// A lease id that is not a GUID.
-    #[error("invalid lease id {value:?}: a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301")]
+    /// A lease id that is not a GUID. The value is not quoted: a secret pasted into the wrong
+    /// option (an account key as `--lease-id`) must not be printed.
+    #[error(
+        "invalid lease id ({chars} characters): a lease id is a GUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+    )]
     LeaseId {
-        /// The value given (first 64 characters).
-        value: String,
+        /// How many characters were given.
+        chars: usize,
     },
     /// A CA certificate that could not be read as PEM.
     #[error("invalid CA certificate: {0}")]
@@ -223,6 +307,13 @@ pub enum Error {
     FencingExhausted {
         /// The lock.
         lock: String,
+    },
+    /// The TLS handshake failed: an untrusted, mismatched or expired certificate, or a server
+    /// that does not speak TLS. Not retried: it is a configuration problem.
+    #[error("TLS failure: {problem}")]
+    Tls {
+        /// What was wrong.
+        problem: TlsProblem,
     },
     /// An answer this crate did not expect.
     #[error("unexpected response: {service}{}", if .detail.is_empty() { String::new() } else { format!(" ({})", .detail) })]

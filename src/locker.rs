@@ -451,7 +451,17 @@ impl Waiter {
             let attempt_started = Instant::now();
             // No attempt runs past the caller's limit.
             let default = self.mutex.client().default_deadline();
-            let call_deadline = limit_deadline.map_or(default, |d| d.min(default));
+            let mut call_deadline = limit_deadline.map_or(default, |d| d.min(default));
+            // With `give_up_after`, giving up (attempt and cleanup together) happens within it:
+            // the attempt leaves a quarter of it (at most the cleanup timeout) for the cleanup.
+            let patience_end = self
+                .options
+                .give_up_after
+                .and_then(|p| failing_since.unwrap_or(attempt_started).checked_add(p));
+            if let (Some(end), Some(p)) = (patience_end, self.options.give_up_after) {
+                let reserve = (p / 4).min(CLEANUP_TIMEOUT);
+                call_deadline = call_deadline.min(end.checked_sub(reserve).unwrap_or(end));
+            }
             let attempt = self
                 .mutex
                 .acquire_until(&self.lock, self.options.lease, id, call_deadline);
@@ -504,7 +514,12 @@ impl Waiter {
                 .zip(self.options.give_up_after)
                 .is_some_and(|(since, patience)| since.elapsed() >= patience);
             if let (true, Some(e)) = (patience_over, &failure) {
-                self.cleanup(id, maybe_granted, limit_deadline).await;
+                if maybe_granted {
+                    let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
+                    let until = cleanup_deadline(&self.mutex, limit_deadline);
+                    let until = patience_end.map_or(until, |end| until.min(end));
+                    let _ = self.mutex.release_until(&lease, until).await;
+                }
                 return Err(e.clone().into());
             }
             let Limit::Until(deadline) = limit else {

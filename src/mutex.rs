@@ -864,6 +864,18 @@ impl AzureMutex {
             req = req.header("if-match", etag.to_string());
         }
         for (k, v) in metadata {
+            // Props::from marks values it could not read faithfully (bytes that are not UTF-8)
+            // with U+FFFD; writing them back would change them, so refuse instead.
+            if v.contains(char::REPLACEMENT_CHARACTER) {
+                return Err(Error::InvalidInput(InvalidInput::Option {
+                    option: "lock blob metadata",
+                    why: format!(
+                        "the value of `{}` is not UTF-8 text, and recording the holder or fencing token \
+                         rewrites all metadata: remove that item or use another lock blob",
+                        crate::error::sanitize_text(k, 64)
+                    ),
+                }));
+            }
             req = req.header_owned(&format!("x-ms-meta-{k}"), v.clone())?;
         }
         let resp = self.inner.client.send(&req, deadline).await?;
@@ -945,12 +957,17 @@ struct Props {
 
 impl From<&RestResponse> for Props {
     fn from(resp: &RestResponse) -> Self {
+        // Every item is kept, because Set Blob Metadata replaces the whole set: a value that is not
+        // visible ASCII (Azurite stores UTF-8 bytes) is kept as UTF-8 text and sent back as the
+        // same bytes; bytes that are not UTF-8 become U+FFFD, which `set_metadata` refuses to
+        // write. Names arrive lower-cased (HTTP header names are case-insensitive, and so are
+        // metadata names); they are written back lower-case.
         let metadata = resp
             .headers
             .iter()
             .filter_map(|(n, v)| {
                 let name = n.as_str().strip_prefix("x-ms-meta-")?;
-                Some((name.to_string(), v.to_str().ok()?.to_string()))
+                Some((name.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             })
             .collect();
         Self {
@@ -981,7 +998,8 @@ impl Props {
             .metadata
             .get(META_SINCE)
             .and_then(|v| v.parse::<u64>().ok())
-            .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+            // Anyone who can write the blob's metadata sets this: never panic on it.
+            .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         let holder = Holder {
             owner: dec(META_OWNER),
             host: dec(META_HOST),

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
-use crate::error::{Error, InvalidInput, ServiceError, TransientCause};
+use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TlsProblem, TransientCause};
 
 /// The `x-ms-version` sent by default.
 ///
@@ -26,6 +26,22 @@ use crate::error::{Error, InvalidInput, ServiceError, TransientCause};
 /// from `2012-02-12`, so older endpoints (Azure Stack Hub) can set an older version with
 /// [`ClientOptions::api_version`]. Bearer tokens need `2017-11-09` or later.
 pub const DEFAULT_API_VERSION: &str = "2025-11-05";
+
+/// The most of a response body this client reads. Lease operations answer with no body, errors
+/// with a few hundred bytes of XML; anything longer is cut here, so a hostile or broken server
+/// cannot make the client buffer more than this.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest `<Message>` kept from an error body (characters), after control characters are
+/// escaped.
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+/// The longest error code or request id kept from an answer (characters).
+const MAX_CODE_CHARS: usize = 128;
+
+/// The longest wait a `Retry-After` can ask for; larger values (up to 2^64 seconds, or dates
+/// far away) are clamped to this before any time arithmetic.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Characters left unencoded in a blob path: unreserved characters and `/`.
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -199,8 +215,17 @@ impl RestResponse {
     }
 }
 
-fn service_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ServiceError {
-    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+/// The service's error from an answer's status, headers and (possibly cut) body. Every text in
+/// it is server-controlled: cut to a bounded length and stripped of control characters.
+#[doc(hidden)]
+pub fn service_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ServiceError {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| sanitize_text(v.trim(), MAX_CODE_CHARS))
+            .filter(|v| !v.is_empty())
+    };
     let (xml_code, message) = parse_error_body(body);
     ServiceError {
         status,
@@ -210,28 +235,92 @@ fn service_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ServiceError 
     }
 }
 
-/// Reads `<Error><Code>…</Code><Message>…</Message></Error>`; tolerant of empty or non-XML bodies.
+/// Reads `<Error><Code>…</Code><Message>…</Message></Error>`; tolerant of empty, cut or non-XML
+/// bodies, namespaced elements, entities, character references and CDATA. The code is cut to
+/// 128 characters; the message to its first line and [`MAX_MESSAGE_CHARS`]; both have control
+/// characters escaped.
 /// See [Status and error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/status-and-error-codes2).
-pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+#[doc(hidden)]
+pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
     use quick_xml::events::Event;
+    #[derive(PartialEq)]
+    enum Field {
+        Code,
+        Message,
+    }
+    // Enough of the raw text to cut from (a message's first line, a code).
+    const KEEP: usize = 4 * MAX_MESSAGE_CHARS;
     let mut reader = quick_xml::Reader::from_reader(body);
-    let (mut code, mut message, mut current) = (None, None, Vec::new());
+    let (mut code, mut message) = (None, None);
+    let mut depth = 0usize;
+    let mut current: Option<(Field, usize)> = None;
+    let mut text = String::new();
+    let push = |text: &mut String, s: &str| {
+        if text.len() < KEEP {
+            let room = KEEP - text.len();
+            let mut end = s.len().min(room);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.push_str(&s[..end]);
+        }
+    };
     loop {
         match reader.read_event() {
-            Ok(Event::Start(e)) => current = e.name().as_ref().to_vec(),
-            Ok(Event::Text(t)) => {
-                let text = t.decode().ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-                match current.as_slice() {
-                    b"Code" if code.is_none() => code = text,
-                    b"Message" if message.is_none() => {
-                        message = text.map(|m| m.lines().next().unwrap_or_default().to_string())
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                let field = match e.local_name().as_ref() {
+                    b"Code" if code.is_none() => Some(Field::Code),
+                    b"Message" if message.is_none() => Some(Field::Message),
+                    _ => None,
+                };
+                if current.is_none() {
+                    if let Some(f) = field {
+                        current = Some((f, depth));
+                        text.clear();
                     }
-                    _ => {}
                 }
             }
-            Ok(Event::End(_)) => current.clear(),
+            Ok(Event::Text(t)) if current.is_some() => push(&mut text, &t.decode().unwrap_or_default()),
+            Ok(Event::CData(t)) if current.is_some() => push(&mut text, &t.decode().unwrap_or_default()),
+            Ok(Event::GeneralRef(r)) if current.is_some() => {
+                let resolved = match r.resolve_char_ref() {
+                    Ok(Some(c)) => Some(c.to_string()),
+                    Ok(None) => match r.as_ref() {
+                        b"lt" => Some("<".into()),
+                        b"gt" => Some(">".into()),
+                        b"amp" => Some("&".into()),
+                        b"apos" => Some("'".into()),
+                        b"quot" => Some("\"".into()),
+                        _ => None,
+                    },
+                    Err(_) => None,
+                };
+                if let Some(s) = resolved {
+                    push(&mut text, &s);
+                }
+            }
+            Ok(Event::End(_)) => {
+                if let Some((field, d)) = &current {
+                    if *d == depth {
+                        let value = text.trim();
+                        match field {
+                            Field::Code => code = Some(sanitize_text(value, MAX_CODE_CHARS)).filter(|s| !s.is_empty()),
+                            Field::Message => {
+                                let first = value.lines().next().unwrap_or_default().trim();
+                                message = Some(sanitize_text(first, MAX_MESSAGE_CHARS)).filter(|s| !s.is_empty())
+                            }
+                        }
+                        current = None;
+                    }
+                }
+                depth = depth.saturating_sub(1);
+            }
             Ok(Event::Eof) | Err(_) => break,
             _ => {}
+        }
+        if code.is_some() && message.is_some() {
+            break;
         }
     }
     (code, message)
@@ -420,7 +509,8 @@ impl BlobClient {
                 .retry
                 .backoff(attempts)
                 .max(retry_after.unwrap_or_default());
-            if Instant::now() + wait >= deadline {
+            let wake = Instant::now().checked_add(wait);
+            if wake.is_none_or(|w| w >= deadline) {
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
                 return Err(match throttled {
                     Some(service) => Error::Throttled { attempts, service },
@@ -473,10 +563,13 @@ impl BlobClient {
         }
         match &self.inner.credential {
             Credential::SharedKey { account, key } => {
-                let pairs: Vec<(&str, &str)> = headers
+                // Header values are bytes; the service (like HTTP/1.1's obs-text rule) reads bytes
+                // outside ASCII as ISO-8859-1, so sign them that way instead of skipping them.
+                let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = headers
                     .iter()
-                    .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+                    .map(|(n, v)| (n.as_str(), signer::latin1(v.as_bytes())))
                     .collect();
+                let pairs: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
                 let auth = signer::authorization(req.method.as_str(), url, pairs.iter().copied(), account, key);
                 put(&mut headers, AUTHORIZATION, &auth)?;
             }
@@ -501,9 +594,13 @@ impl BlobClient {
         let sent_at_wall = SystemTime::now();
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let result = request.send().await;
-        let response = match result {
+        let mut response = match result {
             Ok(r) => r,
             Err(e) => {
+                if let Some(problem) = tls_problem(&e) {
+                    tracing::debug!(op = req.op, attempt, problem = %problem, "TLS failure");
+                    return Err(Error::Tls { problem });
+                }
                 // A failure to connect means nothing was sent; anything later may have been
                 // applied by the service.
                 let maybe_applied = !e.is_connect();
@@ -523,8 +620,18 @@ impl BlobClient {
         };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = match response.bytes().await {
-            Ok(b) => b.to_vec(),
+        let body = match read_capped(&mut response, MAX_BODY_BYTES).await {
+            Ok((b, cut)) => {
+                if cut {
+                    tracing::debug!(
+                        op = req.op,
+                        attempt,
+                        status,
+                        "response body cut at {MAX_BODY_BYTES} bytes"
+                    );
+                }
+                b
+            }
             Err(e) => {
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
@@ -583,14 +690,79 @@ impl BlobClient {
     }
 }
 
-/// `Retry-After`: seconds or an HTTP date.
-fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// Reads at most `cap` bytes of a body, chunk by chunk, and stops there (the rest is never read;
+/// dropping the response closes the connection). Returns the bytes and whether the body was cut.
+async fn read_capped(response: &mut reqwest::Response, cap: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
     }
-    httpdate::parse_http_date(v)
-        .ok()
-        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+    Ok((body, false))
+}
+
+/// `Retry-After`: seconds or an HTTP date, clamped to [`MAX_RETRY_AFTER`].
+#[doc(hidden)]
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Any run of digits, however long: a number past u64 is "very long" too.
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    httpdate::parse_http_date(v).ok().map(|t| {
+        t.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .min(MAX_RETRY_AFTER)
+    })
+}
+
+/// The TLS problem behind a request error, if it was one: rustls's error is found in the source
+/// chain (inside `std::io::Error`s, whose `source()` skips the wrapped error).
+fn tls_problem(e: &reqwest::Error) -> Option<TlsProblem> {
+    fn find(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(t) = err.downcast_ref::<rustls::Error>() {
+                return Some(classify_tls(t));
+            }
+            if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                if let Some(p) = find(inner) {
+                    return Some(p);
+                }
+            }
+            cur = err.source();
+        }
+        None
+    }
+    find(e)
+}
+
+fn classify_tls(e: &rustls::Error) -> TlsProblem {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => TlsProblem::UnknownIssuer,
+            C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::NameMismatch,
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+                TlsProblem::Expired
+            }
+            other => {
+                let detail = format!("{other:?}");
+                if detail.contains("CaUsedAsEndEntity") {
+                    TlsProblem::CaAsServerCertificate
+                } else {
+                    TlsProblem::Other(sanitize_text(&format!("invalid certificate: {detail}"), 200))
+                }
+            }
+        },
+        rustls::Error::InvalidMessage(_) => TlsProblem::NotTls,
+        other => TlsProblem::Other(sanitize_text(&other.to_string(), 200)),
+    }
 }
 
 /// An error and its sources on one line (reqwest hides the useful part in the sources).
@@ -619,6 +791,54 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
         assert_eq!(msg.as_deref(), Some("There is already a lease present."));
         assert_eq!(parse_error_body(b""), (None, None));
         assert_eq!(parse_error_body(b"not xml <<"), (None, None));
+    }
+
+    #[test]
+    fn error_bodies_with_entities_cdata_and_namespaces() {
+        let (code, msg) = parse_error_body(
+            br#"<e:Error xmlns:e="urn:x"><e:Code>Lease&#65;lready&amp;Present</e:Code><e:Message>a &lt;b&gt; <![CDATA[c & d]]> &quot;e&apos; &#x263A;</e:Message></e:Error>"#,
+        );
+        assert_eq!(code.as_deref(), Some("LeaseAlready&Present"));
+        assert_eq!(msg.as_deref(), Some("a <b> c & d \"e' \u{263A}"));
+        // Nested elements inside <Message> do not end it early; unknown entities are dropped.
+        let (_, msg) = parse_error_body(b"<Error><Message>x<b>y</b>z &bogus; w</Message></Error>");
+        assert_eq!(msg.as_deref(), Some("xyz  w"));
+        // A cut body still gives the code.
+        let (code, msg) = parse_error_body(b"<Error><Code>ServerBusy</Code><Message>abc");
+        assert_eq!((code.as_deref(), msg), (Some("ServerBusy"), None));
+    }
+
+    #[test]
+    fn server_text_is_bounded_and_inert() {
+        let mut body = b"<Error><Code>X</Code><Message>".to_vec();
+        body.extend(std::iter::repeat_n(b"\x1b[2J\xc2\x9b".as_slice(), 100_000).flatten());
+        body.extend_from_slice(b"</Message></Error>");
+        let (_, msg) = parse_error_body(&body);
+        let msg = msg.unwrap();
+        assert!(msg.chars().count() <= MAX_MESSAGE_CHARS + 1, "{}", msg.len());
+        assert!(!msg.chars().any(crate::error::is_unsafe_char));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-error-code", HeaderValue::from_str(&"C".repeat(10_000)).unwrap());
+        let e = service_error(500, &headers, b"");
+        assert!(e.code.unwrap().chars().count() <= MAX_CODE_CHARS + 1);
+    }
+
+    #[test]
+    fn retry_after_is_clamped() {
+        for huge in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "184467440737095516150000",
+        ] {
+            assert_eq!(parse_retry_after(huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-1"), None);
     }
 
     #[test]

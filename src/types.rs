@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use crate::error::InvalidInput;
 
+/// The most path segments a blob name may have ("The number of path segments comprising the
+/// blob name cannot exceed 254", [Blob names](https://learn.microsoft.com/en-us/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata#blob-names)).
+const MAX_SEGMENTS: usize = 254;
+
 /// A lock's name: the name of its blob inside the container.
 ///
 /// Rules checked (a subset of [Naming and referencing containers, blobs, and
 /// metadata](https://learn.microsoft.com/en-us/rest/api/storageservices/naming-and-referencing-containers--blobs--and-metadata#blob-names)
 /// that keeps names portable): 1–1024 characters, no control characters or `\`, `/` only
-/// between non-empty segments, no `.`/`..` segments, not ending in `.`.
+/// between non-empty segments, at most 254 segments, no `.`/`..` segments, not ending in `.`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LockName(String);
 
@@ -20,7 +24,7 @@ impl LockName {
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidInput> {
         let name = name.into();
         let bad = |why: &str| InvalidInput::LockName {
-            name: name.clone(),
+            name: crate::error::sanitize_text(&name, 100),
             why: why.to_string(),
         };
         if name.is_empty() {
@@ -39,6 +43,9 @@ impl LockName {
         }
         if name.ends_with('.') {
             return Err(bad("it ends with `.`"));
+        }
+        if name.split('/').count() > MAX_SEGMENTS {
+            return Err(bad("it has more than 254 `/`-separated segments"));
         }
         Ok(Self(name))
     }
@@ -233,7 +240,7 @@ impl LeaseId {
         uuid::Uuid::parse_str(s.trim())
             .map(Self)
             .map_err(|_| InvalidInput::LeaseId {
-                value: s.chars().take(64).collect(),
+                chars: s.chars().count(),
             })
     }
 }
@@ -263,6 +270,9 @@ mod tests {
 
     #[test]
     fn names() {
+        let segments = |n: usize| vec!["a"; n].join("/");
+        LockName::new(segments(254)).unwrap();
+        assert!(LockName::new(segments(255)).is_err());
         for ok in ["a", "jobs/nightly", "ünï cødé", "x.y", &"a".repeat(1024)] {
             LockName::new(ok).unwrap();
         }

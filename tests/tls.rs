@@ -75,7 +75,7 @@ async fn private_ca_is_refused_by_default_and_accepted_when_added() {
     let container = common::unique("tls");
     let duration = LeaseDuration::seconds(15).unwrap();
 
-    // System roots only: the TLS handshake fails (a network-level failure, after retries).
+    // System roots only: the TLS handshake fails, named, at once (not retried as an outage).
     let mut options = ClientOptions::default();
     options.retry.call_timeout = std::time::Duration::from_secs(2);
     let strict = AzureMutex::builder(config.clone(), &container)
@@ -83,7 +83,15 @@ async fn private_ca_is_refused_by_default_and_accepted_when_added() {
         .build()
         .unwrap();
     let err = strict.acquire("job", duration).await.unwrap_err();
-    assert!(matches!(err, Error::Transient { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                problem: azmutex::error::TlsProblem::UnknownIssuer
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
 
     // With the private CA: works.

@@ -65,18 +65,28 @@ pub enum KeyError {
 pub struct SasToken(Arc<str>);
 
 impl SasToken {
-    /// Accepts a SAS token with or without its leading `?`. It must contain a `sig` parameter.
+    /// Accepts a SAS token with or without its leading `?`, or a whole SAS URL (as the portal's
+    /// "Blob SAS URL"), of which the query is taken. It must contain a `sig` parameter.
     pub fn parse(token: &str) -> Result<Self, SasError> {
-        let token = token.trim().trim_start_matches('?');
+        let mut token = token.trim();
+        let lower = token.get(..8).unwrap_or(token).to_ascii_lowercase();
+        if lower.starts_with("https://") || lower.starts_with("http://") {
+            token = match token.split_once('?') {
+                Some((_, query)) => query,
+                None => return Err(SasError::UrlWithoutQuery),
+            };
+        }
+        let token = token.trim_start_matches('?');
         if token.is_empty() {
             return Err(SasError::Empty);
         }
-        if token.contains(['#', ' ', '\n']) {
+        if token.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
             return Err(SasError::Malformed);
         }
-        let has_sig = token
-            .split('&')
-            .any(|p| p.split_once('=').is_some_and(|(k, v)| k == "sig" && !v.is_empty()));
+        let has_sig = token.split('&').any(|p| {
+            p.split_once('=')
+                .is_some_and(|(k, v)| param_name(k) == "sig" && !v.is_empty())
+        });
         if !has_sig {
             return Err(SasError::MissingSignature);
         }
@@ -94,17 +104,60 @@ impl SasToken {
     }
 }
 
-/// Replaces the value of every `sig` query parameter with `REDACTED`.
-pub(crate) fn redact_query(query: &str) -> String {
+/// A query parameter's name as the service reads it: percent-decoded, trimmed, lower-cased.
+fn param_name(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The one redaction rule for query strings that may carry a secret (SAS tokens, URLs): used by
+/// `Debug`, `Display`, errors and logs.
+///
+/// It is an allow-list, not a deny-list: a parameter is shown only when its (decoded) name is
+/// one of the SAS fields that are not secret and its value has that field's shape (a version,
+/// a date, permission letters, a protocol list, an IP range). Everything else — `sig` however it
+/// is spelled (`SIG`, `si%67`, ` sig`), unknown names, values of unexpected shape — prints as
+/// `name=REDACTED`, with the name itself replaced by `?` unless it is a known field.
+pub fn redact_query(query: &str) -> String {
     query
         .split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("sig") => format!("{k}=REDACTED"),
-            _ => p.to_string(),
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (raw_name, raw_value) = p.split_once('=').unwrap_or((p, ""));
+            let name = param_name(raw_name);
+            let value = percent_encoding::percent_decode_str(raw_value).decode_utf8_lossy();
+            let shown = |max: usize, ok: fn(char) -> bool| value.len() <= max && value.chars().all(ok);
+            let visible = match name.as_str() {
+                "sv" => shown(10, |c| c.is_ascii_digit() || c == '-'),
+                "se" | "st" => shown(30, |c| {
+                    c.is_ascii_digit() || matches!(c, 'T' | 'Z' | ':' | '.' | '-' | '+')
+                }),
+                "sp" | "ss" | "srt" | "sr" => shown(16, |c| c.is_ascii_lowercase()),
+                "spr" => shown(16, |c| c.is_ascii_lowercase() || c == ','),
+                "sip" => shown(31, |c| c.is_ascii_digit() || c == '.' || c == '-'),
+                "sdd" => shown(2, |c| c.is_ascii_digit()),
+                _ => false,
+            };
+            if visible {
+                format!("{name}={value}")
+            } else if KNOWN_SAS_FIELDS.contains(&name.as_str()) {
+                format!("{name}=REDACTED")
+            } else {
+                "?=REDACTED".to_string()
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
 }
+
+/// SAS query fields (service, account and user delegation SAS), shown by name when redacted.
+/// See [Create a service SAS](https://learn.microsoft.com/en-us/rest/api/storageservices/create-service-sas).
+const KNOWN_SAS_FIELDS: [&str; 27] = [
+    "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "ses", "skoid", "sktid", "skt", "ske",
+    "sks", "skv", "saoid", "suoid", "scid", "rscc", "rscd", "rsce", "rscl", "rsct",
+];
 
 impl fmt::Debug for SasToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,8 +175,11 @@ pub enum SasError {
     #[error("the SAS token has no `sig` parameter (copy the whole query string, e.g. `sv=...&sig=...`)")]
     MissingSignature,
     /// The token contains characters a query string cannot hold.
-    #[error("the SAS token contains a space, newline or `#`: it must be a URL query string")]
+    #[error("the SAS token contains whitespace, a control character or `#`: it must be a URL query string")]
     Malformed,
+    /// A SAS URL was given that has no query string.
+    #[error("a URL was given where a SAS token is expected, and it has no `?sv=...&sig=...` query: pass the token (the part after `?`)")]
+    UrlWithoutQuery,
 }
 
 /// A bearer token for Microsoft Entra ID authorization.
@@ -223,5 +279,36 @@ mod tests {
         assert_eq!(SasToken::parse("?").unwrap_err(), SasError::Empty);
         assert_eq!(SasToken::parse("sv=1&sp=r").unwrap_err(), SasError::MissingSignature);
         assert_eq!(SasToken::parse("sv=1 &sig=x").unwrap_err(), SasError::Malformed);
+        assert_eq!(SasToken::parse("sv=1&\tsig=x").unwrap_err(), SasError::Malformed);
+        assert_eq!(
+            SasToken::parse("https://a.blob.core.windows.net/c").unwrap_err(),
+            SasError::UrlWithoutQuery
+        );
+    }
+
+    #[test]
+    fn sas_urls_give_their_query() {
+        let sas = SasToken::parse("https://a.blob.core.windows.net/c/b?sv=2025-11-05&sp=rw&sig=abc").unwrap();
+        assert_eq!(sas.query(), "sv=2025-11-05&sp=rw&sig=abc");
+    }
+
+    #[test]
+    fn redaction_is_an_allow_list() {
+        for (q, shown) in [
+            ("sv=2025-11-05&sig=SECRETSIG1", "sv=2025-11-05&sig=REDACTED"),
+            ("si%67=SECRETSIG1&sp=rw", "sig=REDACTED&sp=rw"),
+            ("SIG=SECRETSIG1", "sig=REDACTED"),
+            ("%20sig=SECRETSIG1", "sig=REDACTED"),
+            (
+                "se=2026-01-01T00%3A00%3A00Z&spr=https,http",
+                "se=2026-01-01T00:00:00Z&spr=https,http",
+            ),
+            ("sp=SECRETSIG1", "sp=REDACTED"),
+            ("xyzSECRETSIG1=1", "?=REDACTED"),
+        ] {
+            assert_eq!(redact_query(q), shown, "{q}");
+        }
+        // The tab form the issue found is refused outright; the rule still hides it.
+        assert!(!redact_query("sv=1&\tsig=SECRETSIG1").contains("SECRETSIG1"));
     }
 }

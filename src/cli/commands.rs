@@ -5,7 +5,7 @@ use std::time::Duration;
 use azmutex::{BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions};
 use clap::Args;
 
-use super::output::{json_str, parse_duration, rfc3339, wall_clock};
+use super::output::{json_str, parse_duration, printable, rfc3339, wall_clock};
 use super::{Context, Failure};
 
 /// `acquire` options.
@@ -164,10 +164,15 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
                 let ago = s.elapsed().unwrap_or_default().as_secs();
                 format!("{} ({ago}s ago)", rfc3339(s))
             });
+            // Any lock user sets these (`--owner`): never print them raw.
             println!(
                 "holder:        {}{}{}",
-                h.holder.owner.as_deref().unwrap_or("-"),
-                h.holder.host.as_ref().map(|x| format!(" on {x}")).unwrap_or_default(),
+                printable(h.holder.owner.as_deref().unwrap_or("-"), 200),
+                h.holder
+                    .host
+                    .as_ref()
+                    .map(|x| format!(" on {}", printable(x, 100)))
+                    .unwrap_or_default(),
                 h.holder.pid.map(|p| format!(" pid {p}")).unwrap_or_default()
             );
             if let Some(since) = since {

@@ -22,7 +22,8 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// Authentication or permission refused.
     pub const AUTH: u8 = 77;
-    /// Invalid configuration (connection string, key, URL, CA file).
+    /// Invalid configuration (connection string, key, URL, CA file), or a TLS certificate
+    /// problem (untrusted, wrong name, expired, not TLS).
     pub const CONFIG: u8 = 78;
     /// Usage error.
     pub const USAGE: u8 = 2;
@@ -37,14 +38,18 @@ Exit codes:
   70        lock lost while the command ran (it got SIGTERM, then SIGKILL after --kill-grace)
   69        storage unreachable after retries
   77        authentication or permission refused
-  78        invalid configuration (connection string, key, URL, CA certificate)
-  2         usage error
+  78        invalid configuration (connection string, key, URL, CA certificate), or
+            a TLS certificate problem (unknown issuer: add --ca-cert; wrong host name; expired)
+  126       run: the command cannot be executed (permission denied, not executable)
+  127       run: the command was not found
+  2         usage error (bad flag, --timeout 0, invalid lock name or lease id)
   1         other errors
 
 Connection (first match wins): --connection-string / AZURE_STORAGE_CONNECTION_STRING;
 --account-url or --account-name with --account-key / AZURE_STORAGE_KEY or
 --sas-token / AZURE_STORAGE_SAS_TOKEN; otherwise local development storage
-(UseDevelopmentStorage=true: Azurite on 127.0.0.1:10000).";
+(UseDevelopmentStorage=true: Azurite on 127.0.0.1:10000) - only when none of these is set at
+all: a variable that is set but empty is an error.";
 
 /// Distributed locks on Azure Blob Storage leases.
 #[derive(Parser, Debug)]
@@ -69,10 +74,10 @@ pub struct Connection {
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, global = true)]
     pub connection_string: Option<String>,
     /// Blob endpoint URL (Azure Stack, custom domains, emulators), e.g. https://acct.blob.local.azurestack.external
-    #[arg(long, env = "AZURE_STORAGE_SERVICE_ENDPOINT", global = true)]
+    #[arg(long, env = "AZURE_STORAGE_SERVICE_ENDPOINT", hide_env_values = true, global = true)]
     pub account_url: Option<String>,
     /// Storage account name.
-    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", global = true)]
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT", hide_env_values = true, global = true)]
     pub account_name: Option<String>,
     /// Storage account key (base64). Prefer the environment variable over the command line.
     #[arg(long, env = "AZURE_STORAGE_KEY", hide_env_values = true, global = true)]
@@ -86,8 +91,8 @@ pub struct Connection {
     /// Extra trusted CA certificate(s), PEM, for endpoints with a private CA.
     #[arg(long, value_name = "FILE", global = true)]
     pub ca_cert: Option<PathBuf>,
-    /// Give up on an unreachable or failing storage service after this long, per call.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_duration, global = true)]
+    /// Give up on an unreachable or failing storage service after this long (more than 0).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_timeout, global = true)]
     pub timeout: Duration,
 }
 
@@ -154,6 +159,7 @@ impl From<Error> for Failure {
             ),
             Error::Conflict { .. } => (exit::BUSY, "someone else holds the lock; see `azmutex status`"),
             Error::LeaseLost { .. } => (exit::LOST, "the lease is no longer ours"),
+            Error::Tls { .. } => (exit::CONFIG, "fix the endpoint URL or trust its CA with --ca-cert FILE"),
             Error::InvalidInput(i) => return Failure::from(i.clone()),
             _ => (exit::OTHER, ""),
         };
@@ -273,19 +279,21 @@ impl Context {
 }
 
 /// The storage configuration from the flags, which clap has already merged with their
-/// environment variables: the same rules as [`StorageConfig::from_vars`], else development storage.
+/// environment variables: the same rules as [`StorageConfig::from_vars`], else development
+/// storage. A flag or variable that is given but empty is an error, not "nothing configured".
 fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
     let config = StorageConfig::from_vars(|name| {
-        match name {
+        let flag = match name {
             "AZURE_STORAGE_CONNECTION_STRING" => &conn.connection_string,
             "AZURE_STORAGE_ACCOUNT" => &conn.account_name,
             "AZURE_STORAGE_KEY" => &conn.account_key,
             "AZURE_STORAGE_SAS_TOKEN" => &conn.sas_token,
             "AZURE_STORAGE_SERVICE_ENDPOINT" => &conn.account_url,
             _ => &None,
-        }
-        .clone()
-        .filter(|v| !v.is_empty())
+        };
+        // clap may drop an empty environment variable; it still counts as configured.
+        flag.clone()
+            .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     })
     .map_err(|e| {
         let mut f = Failure::from(e);

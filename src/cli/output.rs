@@ -23,6 +23,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `--timeout`: a duration greater than zero (a zero deadline would fail every call at once).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("the timeout must be greater than 0 (e.g. 500ms, 30s)".into());
+    }
+    Ok(d)
+}
+
+/// Server- or user-controlled text for one line of terminal output: control and invisible
+/// formatting characters escaped, at most `max` characters. See [`azmutex::error::sanitize_text`].
+pub fn printable(s: &str, max: usize) -> String {
+    azmutex::error::sanitize_text(s, max)
+}
+
 /// The wall-clock time of a monotonic `Instant`.
 pub fn wall_clock(at: Instant) -> SystemTime {
     let now_i = Instant::now();
@@ -60,9 +75,21 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// A JSON string literal.
+/// A JSON string literal. Besides what JSON requires, C1 controls and invisible formatting
+/// characters are escaped (`\u009b` is a CSI to some terminals), so printed JSON is inert.
 pub fn json_str(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
+    let json = serde_json::Value::String(s.to_string()).to_string();
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if azmutex::error::is_unsafe_char(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -77,6 +104,15 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("0ms").is_err());
+        assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn json_strings_are_inert() {
+        assert_eq!(json_str("a\u{1b}[2J\u{9b}b\u{202e}"), "\"a\\u001b[2J\\u009bb\\u202e\"");
+        assert_eq!(json_str("ünï \"q\""), "\"ünï \\\"q\\\"\"");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::output::{parse_duration, rfc3339};
+use super::output::{parse_duration, printable, rfc3339};
 use super::process;
 use super::{exit, Context, Failure};
 
@@ -126,12 +126,13 @@ fn describe_holder(info: &azmutex::LockInfo) -> String {
             String::new()
         };
     };
+    // Anyone who can take the lock can write these: print them inert and short.
     let mut parts = Vec::new();
     if let Some(o) = &h.holder.owner {
-        parts.push(format!("{o:?}"));
+        parts.push(format!("{:?}", printable(o, 200)));
     }
     if let Some(host) = &h.holder.host {
-        parts.push(format!("on {host}"));
+        parts.push(format!("on {}", printable(host, 100)));
     }
     if let Some(pid) = h.holder.pid {
         parts.push(format!("pid {pid}"));

@@ -1,0 +1,7 @@
+#![no_main]
+//! cargo-fuzz target `environment`: see `tests/fuzz_targets/mod.rs`.
+
+#[path = "../../tests/fuzz_targets/mod.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::environment(data));
