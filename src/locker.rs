@@ -505,6 +505,12 @@ impl Waiter {
                     tracing::warn!(lock = %self.lock, error = %e, "acquire failed; will retry");
                     Some(e)
                 }
+                // Lost between the acquire and its fencing/holder write (broken, taken,
+                // deleted): nothing ran under it; someone else has the lock, as if busy.
+                Err(e @ Error::LeaseLost { .. }) => {
+                    tracing::info!(lock = %self.lock, error = %e, "lost while acquiring; waiting");
+                    None
+                }
                 Err(e) => return Err(e.into()),
             };
             // A transient failure may hide a lease granted to us whose answer never came.

@@ -223,6 +223,8 @@ fn break_run_exits_0_after_a_stolen_lock_when_the_release_answer_is_a_500() {
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     wait_until_leased(&c);
+    // Let the acquire's holder record finish: the break is meant for the running command.
+    std::thread::sleep(Duration::from_secs(1));
     let rt = rt();
     let thief = common::mutex(&c);
     rt.block_on(thief.break_lease("job", Some(BreakPeriod::NOW))).unwrap();

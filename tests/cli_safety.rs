@@ -194,14 +194,25 @@ fn a_stubborn_command_and_its_children_die_before_anyone_else_can_acquire() {
 #[test]
 fn after_a_partition_run_exits_within_the_lease() {
     let c = common::unique("partition");
+    let dir = scratch("partition");
+    let started = dir.join("started");
     let proxy = Proxy::start(common::azurite_addr());
     let mut cmd = azmutex_with(&c, &connection_via(proxy.addr));
-    cmd.args(["--timeout", "30s", "run", "job", "--lease", "15", "--", "sleep", "1000"])
+    cmd.env("STARTED", &started)
+        .args(["--timeout", "30s", "run", "job", "--lease", "15", "--"])
+        .args(["sh", "-c", r#"touch "$STARTED"; exec sleep 1000"#])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
-    wait_until_leased(&c);
+    // Cut only once the command runs (a cut between the acquire and the holder record would
+    // rightly end in 69: nothing ran).
+    let waiting = Instant::now();
+    while !started.exists() {
+        assert!(waiting.elapsed() < Duration::from_secs(20), "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     let cut = Instant::now();
     proxy.drop_traffic();
     let (code, stderr, exited) = stderr_of(child);

@@ -327,3 +327,34 @@ async fn an_acquire_answer_without_our_id_is_refused_and_released() {
         assert_ne!(info.state, LeaseState::Leased);
     }
 }
+
+/// A loss between the acquire and its holder/fencing write (the lease broken or taken right
+/// then) is not a failure of the wait: nothing ran under that lease; the waiter goes on.
+#[tokio::test]
+async fn a_loss_while_acquiring_is_waited_out() {
+    let c = common::unique("lost-acquiring");
+    let proxy = HttpProxy::start(common::azurite_addr());
+    proxy.add(
+        Match::Comp("metadata"),
+        Action::Respond(412, "LeaseIdMismatchWithBlobOperation"),
+        Some(1),
+    );
+    let m = AzureMutex::builder(common::config_via(proxy.addr), &c)
+        .client_options(common::fast_options())
+        .holder(azmutex::Holder {
+            owner: Some("me".into()),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let locker = Locker::with_options(m, "job", locker_options(secs(15))).unwrap();
+    let mut guard = locker.lock_timeout(Duration::from_secs(20)).await.unwrap();
+    assert!(guard.is_held());
+    assert_eq!(
+        proxy.count("acquire"),
+        3,
+        "404, acquire lost while stamping, acquire again: {:?}",
+        proxy.seen()
+    );
+    guard.release().await.unwrap();
+}
