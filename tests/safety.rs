@@ -352,8 +352,8 @@ async fn a_loss_while_acquiring_is_waited_out() {
     assert!(guard.is_held());
     assert_eq!(
         proxy.count("acquire"),
-        3,
-        "404, acquire lost while stamping, acquire again: {:?}",
+        4,
+        "404 container, 404 blob, acquire lost while stamping, acquire again: {:?}",
         proxy.seen()
     );
     guard.release().await.unwrap();
