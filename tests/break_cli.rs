@@ -2,85 +2,18 @@
 //! broke a safety promise of the first implementation (commit c0e243f), named after what went
 //! wrong then; it passes when the promise holds. Kept as regression tests.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use azmutex::{BreakPeriod, LeaseDuration, LeaseState};
+use azmutex::{BreakPeriod, LeaseDuration};
+use cli::*;
 use common::http_proxy::{Action, HttpProxy, Match};
 use common::proxy::Proxy;
-
-const BUILT: &str = env!("CARGO_BIN_EXE_azmutex");
-
-fn bin() -> String {
-    std::env::var("AZMUTEX_TEST_BIN").unwrap_or_else(|_| BUILT.to_string())
-}
-
-fn connection_via(addr: std::net::SocketAddr) -> String {
-    format!(
-        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1",
-        common::DEV_KEY
-    )
-}
-
-fn azmutex_with(container: &str, connection: &str) -> Command {
-    let mut c = Command::new(bin());
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AZURE_STORAGE_CONNECTION_STRING", connection)
-        .args(["--container", container]);
-    c
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(common::unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn state(container: &str) -> LeaseState {
-    rt().block_on(common::mutex(container).inspect("job")).unwrap().state
-}
-
-fn wait_until_leased(container: &str) {
-    let started = Instant::now();
-    while state(container) != LeaseState::Leased {
-        assert!(started.elapsed() < Duration::from_secs(20), "lock never became leased");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Acquires directly every 100 ms; returns the send time (ns) of the attempt that succeeded.
-fn acquire_as_soon_as_possible(container: &str, limit: Duration) -> u128 {
-    let rt = rt();
-    let m = common::mutex(container);
-    let started = Instant::now();
-    loop {
-        let sent = now_ns();
-        match rt.block_on(m.acquire("job", LeaseDuration::seconds(15).unwrap())) {
-            Ok(lease) => {
-                rt.block_on(m.release(&lease)).unwrap();
-                return sent;
-            }
-            Err(e) => assert!(matches!(e, azmutex::Error::Conflict { .. }), "{e}"),
-        }
-        assert!(started.elapsed() < limit, "never acquired");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn last_beat(file: &Path) -> u128 {
     std::fs::read_to_string(file)

@@ -7,43 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use azmutex::rest::RestRequest;
-use azmutex::{AzureMutex, BlobClient, BreakPeriod, ClientOptions, LeaseDuration, Locker, LockerOptions};
+use azmutex::{AzureMutex, BreakPeriod, ClientOptions, Locker};
 use common::http_proxy::{Action, HttpProxy, Match};
+use common::{create_container, delete_blob, fenced, locker_options, secs, send, via};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn secs(n: u64) -> LeaseDuration {
-    LeaseDuration::seconds(n).unwrap()
-}
-
-fn via(addr: std::net::SocketAddr, container: &str, fencing: bool) -> AzureMutex {
-    AzureMutex::builder(common::config_via(addr), container)
-        .client_options(common::fast_options())
-        .fencing(fencing)
-        .build()
-        .unwrap()
-}
-
-fn fenced(container: &str) -> AzureMutex {
-    AzureMutex::builder(common::config(), container)
-        .client_options(common::fast_options())
-        .fencing(true)
-        .build()
-        .unwrap()
-}
-
-async fn send(req: RestRequest) -> azmutex::rest::RestResponse {
-    BlobClient::new(&common::config(), ClientOptions::default())
-        .unwrap()
-        .send(&req, Instant::now() + Duration::from_secs(10))
-        .await
-        .unwrap()
-}
-
-async fn create_container(container: &str) {
-    let r = send(RestRequest::new("cc", Method::PUT, container, None).query("restype", "container")).await;
-    assert!(r.status == 201 || r.status == 409, "{:?}", r.error());
-}
 
 /// A zero-length page blob created by someone other than this crate version (an operator, a
 /// script, azmutex 747e99b), with the given initial sequence number (none: 0).
@@ -57,20 +25,6 @@ async fn put_page_blob(container: &str, blob: &str, sequence: Option<&str>) {
     }
     let r = send(req).await;
     assert_eq!(r.status, 201, "{:?}", r.error());
-}
-
-async fn delete_blob(container: &str, blob: &str) {
-    let r = send(RestRequest::new("delete", Method::DELETE, container, Some(blob))).await;
-    assert_eq!(r.status, 202, "{:?}", r.error());
-}
-
-fn locker_options(lease: LeaseDuration) -> LockerOptions {
-    LockerOptions {
-        lease,
-        poll_initial: Duration::from_millis(20),
-        poll_max: Duration::from_millis(200),
-        ..LockerOptions::default()
-    }
 }
 
 /// Promise 3. The lock is broken and taken by a thief while the work runs. The first release

@@ -4,75 +4,19 @@
 //! another client could hold the lock, report success for a stolen lock, or leave a lease
 //! behind.
 
+#[path = "common/cli.rs"]
+mod cli;
 mod common;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use azmutex::{LeaseDuration, LeaseState};
+use cli::*;
 use common::http_proxy::{Action, HttpProxy, Match};
 use common::proxy::Proxy;
-
-const BUILT: &str = env!("CARGO_BIN_EXE_azmutex");
-
-/// The binary under test: this build's, or `AZMUTEX_TEST_BIN` (e.g. an older build, to check
-/// that these tests catch what they are about).
-fn bin() -> String {
-    std::env::var("AZMUTEX_TEST_BIN").unwrap_or_else(|_| BUILT.to_string())
-}
-
-fn connection_via(addr: std::net::SocketAddr) -> String {
-    format!(
-        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=http://{addr}/devstoreaccount1",
-        common::DEV_KEY
-    )
-}
-
-/// `azmutex --container <container>` talking to `connection`.
-fn azmutex_with(container: &str, connection: &str) -> Command {
-    let mut c = Command::new(bin());
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("AZURE_STORAGE_CONNECTION_STRING", connection)
-        .args(["--container", container]);
-    c
-}
-
-fn azmutex(container: &str) -> Command {
-    azmutex_with(container, &common::service().connection_string)
-}
-
-fn output(mut c: Command) -> Output {
-    c.stdin(Stdio::null()).output().unwrap()
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(common::unique(name));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn state(container: &str) -> LeaseState {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(common::mutex(container).inspect("job")).unwrap().state
-}
-
-fn wait_until_leased(container: &str) {
-    let started = Instant::now();
-    while state(container) != LeaseState::Leased {
-        assert!(started.elapsed() < Duration::from_secs(20), "lock never became leased");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn stderr_of(child: Child) -> (Option<i32>, String, Instant) {
     let out = child.wait_with_output().unwrap();
@@ -81,29 +25,6 @@ fn stderr_of(child: Child) -> (Option<i32>, String, Instant) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
         Instant::now(),
     )
-}
-
-/// Tries to acquire directly (no proxy) every 100 ms; returns the send time (ns since the
-/// epoch) of the attempt that succeeded: the service cannot have granted it earlier.
-fn acquire_as_soon_as_possible(container: &str, limit: Duration) -> u128 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let m = common::mutex(container);
-    let started = Instant::now();
-    loop {
-        let sent = now_ns();
-        match rt.block_on(m.acquire("job", LeaseDuration::seconds(15).unwrap())) {
-            Ok(lease) => {
-                rt.block_on(m.release(&lease)).unwrap();
-                return sent;
-            }
-            Err(e) => assert!(matches!(e, azmutex::Error::Conflict { .. }), "{e}"),
-        }
-        assert!(started.elapsed() < limit, "never acquired");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Last heartbeat time (ns) written by `p`/`g` lines in `file`, and how many of each.

@@ -9,48 +9,13 @@ use std::time::{Duration, Instant};
 
 use azmutex::rest::RestRequest;
 use azmutex::{
-    AzureMutex, BlobClient, BreakPeriod, ClientOptions, Error, LeaseDuration, LeaseState, LockError, Locker,
-    LockerOptions, LostReason, Released,
+    AzureMutex, BreakPeriod, ClientOptions, Error, LeaseDuration, LeaseState, LockError, Locker, LockerOptions,
+    LostReason, Released,
 };
 use common::http_proxy::{Action, HttpProxy, Match};
 use common::proxy::Proxy;
+use common::{delete_blob, fenced, locker_options, secs, send, via};
 use reqwest::Method;
-
-fn secs(n: u64) -> LeaseDuration {
-    LeaseDuration::seconds(n).unwrap()
-}
-
-fn fenced(container: &str) -> AzureMutex {
-    AzureMutex::builder(common::config(), container)
-        .client_options(common::fast_options())
-        .fencing(true)
-        .build()
-        .unwrap()
-}
-
-fn via(addr: std::net::SocketAddr, container: &str, fencing: bool) -> AzureMutex {
-    AzureMutex::builder(common::config_via(addr), container)
-        .client_options(common::fast_options())
-        .fencing(fencing)
-        .build()
-        .unwrap()
-}
-
-fn client() -> BlobClient {
-    BlobClient::new(&common::config(), ClientOptions::default()).unwrap()
-}
-
-async fn send(req: RestRequest) -> azmutex::rest::RestResponse {
-    client()
-        .send(&req, Instant::now() + Duration::from_secs(10))
-        .await
-        .unwrap()
-}
-
-async fn delete_blob(container: &str, blob: &str) {
-    let r = send(RestRequest::new("delete", Method::DELETE, container, Some(blob))).await;
-    assert_eq!(r.status, 202, "{:?}", r.error());
-}
 
 async fn set_fence_metadata(container: &str, blob: &str, value: &str) {
     let req = RestRequest::new("meta", Method::PUT, container, Some(blob))
@@ -67,15 +32,6 @@ async fn put_block_blob(container: &str, blob: &str) {
     let req = RestRequest::new("put", Method::PUT, container, Some(blob)).header("x-ms-blob-type", "BlockBlob");
     let r = send(req).await;
     assert_eq!(r.status, 201, "{:?}", r.error());
-}
-
-fn locker_options(lease: LeaseDuration) -> LockerOptions {
-    LockerOptions {
-        lease,
-        poll_initial: Duration::from_millis(20),
-        poll_max: Duration::from_millis(200),
-        ..LockerOptions::default()
-    }
 }
 
 /// Item 4: a release whose first attempt was refused (503, never applied) and whose retry is

@@ -163,3 +163,64 @@ pub fn azurite_addr() -> std::net::SocketAddr {
     .parse()
     .unwrap()
 }
+
+pub fn secs(n: u64) -> azmutex::LeaseDuration {
+    azmutex::LeaseDuration::seconds(n).unwrap()
+}
+
+/// A mutex on `container` reached through `addr` (a test proxy in front of Azurite).
+pub fn via(addr: std::net::SocketAddr, container: &str, fencing: bool) -> AzureMutex {
+    AzureMutex::builder(config_via(addr), container)
+        .client_options(fast_options())
+        .fencing(fencing)
+        .build()
+        .unwrap()
+}
+
+/// A mutex with fencing tokens on `container`.
+pub fn fenced(container: &str) -> AzureMutex {
+    AzureMutex::builder(config(), container)
+        .client_options(fast_options())
+        .fencing(true)
+        .build()
+        .unwrap()
+}
+
+/// Sends a raw request straight to the service (no proxy).
+pub async fn send(req: azmutex::rest::RestRequest) -> azmutex::rest::RestResponse {
+    azmutex::BlobClient::new(&config(), ClientOptions::default())
+        .unwrap()
+        .send(&req, std::time::Instant::now() + Duration::from_secs(10))
+        .await
+        .unwrap()
+}
+
+/// Creates `container` (already there is fine).
+pub async fn create_container(container: &str) {
+    let req =
+        azmutex::rest::RestRequest::new("cc", reqwest::Method::PUT, container, None).query("restype", "container");
+    let r = send(req).await;
+    assert!(r.status == 201 || r.status == 409, "{:?}", r.error());
+}
+
+/// Deletes a blob that is not leased.
+pub async fn delete_blob(container: &str, blob: &str) {
+    let r = send(azmutex::rest::RestRequest::new(
+        "delete",
+        reqwest::Method::DELETE,
+        container,
+        Some(blob),
+    ))
+    .await;
+    assert_eq!(r.status, 202, "{:?}", r.error());
+}
+
+/// Locker options for tests: `lease`, quick polling.
+pub fn locker_options(lease: azmutex::LeaseDuration) -> azmutex::LockerOptions {
+    azmutex::LockerOptions {
+        lease,
+        poll_initial: Duration::from_millis(20),
+        poll_max: Duration::from_millis(200),
+        ..azmutex::LockerOptions::default()
+    }
+}
