@@ -35,7 +35,8 @@ const AFTER_HELP: &str = "\
 Exit codes:
   run       the command's own exit code (128+N if it was killed by signal N)
   75        lock busy (--no-wait) or wait timed out (see --conflict-exit-code)
-  70        lock lost while the command ran (it got SIGTERM, then SIGKILL after --kill-grace)
+  70        lock lost while the command ran (its process group got SIGTERM, then SIGKILL
+            after --kill-grace), or the release could not confirm the lease was ours to the end
   69        storage unreachable after retries
   77        authentication or permission refused
   78        invalid configuration (connection string, key, URL, CA certificate), or
