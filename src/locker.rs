@@ -454,13 +454,9 @@ impl Waiter {
             let mut call_deadline = limit_deadline.map_or(default, |d| d.min(default));
             // With `give_up_after`, giving up (attempt and cleanup together) happens within it:
             // the attempt leaves a quarter of it (at most the cleanup timeout) for the cleanup.
-            let patience_end = self
-                .options
-                .give_up_after
-                .and_then(|p| failing_since.unwrap_or(attempt_started).checked_add(p));
-            if let (Some(end), Some(p)) = (patience_end, self.options.give_up_after) {
-                let reserve = (p / 4).min(CLEANUP_TIMEOUT);
-                call_deadline = call_deadline.min(end.checked_sub(reserve).unwrap_or(end));
+            let patience = self.patience(failing_since.unwrap_or(attempt_started));
+            if let Some((stop_trying, _)) = patience {
+                call_deadline = call_deadline.min(stop_trying);
             }
             let attempt = self
                 .mutex
@@ -516,17 +512,16 @@ impl Waiter {
             // A transient failure may hide a lease granted to us whose answer never came.
             let maybe_granted = failure.is_some();
             failing_since = failure.as_ref().map(|_| failing_since.unwrap_or(attempt_started));
-            let patience_over = failing_since
-                .zip(self.options.give_up_after)
-                .is_some_and(|(since, patience)| since.elapsed() >= patience);
-            if let (true, Some(e)) = (patience_over, &failure) {
-                if maybe_granted {
-                    let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
-                    let until = cleanup_deadline(&self.mutex, limit_deadline);
-                    let until = patience_end.map_or(until, |end| until.min(end));
-                    let _ = self.mutex.release_until(&lease, until).await;
+            let patience = failing_since.and_then(|since| self.patience(since));
+            if let (Some((stop_trying, end)), Some(e)) = (patience, &failure) {
+                if Instant::now() >= stop_trying {
+                    if maybe_granted {
+                        let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
+                        let until = cleanup_deadline(&self.mutex, limit_deadline).min(end);
+                        let _ = self.mutex.release_until(&lease, until).await;
+                    }
+                    return Err(e.clone().into());
                 }
-                return Err(e.clone().into());
             }
             let Limit::Until(deadline) = limit else {
                 self.cleanup(id, maybe_granted, limit_deadline).await;
@@ -543,6 +538,8 @@ impl Waiter {
             pause = pause.mul_f64(1.5).min(self.options.poll_max);
             let wake = now.checked_add(jittered).unwrap_or(now);
             let wake = deadline.map_or(wake, |d| wake.min(d));
+            // Failing storage: wake no later than when patience runs out.
+            let wake = patience.map_or(wake, |(stop_trying, _)| wake.min(stop_trying));
             tokio::select! {
                 _ = sleep_until(wake.into()) => {}
                 _ = tx.closed() => {
@@ -563,6 +560,16 @@ impl Waiter {
                 });
             }
         }
+    }
+
+    /// With [`LockerOptions::give_up_after`] and storage failing since `since`: when to stop
+    /// trying, and when giving up (the cleanup included) must be over. The cleanup keeps a
+    /// quarter of the patience, at most the cleanup timeout.
+    fn patience(&self, since: Instant) -> Option<(Instant, Instant)> {
+        let patience = self.options.give_up_after?;
+        let end = since.checked_add(patience)?;
+        let reserve = (patience / 4).min(CLEANUP_TIMEOUT);
+        Some((end.checked_sub(reserve).unwrap_or(end), end))
     }
 
     /// After a failed attempt whose answer never came, the lease may exist on the server:
