@@ -430,7 +430,7 @@ impl AzureMutex {
                 service: e.service().cloned().unwrap_or_else(|| resp.error()),
                 detail: format!(
                     "acquire answered 201 with lease id {:?} instead of ours; released ours",
-                    resp.header("x-ms-lease-id").unwrap_or("(none)")
+                    crate::error::sanitize_text(resp.header("x-ms-lease-id").unwrap_or("(none)"), 60)
                 ),
             });
         }
@@ -555,8 +555,10 @@ impl AzureMutex {
             202 => {
                 let secs = resp
                     .header("x-ms-lease-time")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+                    // The service never says more than the longest lease (60 s).
+                    .min(60);
                 Ok(Duration::from_secs(secs))
             }
             409 if resp.error().is("LeaseNotPresentWithLeaseOperation") => Ok(Duration::ZERO),

@@ -43,6 +43,9 @@ const MAX_CODE_CHARS: usize = 128;
 /// far away) are clamped to this before any time arithmetic.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
+/// The most response headers accepted (8 KiB of metadata is at most a few hundred items).
+const MAX_RESPONSE_HEADERS: usize = 1024;
+
 /// Characters left unencoded in a blob path: unreserved characters and `/`.
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -367,6 +370,9 @@ impl BlobClient {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
+            // A lock blob may carry many metadata items (Azure allows 8 KiB of them), each one
+            // response header: hyper's default of 100 headers would make it look like an outage.
+            .http1_max_headers(MAX_RESPONSE_HEADERS)
             .pool_idle_timeout(Duration::from_secs(50))
             .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")));
         for pem in &options.ca_certificates_pem {
@@ -650,14 +656,14 @@ impl BlobClient {
             op = req.op,
             attempt,
             status,
-            request_id = headers
-                .get("x-ms-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-            error_code = headers
-                .get("x-ms-error-code")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            request_id = %crate::error::sanitize_text(
+                headers.get("x-ms-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                100
+            ),
+            error_code = %crate::error::sanitize_text(
+                headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                100
+            ),
             elapsed_ms = sent_at.elapsed().as_millis() as u64,
             "response"
         );

@@ -1,6 +1,6 @@
-//! Second hostile review (issues 8 and 9, CLI side), against a real Azurite or a loopback
-//! server. Each test is an attack on a promise of the README; it FAILS while the promise is
-//! broken (written against b8af6ac) and passes once it holds.
+//! Second hostile review (issues 8 and 9), against a real Azurite. Each test is an attack that
+//! broke a promise at commit b8af6ac, named after what went wrong then; it passes when the
+//! promise holds. Kept as regression tests.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -94,10 +94,22 @@ fn raw_server(answer: fn(&str) -> Vec<u8>) -> SocketAddr {
 #[test]
 fn break2_usage_errors_quote_the_account_key() {
     let cases: Vec<Vec<String>> = vec![
-        vec!["--account-name".into(), "devstoreaccount1".into(), "--account-key=".into(), KEY.into(), "status".into(), "job".into()],
+        vec![
+            "--account-name".into(),
+            "devstoreaccount1".into(),
+            "--account-key=".into(),
+            KEY.into(),
+            "status".into(),
+            "job".into(),
+        ],
         vec!["--timeout".into(), KEY.into(), "status".into(), "job".into()],
         vec!["status".into(), "job".into(), KEY.into()],
-        vec!["--connection-string=".into(), format!("AccountName=a;AccountKey={KEY}"), "status".into(), "job".into()],
+        vec![
+            "--connection-string=".into(),
+            format!("AccountName=a;AccountKey={KEY}"),
+            "status".into(),
+            "job".into(),
+        ],
     ];
     let mut leaked = Vec::new();
     for args in cases {
@@ -122,7 +134,18 @@ fn break2_run_publishes_a_secret_from_the_command_line_as_owner() {
     let c = common::unique("b2-owner");
     let mut holder = azmutex(&c);
     holder
-        .args(["-q", "run", "job", "--", "sh", "-c", "sleep 4", "upload", "--account-key", KEY])
+        .args([
+            "-q",
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "sleep 4",
+            "upload",
+            "--account-key",
+            KEY,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -163,7 +186,11 @@ fn break2_acquire_with_a_closed_stdout_panics_and_strands_the_lease() {
         o.status.code() != Some(101) && state != LeaseState::Leased,
         "acquire exit {:?}, lock left {state:?}; stderr: {}",
         o.status.code(),
-        String::from_utf8_lossy(&o.stderr).lines().take(3).collect::<Vec<_>>().join(" | ")
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
 }
 
@@ -181,7 +208,11 @@ fn break2_status_with_a_closed_stdout_panics() {
         o.status.code(),
         Some(101),
         "status panicked: {}",
-        String::from_utf8_lossy(&o.stderr).lines().take(3).collect::<Vec<_>>().join(" | ")
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
 }
 
@@ -203,8 +234,17 @@ fn break2_a_huge_lease_id_header_is_printed_uncut() {
     let mut a = azmutex_with("locks", &connection_via(addr));
     a.args(["acquire", "job", "--timeout", "5s"]);
     let o = output(a);
-    let longest = String::from_utf8_lossy(&o.stderr).lines().map(str::len).max().unwrap_or(0);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o).chars().take(300).collect::<String>());
+    let longest = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        text(&o).chars().take(300).collect::<String>()
+    );
     assert!(
         longest < 2_000,
         "exit {:?}; a stderr line of {longest} bytes",
@@ -226,7 +266,8 @@ fn break2_many_metadata_items_look_like_an_outage() {
     let rt = rt();
     rt.block_on(async {
         common::create_container(&c).await;
-        let mut req = RestRequest::new("put", reqwest::Method::PUT, &c, Some("job")).header("x-ms-blob-type", "BlockBlob");
+        let mut req =
+            RestRequest::new("put", reqwest::Method::PUT, &c, Some("job")).header("x-ms-blob-type", "BlockBlob");
         for i in 0..150 {
             req = req.header_owned(&format!("x-ms-meta-m{i}"), "1").unwrap();
         }
@@ -252,17 +293,30 @@ fn break2_a_failed_release_hides_a_stolen_lock() {
     let proxy = HttpProxy::start(common::azurite_addr());
     proxy.add(Match::LeaseAction("release"), Action::Respond(503, "ServerBusy"), None);
     let mut run = azmutex_with(&c, &connection_via(proxy.addr));
-    run.args(["-q", "--timeout", "3s", "run", "job", "--lease", "15", "--", "sleep", "4"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    run.args([
+        "-q",
+        "--timeout",
+        "3s",
+        "run",
+        "job",
+        "--lease",
+        "15",
+        "--",
+        "sleep",
+        "4",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let child = run.spawn().unwrap();
     wait_until_leased(&c);
     std::thread::sleep(Duration::from_millis(500));
     let rt = rt();
     let m = common::mutex(&c);
     rt.block_on(m.break_lease("job", Some(BreakPeriod::NOW))).unwrap();
-    let other = rt.block_on(m.acquire("job", LeaseDuration::seconds(15).unwrap())).unwrap();
+    let other = rt
+        .block_on(m.acquire("job", LeaseDuration::seconds(15).unwrap()))
+        .unwrap();
     let o = child.wait_with_output().unwrap();
     let _ = rt.block_on(m.release(&other));
     assert_eq!(
@@ -289,7 +343,15 @@ fn break2_one_stop_and_continue_leaves_azmutex_and_its_command_stopped() {
     let pidfile = dir.join("pid");
     let mut run = azmutex(&c);
     run.env("PIDFILE", &pidfile)
-        .args(["-q", "run", "job", "--", "sh", "-c", "echo $$ > \"$PIDFILE\"; while :; do sleep 0.05; done"])
+        .args([
+            "-q",
+            "run",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > \"$PIDFILE\"; while :; do sleep 0.05; done",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

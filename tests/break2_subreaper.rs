@@ -1,6 +1,6 @@
-//! Second hostile review, issue 8's watchdog: in a binary of its own because it makes the test
-//! process a child subreaper (process-wide), as `tini`, `docker --init`, systemd or a CI runner
-//! can be for azmutex.
+//! Second hostile review (issues 8 and 9), against a real Azurite. Each test is an attack that
+//! broke a promise at commit b8af6ac, named after what went wrong then; it passes when the
+//! promise holds. Kept as regression tests.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -15,9 +15,15 @@ use cli::*;
 fn members(pgid: i32) -> Vec<(i32, char, i32)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.len() > 2 && f[2].parse::<i32>() == Ok(pgid) {
             out.push((pid, f[0].chars().next().unwrap_or('?'), f[1].parse().unwrap_or(0)));

@@ -5,7 +5,7 @@ use std::time::Duration;
 use azmutex::{BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions};
 use clap::Args;
 
-use super::output::{json_str, parse_duration, printable, rfc3339, wall_clock};
+use super::output::{json_str, out, parse_duration, printable, rfc3339, say, wall_clock};
 use super::{Context, Failure};
 
 /// `acquire` options.
@@ -69,20 +69,21 @@ fn duration(secs: u64, infinite: bool) -> Result<LeaseDuration, Failure> {
     }
 }
 
-fn print_lease(lease: &Lease, json: bool) {
+/// Prints the lease; `false` if stdout is closed.
+fn print_lease(lease: &Lease, json: bool) -> bool {
     if json {
         let deadline = match lease.deadline() {
             Some(d) => json_str(&rfc3339(wall_clock(d))),
             None => "null".into(),
         };
         let token = lease.fencing_token().map_or("null".to_string(), |t| t.to_string());
-        println!(
+        out(format_args!(
             "{{\"lock\":{},\"lease_id\":\"{}\",\"fencing_token\":{token},\"deadline\":{deadline}}}",
             json_str(lease.lock().as_str()),
             lease.id()
-        );
+        ))
     } else {
-        println!("{}", lease.id());
+        out(format_args!("{}", lease.id()))
     }
 }
 
@@ -102,7 +103,21 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
                 .await?
         }
     };
-    print_lease(&lease, args.json);
+    if !print_lease(&lease, args.json) {
+        // Nobody got the lease id: give the lease back rather than strand it.
+        let released = ctx.mutex(false, None)?.release(&lease).await;
+        return Err(Failure::new(
+            super::exit::OTHER,
+            format!(
+                "could not print the lease id (stdout is closed); the lease was {}",
+                if released.is_ok() {
+                    "released"
+                } else {
+                    "not released and will expire"
+                }
+            ),
+        ));
+    }
     Ok(0)
 }
 
@@ -146,18 +161,18 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
             ),
             None => "null".into(),
         };
-        println!(
+        out(format_args!(
             "{{\"lock\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{}}}",
             json_str(info.lock.as_str()),
             info.state.as_str(),
             opt(duration.map(str::to_string)),
             info.fencing_token.map_or("null".into(), |t| t.to_string()),
-        );
+        ));
     } else {
-        println!("lock:          {}", info.lock);
-        println!("state:         {} ({status})", info.state.as_str());
+        out(format_args!("lock:          {}", info.lock));
+        out(format_args!("state:         {} ({status})", info.state.as_str()));
         if let Some(d) = duration {
-            println!("duration:      {d}");
+            out(format_args!("duration:      {d}"));
         }
         if let Some(h) = &info.holder {
             let since = h.since.map(|s| {
@@ -165,7 +180,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
                 format!("{} ({ago}s ago)", rfc3339(s))
             });
             // Any lock user sets these (`--owner`): never print them raw.
-            println!(
+            out(format_args!(
                 "holder:        {}{}{}",
                 printable(h.holder.owner.as_deref().unwrap_or("-"), 200),
                 h.holder
@@ -174,16 +189,16 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
                     .map(|x| format!(" on {}", printable(x, 100)))
                     .unwrap_or_default(),
                 h.holder.pid.map(|p| format!(" pid {p}")).unwrap_or_default()
-            );
+            ));
             if let Some(since) = since {
-                println!("since:         {since}");
+                out(format_args!("since:         {since}"));
             }
         }
         if let Some(t) = info.fencing_token {
-            println!("fencing token: {t}");
+            out(format_args!("fencing token: {t}"));
         }
         if !info.exists {
-            println!("(no lock blob yet: never acquired)");
+            out(format_args!("(no lock blob yet: never acquired)"));
         }
     }
     Ok(0)
@@ -194,9 +209,13 @@ pub async fn break_lease(ctx: &Context, args: BreakArgs) -> Result<u8, Failure> 
     let left = ctx.mutex(false, None)?.break_lease(args.lock.as_str(), period).await?;
     if !ctx.quiet {
         if left == Duration::ZERO {
-            eprintln!("azmutex: lock {:?} is free now", args.lock);
+            say(format_args!("azmutex: lock {:?} is free now", args.lock));
         } else {
-            eprintln!("azmutex: lock {:?} breaks in {}s", args.lock, left.as_secs());
+            say(format_args!(
+                "azmutex: lock {:?} breaks in {}s",
+                args.lock,
+                left.as_secs()
+            ));
         }
     }
     Ok(0)

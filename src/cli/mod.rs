@@ -2,6 +2,7 @@
 
 mod commands;
 mod output;
+use output::say;
 mod process;
 mod run;
 
@@ -188,8 +189,17 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            if e.use_stderr() {
+                // clap quotes what was typed; a misplaced key or connection string must not
+                // come back on the terminal or in a CI log.
+                let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+                let text = redact_typed_secrets(&e.render().to_string(), &args);
+                use std::io::Write;
+                let _ = write!(std::io::stderr(), "{text}");
+                return ExitCode::from(exit::USAGE);
+            }
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+            return ExitCode::from(0);
         }
     };
     init_logging(cli.verbose);
@@ -200,17 +210,54 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("azmutex: cannot start the async runtime: {e}");
+            say(format_args!("azmutex: cannot start the async runtime: {e}"));
             return ExitCode::from(exit::OTHER);
         }
     };
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("azmutex: {}", f.message);
+            say(format_args!("azmutex: {}", f.message));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Whether a command-line word may be a secret: a connection string or SAS, or a long run of
+/// base64 (an account key is 88 characters of it).
+fn looks_secret(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    let marked = ["accountkey", "sharedaccesssignature", "sig=", "sig%3d", "password"]
+        .iter()
+        .any(|m| lower.contains(m));
+    let base64ish = word.len() >= 20
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+        && word.bytes().any(|b| b.is_ascii_digit())
+        && word.bytes().any(|b| b.is_ascii_uppercase())
+        && word.bytes().any(|b| b.is_ascii_lowercase());
+    marked || base64ish
+}
+
+/// `text` with every command-line word that may be a secret (and every `=`-separated part of
+/// one, as in `--account-key=KEY`) replaced by `[redacted]`.
+fn redact_typed_secrets(text: &str, args: &[String]) -> String {
+    let mut secrets: Vec<&str> = Vec::new();
+    for arg in args.iter().skip(1) {
+        for part in std::iter::once(arg.as_str()).chain(arg.split_once('=').map(|(_, v)| v)) {
+            if !part.is_empty() && looks_secret(part) {
+                secrets.push(part);
+            }
+        }
+    }
+    // Longest first, so that a whole word goes before a part of it.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut text = text.to_string();
+    for secret in secrets {
+        text = text.replace(secret, "[redacted]");
+    }
+    text
 }
 
 fn init_logging(verbose: u8) {
@@ -313,10 +360,10 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
         Some(config) => Ok(config),
         None => {
             if !quiet {
-                eprintln!(
+                say(format_args!(
                     "azmutex: no storage configured; using local development storage \
                      (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
-                );
+                ));
             }
             Ok(StorageConfig::development())
         }

@@ -92,6 +92,21 @@ pub fn json_str(s: &str) -> String {
     out
 }
 
+/// Writes a line to stdout. `false` if it could not be written (a closed pipe, as with
+/// `| head`): never a panic, unlike `println!`.
+pub fn out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{args}").and_then(|()| stdout.flush()).is_ok()
+}
+
+/// Writes a line to stderr. A closed or failing stderr must never stop azmutex (`eprintln!`
+/// panics on EPIPE).
+pub fn say(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{args}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,11 +138,12 @@ impl Group {
 }
 
 impl Group {
-    /// Whether the command (the group's leader) is stopped (Ctrl-Z, SIGTSTP, SIGSTOP). Consumes
-    /// the stop report; the command stays waitable for its exit.
-    pub fn leader_stopped(&self) -> bool {
+    /// The signal that stopped the command (the group's leader), if it is stopped: SIGTSTP
+    /// (Ctrl-Z), SIGTTIN/SIGTTOU (terminal job control) or SIGSTOP. Consumes the stop report;
+    /// the command stays waitable for its exit.
+    pub fn leader_stopped(&self) -> Option<libc::c_int> {
         if self.pgid <= 0 {
-            return false;
+            return None;
         }
         // SAFETY: waitid on our own child with WSTOPPED | WNOHANG (no exit is consumed: WEXITED
         // is not asked for); `info` is plain data, zeroed as the man page asks.
@@ -154,7 +155,7 @@ impl Group {
                 &mut info,
                 libc::WSTOPPED | libc::WNOHANG,
             );
-            rc == 0 && info.si_pid() != 0 && info.si_code == libc::CLD_STOPPED
+            (rc == 0 && info.si_pid() != 0 && info.si_code == libc::CLD_STOPPED).then(|| info.si_status())
         }
     }
 
@@ -192,11 +193,13 @@ impl Group {
         self.signal(libc::SIGCONT);
     }
 
-    /// Starts the watchdog: a copy of azmutex forked (without exec) into the command's group.
-    /// Every 50 ms it looks at azmutex: stopped (SIGSTOP, a debugger) → it stops the whole group,
-    /// itself included, so that the command never runs on while its supervisor cannot renew or
+    /// Starts the watchdog: a copy of azmutex forked (without exec) into a process group of its
+    /// own. Every 50 ms it looks at azmutex: stopped (SIGSTOP, a debugger) → it stops the
+    /// command's group, so that the command never runs on while its supervisor cannot renew or
     /// stop it (azmutex continues the group, or kills it if the lease ran out meanwhile); gone
-    /// (even by SIGKILL) → it kills the whole group. Returns its pid.
+    /// (even by SIGKILL, even while stopped) → it kills the command's group and exits. Being
+    /// outside that group, it is never stopped by its own signal and never counted as a
+    /// process the command left behind.
     pub fn start_watchdog(&mut self) {
         if self.pgid <= 0 {
             return;
@@ -238,7 +241,7 @@ impl Group {
 /// # Safety
 /// Call only in a freshly forked child; `path` must be a NUL-terminated `/proc/<pid>/stat`.
 unsafe fn watchdog(parent: libc::pid_t, pgid: libc::pid_t, path: *const libc::c_char) -> ! {
-    libc::setpgid(0, pgid);
+    libc::setpgid(0, 0);
     // Signals forwarded to the group are for the command; the watchdog stays until killed.
     for sig in [
         libc::SIGTERM,

@@ -9,7 +9,7 @@ use clap::Args;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::output::{parse_duration, printable, rfc3339};
+use super::output::{parse_duration, printable, rfc3339, say};
 use super::process;
 use super::{exit, Context, Failure};
 
@@ -143,13 +143,6 @@ fn describe_holder(info: &azmutex::LockInfo) -> String {
     format!(" (held by {})", parts.join(" "))
 }
 
-/// Writes a line to stderr. A closed or failing stderr must never stop supervision
-/// (`eprintln!` panics on EPIPE).
-fn say(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{args}");
-}
-
 /// Safety margin kept before the lease's local deadline (the library's default).
 const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 
@@ -199,9 +192,12 @@ fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Fa
 
 pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
     let options = locker_options(&args, ctx.conn.timeout)?;
+    // The default owner is the program's name only: its arguments may hold secrets, and the
+    // owner is shown to every other user of the lock.
     let owner = args.owner.clone().unwrap_or_else(|| {
-        let cmd: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        cmd.join(" ").chars().take(200).collect()
+        let program = std::path::Path::new(&args.command[0]);
+        let name = program.file_name().unwrap_or(program.as_os_str());
+        name.to_string_lossy().chars().take(200).collect()
     });
     let mutex = ctx.mutex(true, Some(holder(Some(owner))))?;
     let locker = Locker::with_options(mutex.clone(), args.lock.as_str(), options)?;
@@ -327,22 +323,34 @@ async fn supervise(
                 Event::Forward(sig) => group.signal(sig),
                 // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
                 // stop azmutex's job with it, so that the shell sees a stopped job.
-                Event::Child => {
-                    if group.leader_stopped() {
+                Event::Child => match group.leader_stopped() {
+                    // Job control (Ctrl-Z, a terminal read in the background, a forwarded
+                    // SIGTSTP): stop azmutex's job with the command, as a shell expects.
+                    Some(libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) => {
                         group.suspend_with_leader();
                         // Continued. The lease may have run out meanwhile: then the command
                         // must not go on.
                         if let Some(reason) = guard.lost_reason() {
-                            return stop_on_loss(ctx, args, child, group, guard, reason).await;
+                            return kill_now(args, child, group, guard, reason).await;
                         }
                         group.resume();
                     }
-                }
+                    // SIGSTOP: the watchdog's (it saw azmutex stopped; a late one may land
+                    // after azmutex was continued), or someone's who stopped the command
+                    // alone. azmutex runs and holds the lock: let the command go on.
+                    Some(_) => {
+                        if let Some(reason) = guard.lost_reason() {
+                            return kill_now(args, child, group, guard, reason).await;
+                        }
+                        group.resume();
+                    }
+                    None => {}
+                },
                 // azmutex was stopped (the watchdog then stopped the command's group too) and
                 // is running again: continue the group only if the lock is still ours.
                 Event::Continued => {
                     if let Some(reason) = guard.lost_reason() {
-                        return stop_on_loss(ctx, args, child, group, guard, reason).await;
+                        return kill_now(args, child, group, guard, reason).await;
                     }
                     group.resume();
                 }
@@ -390,10 +398,16 @@ async fn supervise(
             ));
             return Ok(exit::LOST);
         }
-        Err(e) => say(format_args!(
-            "azmutex: warning: releasing lock {:?} failed ({e}); it stays locked until the lease expires",
-            args.lock
-        )),
+        // Not confirmed that the lease was ours to the end: it may have been broken and taken
+        // while the command ran, and the release was the one request that could have said so.
+        Err(e) => {
+            say(format_args!(
+                "azmutex: lock {:?} lost ({}): releasing failed ({e}); it stays locked until the lease expires",
+                args.lock,
+                LostReason::Unconfirmed
+            ));
+            return Ok(exit::LOST);
+        }
     }
     Ok(exit_code(status))
 }
@@ -433,6 +447,27 @@ async fn stop_on_loss(
     }
     group.signal(libc::SIGKILL);
     let _ = child.wait().await;
+    group.kill_and_reap().await;
+    let _ = guard.release().await;
+    Ok(exit::LOST)
+}
+
+/// The lease ran out while azmutex (and the command's group) were stopped: no grace, the
+/// group dies before it can run again; then a courtesy release. Exits 70.
+async fn kill_now(
+    args: &RunArgs,
+    mut child: Child,
+    group: &mut process::Group,
+    guard: &mut LockGuard,
+    reason: LostReason,
+) -> Result<u8, Failure> {
+    group.signal(libc::SIGKILL);
+    say(format_args!(
+        "azmutex: lock {:?} lost ({reason}) while stopped; killed the command",
+        args.lock
+    ));
+    let _ = child.wait().await;
+    group.stop_watchdog();
     group.kill_and_reap().await;
     let _ = guard.release().await;
     Ok(exit::LOST)
