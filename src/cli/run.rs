@@ -35,7 +35,8 @@ pub struct RunArgs {
     /// Exit code when the lock is busy or the wait times out.
     #[arg(long, default_value_t = exit::BUSY, value_name = "N")]
     pub conflict_exit_code: u8,
-    /// Who holds the lock, as shown by `azmutex status` (default: the command).
+    /// Who holds the lock, as shown by `azmutex status` and to waiting clients (default: the
+    /// command's program name; its arguments are never shown, as they may hold secrets).
     #[arg(long)]
     pub owner: Option<String>,
     /// The command and its arguments, after `--`.
