@@ -298,7 +298,7 @@ impl Locker {
         let value = result.map_err(lost)?;
         match released {
             Ok(Released::Confirmed) => Ok(value),
-            // A refused release attempt and a stolen lock look the same from here.
+            // (The guard reports an unconfirmed release as a loss already.)
             Ok(Released::Unconfirmed) => Err(lost(LostReason::Unconfirmed)),
             Err(Error::LeaseLost { reason, .. }) => Err(lost(reason)),
             Err(e) => Err(e.into()),
@@ -784,12 +784,13 @@ impl LockGuard {
 
     /// Stops renewal and releases the lease (one request, bounded by the lease's own end).
     ///
-    /// `Ok` only if the lock was ours until the release: [`Released::Unconfirmed`] when an
-    /// earlier attempt's answer was lost and the retry found the lease gone (see
-    /// [`AzureMutex::release`]). [`Error::LeaseLost`] when the lock had been lost (noticed
-    /// before, or shown by the release's answer); a lease that may still be ours on the server
-    /// is released all the same. Other errors (network) mean the lease will expire by itself.
-    /// Idempotent: later calls return the first call's result.
+    /// `Ok` (always [`Released::Confirmed`]) only if the service confirmed that the lock was
+    /// ours until the release. [`Error::LeaseLost`] when the lock had been lost (noticed before,
+    /// or shown by the release's answer), or with [`LostReason::Unconfirmed`] when an earlier
+    /// attempt's answer was lost and the retry found the lease gone (see
+    /// [`AzureMutex::release`]); a lease that may still be ours on the server is released all
+    /// the same. Other errors (network) mean the lease will expire by itself. Idempotent: later
+    /// calls return the first call's result.
     pub async fn release(&mut self) -> Result<Released, Error> {
         if let Some(done) = &self.released {
             return done.clone();
@@ -948,6 +949,11 @@ impl Renewer {
             return Err(lost_error(lost.unwrap_or(LostReason::Expired)));
         }
         let result = self.mutex.release_until(&self.lease, deadline).await;
+        // At this layer `Ok` means "held to the end": an unconfirmed release cannot say so.
+        let result = match result {
+            Ok(Released::Unconfirmed) => Err(lost_error(LostReason::Unconfirmed)),
+            other => other,
+        };
         match (result, lost) {
             (Ok(_), Some(reason)) => Err(lost_error(reason)),
             (Err(e), Some(reason)) => {

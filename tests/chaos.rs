@@ -1037,6 +1037,14 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
             continue;
         };
         let Some(lost_at) = h.lost_at else { continue };
+        // A verdict given only by the release, after the section had ended ("lost
+        // (unconfirmed)": the release's answer was lost, or it failed), declares nothing while
+        // the work ran; the work itself stopped at the section's end, so that is what must come
+        // before the next acquisition (rules 1 and 5 judge the section itself).
+        let lost_at = match s.end {
+            Some(end) if lost_at > end && h.lost_reason.as_deref().is_some_and(|r| r.contains("confirm")) => end,
+            _ => lost_at,
+        };
         let mine = acquired(r, s);
         let next = strict
             .iter()

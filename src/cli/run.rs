@@ -384,7 +384,11 @@ async fn supervise(
     }
     match guard.release().await {
         Ok(Released::Confirmed) => {}
-        Ok(Released::Unconfirmed) => {
+        Ok(Released::Unconfirmed)
+        | Err(Error::LeaseLost {
+            reason: LostReason::Unconfirmed,
+            ..
+        }) => {
             say(format_args!(
                 "azmutex: lock {:?} lost ({}): the release's answer was lost and its retry found the lease gone",
                 args.lock,
