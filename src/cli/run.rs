@@ -319,7 +319,7 @@ async fn supervise(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
-            reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason).await,
+            reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason, args.kill_grace).await,
             event = signals.event() => match event {
                 Event::Forward(sig) => group.signal(sig),
                 // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
@@ -332,7 +332,7 @@ async fn supervise(
                         // Continued. The lease may have run out meanwhile: then the command
                         // must not go on.
                         if let Some(reason) = guard.lost_reason() {
-                            return kill_now(args, child, group, guard, reason).await;
+                            return stop_on_loss(ctx, args, child, group, guard, reason, Duration::ZERO).await;
                         }
                         group.resume();
                     }
@@ -341,7 +341,7 @@ async fn supervise(
                     // alone. azmutex runs and holds the lock: let the command go on.
                     Some(_) => {
                         if let Some(reason) = guard.lost_reason() {
-                            return kill_now(args, child, group, guard, reason).await;
+                            return stop_on_loss(ctx, args, child, group, guard, reason, Duration::ZERO).await;
                         }
                         group.resume();
                     }
@@ -351,7 +351,7 @@ async fn supervise(
                 // is running again: continue the group only if the lock is still ours.
                 Event::Continued => {
                     if let Some(reason) = guard.lost_reason() {
-                        return kill_now(args, child, group, guard, reason).await;
+                        return stop_on_loss(ctx, args, child, group, guard, reason, Duration::ZERO).await;
                     }
                     group.resume();
                 }
@@ -417,9 +417,10 @@ async fn supervise(
     Ok(exit_code(status))
 }
 
-/// After a loss: SIGTERM to the command's group, SIGKILL after the kill grace (which lands by
-/// the lease's deadline minus the safety margin), then a courtesy release bounded by the
-/// lease's own end. Exits 70.
+/// After a loss: SIGTERM to the command's group, SIGKILL after `grace` (the kill grace, which
+/// lands by the lease's deadline minus the safety margin; zero when the lease ran out while the
+/// group was stopped, so that it dies before it can run again), then a courtesy release bounded
+/// by the lease's own end. Exits 70.
 async fn stop_on_loss(
     ctx: &Context,
     args: &RunArgs,
@@ -427,50 +428,25 @@ async fn stop_on_loss(
     group: &mut process::Group,
     guard: &mut LockGuard,
     reason: LostReason,
+    grace: Duration,
 ) -> Result<u8, Failure> {
     // Signal first: nothing (not even a failing stderr) may delay stopping the command.
-    group.signal(libc::SIGTERM);
+    group.signal(if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM });
     say(format_args!(
         "azmutex: lock {:?} lost ({reason}); stopping the command",
         args.lock
     ));
-    let deadline = tokio::time::Instant::now() + args.kill_grace;
-    let main_done = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
-    // The watchdog ignores SIGTERM; with the command gone it has nothing left to guard for long.
-    if main_done {
-        group.stop_watchdog();
-    }
-    let all_done = main_done
-        && tokio::time::timeout_at(deadline, group.wait_gone(args.kill_grace))
-            .await
-            .is_ok();
-    if !all_done && !ctx.quiet {
-        say(format_args!(
-            "azmutex: the command did not stop within {:?}; killing it",
-            args.kill_grace
-        ));
+    if !grace.is_zero() {
+        let deadline = tokio::time::Instant::now() + grace;
+        let main_done = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
+        let all_done = main_done && tokio::time::timeout_at(deadline, group.wait_gone(grace)).await.is_ok();
+        if !all_done && !ctx.quiet {
+            say(format_args!(
+                "azmutex: the command did not stop within {grace:?}; killing it"
+            ));
+        }
     }
     group.signal(libc::SIGKILL);
-    let _ = child.wait().await;
-    group.kill_and_reap().await;
-    let _ = guard.release().await;
-    Ok(exit::LOST)
-}
-
-/// The lease ran out while azmutex (and the command's group) were stopped: no grace, the
-/// group dies before it can run again; then a courtesy release. Exits 70.
-async fn kill_now(
-    args: &RunArgs,
-    mut child: Child,
-    group: &mut process::Group,
-    guard: &mut LockGuard,
-    reason: LostReason,
-) -> Result<u8, Failure> {
-    group.signal(libc::SIGKILL);
-    say(format_args!(
-        "azmutex: lock {:?} lost ({reason}) while stopped; killed the command",
-        args.lock
-    ));
     let _ = child.wait().await;
     group.stop_watchdog();
     group.kill_and_reap().await;
