@@ -47,13 +47,6 @@ fn broken_pipe() -> Stdio {
     }
 }
 
-fn proc_state(pid: i32) -> char {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next()))
-        .unwrap_or('-')
-}
-
 /// A loopback server that answers each request with `answer(request head)`; the connection
 /// is kept open for the next request.
 fn raw_server(answer: fn(&str) -> Vec<u8>) -> SocketAddr {

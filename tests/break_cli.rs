@@ -6,7 +6,6 @@
 mod cli;
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,24 +13,6 @@ use azmutex::{BreakPeriod, LeaseDuration};
 use cli::*;
 use common::http_proxy::{Action, HttpProxy, Match};
 use common::proxy::Proxy;
-
-fn last_beat(file: &Path) -> u128 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' ')?.1.trim().parse::<u128>().ok())
-        .max()
-        .unwrap_or(0)
-}
-
-fn kill_pid_in(file: &Path) -> bool {
-    let pid: i32 = std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    // SAFETY: probing and killing a process this test started.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 && libc::kill(pid, libc::SIGKILL) == 0 }
-}
 
 /// Promise 2 ("the command and its group are dead by deadline - 2 s when no renewal was
 /// confirmed"). Only azmutex is paused (SIGSTOP to its pid: a supervisor freezing the job's
@@ -177,13 +158,6 @@ fn break_run_exits_0_after_a_stolen_lock_when_the_release_answer_is_a_500() {
         "the lock was broken and taken while the command ran, yet run exited {:?}\n{stderr}",
         out.status.code()
     );
-}
-
-fn proc_state(pid: i32) -> char {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
-        .unwrap_or('?')
 }
 
 /// Promise 2 ("on a terminal the command is foreground"; interactive commands keep working).

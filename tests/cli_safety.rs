@@ -54,16 +54,6 @@ trap '' TERM
 echo $! > "$BEAT.pid"
 while :; do echo "p $(date +%s%N)" >> "$BEAT"; sleep 0.1; done"#;
 
-/// Kills the grandchild recorded by [`STUBBORN`] if it still runs; returns whether it did.
-fn kill_leftover(beat: &std::path::Path) -> bool {
-    let pid: i32 = std::fs::read_to_string(beat.with_extension("pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    // SAFETY: probing and killing the process this test started.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 && libc::kill(pid, libc::SIGKILL) == 0 }
-}
-
 /// Items 1, 2 and 9 with default options (30 s lease): under a blackhole, a command that ignores
 /// SIGTERM, and its grandchild, are dead before anyone else can acquire, and `run` exits 70
 /// within the lease duration + 5 s of the cut.
@@ -87,7 +77,7 @@ fn a_stubborn_command_and_its_children_die_before_anyone_else_can_acquire() {
     let acquired_at = acquire_as_soon_as_possible(&c, Duration::from_secs(45));
     let (code, stderr, exited) = stderr_of(child);
     std::thread::sleep(Duration::from_millis(500));
-    let leftover = kill_leftover(&beat);
+    let leftover = kill_pid_in(&beat.with_extension("pid"));
     let (last, p, g) = last_heartbeat(&beat);
     assert!(p > 0 && g > 0, "no heartbeats: {p} {g}");
     assert!(!leftover, "the grandchild outlived azmutex\n{stderr}");

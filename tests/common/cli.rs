@@ -99,3 +99,31 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// The latest timestamp (ns) among the `<who> <ns>` heartbeat lines of `file`.
+pub fn last_beat(file: &std::path::Path) -> u128 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' ')?.1.trim().parse::<u128>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Kills the process whose pid `file` holds, if it still runs; returns whether it did.
+pub fn kill_pid_in(file: &std::path::Path) -> bool {
+    let pid: i32 = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    // SAFETY: probing and killing a process the test started.
+    pid > 0 && unsafe { libc::kill(pid, 0) == 0 && libc::kill(pid, libc::SIGKILL) == 0 }
+}
+
+/// A process's state letter from /proc (`R`, `S`, `T`, …), `-` if it is gone.
+pub fn proc_state(pid: i32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next()))
+        .unwrap_or('-')
+}
