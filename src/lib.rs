@@ -59,6 +59,7 @@ mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
+mod transport;
 pub mod types;
 
 pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider};

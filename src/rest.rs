@@ -17,7 +17,8 @@ use url::Url;
 
 use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
-use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TlsProblem, TransientCause};
+use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
+use crate::transport::{error_chain, tls_problem};
 
 /// The `x-ms-version` sent by default.
 ///
@@ -42,9 +43,6 @@ const MAX_CODE_CHARS: usize = 128;
 /// The longest wait a `Retry-After` can ask for; larger values (up to 2^64 seconds, or dates
 /// far away) are clamped to this before any time arithmetic.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
-/// The most response headers accepted (8 KiB of metadata is at most a few hundred items).
-const MAX_RESPONSE_HEADERS: usize = 1024;
 
 /// Characters left unencoded in a blob path: unreserved characters and `/`.
 const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
@@ -367,33 +365,7 @@ impl BlobClient {
     /// Makes a client for `config`. Installs rustls's `ring` provider as the process default if
     /// no provider is installed yet.
     pub fn new(config: &StorageConfig, options: ClientOptions) -> Result<Self, InvalidInput> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(options.connect_timeout)
-            // A lock blob may carry many metadata items (Azure allows 8 KiB of them), each one
-            // response header: hyper's default of 100 headers would make it look like an outage.
-            .http1_max_headers(MAX_RESPONSE_HEADERS)
-            .pool_idle_timeout(Duration::from_secs(50))
-            .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")));
-        for pem in &options.ca_certificates_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| InvalidInput::CaCertificate(e.without_url().to_string()))?;
-            if certs.is_empty() {
-                return Err(InvalidInput::CaCertificate("no PEM certificate found".into()));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
-        if let Some(proxy) = &config.proxy {
-            let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|e| InvalidInput::Option {
-                option: "DevelopmentStorageProxyUri",
-                why: e.without_url().to_string(),
-            })?;
-            builder = builder.proxy(proxy);
-        }
-        let http = builder.build().map_err(|e| InvalidInput::Option {
-            option: "http client",
-            why: e.without_url().to_string(),
-        })?;
+        let http = crate::transport::http_client(&options, config.proxy.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -725,62 +697,6 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or_default()
             .min(MAX_RETRY_AFTER)
     })
-}
-
-/// The TLS problem behind a request error, if it was one: rustls's error is found in the source
-/// chain (inside `std::io::Error`s, whose `source()` skips the wrapped error).
-fn tls_problem(e: &reqwest::Error) -> Option<TlsProblem> {
-    fn find(e: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = cur {
-            if let Some(t) = err.downcast_ref::<rustls::Error>() {
-                return Some(classify_tls(t));
-            }
-            if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-                if let Some(p) = find(inner) {
-                    return Some(p);
-                }
-            }
-            cur = err.source();
-        }
-        None
-    }
-    find(e)
-}
-
-fn classify_tls(e: &rustls::Error) -> TlsProblem {
-    use rustls::CertificateError as C;
-    match e {
-        rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer => TlsProblem::UnknownIssuer,
-            C::NotValidForName | C::NotValidForNameContext { .. } => TlsProblem::NameMismatch,
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                TlsProblem::Expired
-            }
-            other => {
-                let detail = format!("{other:?}");
-                if detail.contains("CaUsedAsEndEntity") {
-                    TlsProblem::CaAsServerCertificate
-                } else {
-                    TlsProblem::Other(sanitize_text(&format!("invalid certificate: {detail}"), 200))
-                }
-            }
-        },
-        rustls::Error::InvalidMessage(_) => TlsProblem::NotTls,
-        other => TlsProblem::Other(sanitize_text(&other.to_string(), 200)),
-    }
-}
-
-/// An error and its sources on one line (reqwest hides the useful part in the sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
