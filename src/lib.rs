@@ -62,7 +62,11 @@ pub mod rest;
 mod transport;
 pub mod types;
 
-pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider};
+#[cfg(feature = "entra")]
+pub use auth::entra::{EntraCredential, EntraError, EntraKind};
+pub use auth::{
+    AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider, TransientTokenError,
+};
 pub use config::{ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};

@@ -505,7 +505,7 @@ impl BlobClient {
         req: &RestRequest,
         url: &Url,
         client_request_id: &str,
-        timeout: Duration,
+        mut timeout: Duration,
         attempt: u32,
     ) -> Result<Attempt, Error> {
         let date = httpdate::fmt_http_date(SystemTime::now());
@@ -552,10 +552,38 @@ impl BlobClient {
                 put(&mut headers, AUTHORIZATION, &auth)?;
             }
             Credential::Bearer(provider) => {
-                let token = provider.token().await.map_err(|e| Error::Auth {
-                    service: None,
-                    detail: format!("the token provider failed: {e}"),
-                })?;
+                // The token wait shares this request's timeout (so the call's deadline holds):
+                // a provider that hangs or fails transiently is retried like a network error;
+                // only a definite refusal is an authentication error.
+                use crate::auth::{classify_token_error, TokenFailure};
+                let asked = Instant::now();
+                let retry = |why: String| Attempt::Retry {
+                    cause: TransientCause::Network(why),
+                    throttled: None,
+                    retry_after: None,
+                    maybe_applied: false,
+                };
+                let token = match tokio::time::timeout(timeout, provider.token()).await {
+                    Ok(Ok(token)) => token,
+                    Ok(Err(e)) => match classify_token_error(&*e) {
+                        TokenFailure::Definite(detail) => return Err(Error::Auth { service: None, detail }),
+                        TokenFailure::Tls(problem) => return Err(Error::Tls { problem }),
+                        TokenFailure::Transient(why) => {
+                            tracing::debug!(op = req.op, attempt, error = %why, "no token");
+                            return Ok(retry(format!("no token: {why}")));
+                        }
+                    },
+                    Err(_) => {
+                        return Ok(retry(format!(
+                            "no token within the request timeout ({} ms)",
+                            timeout.as_millis()
+                        )))
+                    }
+                };
+                timeout = timeout.saturating_sub(asked.elapsed());
+                if timeout.is_zero() {
+                    return Ok(retry("no time left after waiting for a token".into()));
+                }
                 put(&mut headers, AUTHORIZATION, &format!("Bearer {}", token.0))?;
             }
             Credential::Sas(_) => {}

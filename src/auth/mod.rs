@@ -4,6 +4,9 @@
 //! Secrets never leave this module in readable form: [`AccountKey`] and [`SasToken`] print as
 //! redacted in `Debug` and `Display`, and errors never quote them.
 
+#[cfg(feature = "entra")]
+#[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+pub mod entra;
 pub mod signer;
 
 use std::fmt;
@@ -200,9 +203,16 @@ pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
 /// The future a [`TokenProvider`] returns.
 pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<AccessToken, TokenError>> + Send + 'a>>;
 
-/// A source of Entra ID bearer tokens (scope `https://storage.azure.com/.default`), implemented
-/// by the caller, so that environments that forbid account keys can use this crate without the
-/// Azure SDK. It is called before every request: cache and refresh tokens inside it.
+/// A source of Entra ID bearer tokens (scope `https://storage.azure.com/.default`), so that
+/// environments that forbid account keys can use this crate without the Azure SDK. The crate's
+/// own is `auth::entra::EntraCredential` (feature `entra`); a caller may implement another. It is
+/// called before every request, bounded by that request's timeout: cache and refresh tokens
+/// inside it, and answer at once while a valid token is cached.
+///
+/// An error is taken as a definite refusal ([`Error::Auth`](crate::Error::Auth)) unless it is a
+/// [`TransientTokenError`] (or a transient `EntraError`): those, like a provider that does not
+/// answer within the request's timeout, are retried until the call's deadline, as network
+/// errors are.
 ///
 /// ```
 /// use azmutex::{AccessToken, TokenFuture, TokenProvider};
@@ -217,6 +227,41 @@ pub type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<AccessToken, Token
 pub trait TokenProvider: Send + Sync {
     /// Returns a currently valid token.
     fn token(&self) -> TokenFuture<'_>;
+}
+
+/// A token provider's failure that may pass (network, throttling, endpoint down): the request
+/// is retried until its call's deadline instead of failing as an authentication error.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct TransientTokenError(pub String);
+
+/// How a token provider's failure is treated by the request that needed the token.
+pub(crate) enum TokenFailure {
+    /// Retrying cannot help: an authentication error.
+    Definite(String),
+    /// May pass: retried until the call's deadline.
+    Transient(String),
+    /// The token endpoint's TLS certificate was refused.
+    Tls(crate::error::TlsProblem),
+}
+
+/// Classifies a [`TokenProvider`]'s error (see its documentation).
+pub(crate) fn classify_token_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> TokenFailure {
+    #[cfg(feature = "entra")]
+    if let Some(e) = e.downcast_ref::<entra::EntraError>() {
+        if let Some(problem) = e.tls_problem() {
+            return TokenFailure::Tls(problem.clone());
+        }
+        return if e.is_definite() {
+            TokenFailure::Definite(e.to_string())
+        } else {
+            TokenFailure::Transient(e.to_string())
+        };
+    }
+    if let Some(e) = e.downcast_ref::<TransientTokenError>() {
+        return TokenFailure::Transient(e.to_string());
+    }
+    TokenFailure::Definite(format!("the token provider failed: {e}"))
 }
 
 /// How requests are authorized.
