@@ -148,6 +148,11 @@ pub enum ConfigError {
         /// What needs it.
         why: &'static str,
     },
+    /// No Entra ID credential could be set up (see [`crate::auth::entra`]).
+    #[cfg(feature = "entra")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+    #[error(transparent)]
+    Entra(#[from] crate::auth::entra::EntraError),
     /// Two keys exclude each other.
     #[error("`{a}` and `{b}` cannot both be given")]
     Conflict {
@@ -356,25 +361,93 @@ impl StorageConfig {
         if account.is_none() && key.is_none() && sas.is_none() && endpoint.is_none() {
             return Ok(None);
         }
-        let endpoint = match (&endpoint, &account) {
-            (Some(e), _) => parse_endpoint("AZURE_STORAGE_SERVICE_ENDPOINT", e)?,
-            (None, Some(a)) => {
-                check_account_name("AZURE_STORAGE_ACCOUNT", a)?;
-                parse_endpoint("AZURE_STORAGE_ACCOUNT", &format!("https://{a}.blob.core.windows.net"))?
-            }
-            (None, None) => {
-                return Err(ConfigError::Missing {
-                    key: "AZURE_STORAGE_ACCOUNT",
-                    why: "`AZURE_STORAGE_KEY`/`AZURE_STORAGE_SAS_TOKEN` need the account name",
-                })
-            }
-        };
+        let endpoint = env_endpoint(
+            endpoint.as_deref(),
+            account.as_deref(),
+            "`AZURE_STORAGE_KEY`/`AZURE_STORAGE_SAS_TOKEN` need the account name",
+        )?;
         let credential = credential(&ENV_NAMES, account.as_deref(), key.as_deref(), sas.as_deref())?;
         Ok(Some(Self {
             endpoint,
             credential,
             proxy: None,
         }))
+    }
+
+    /// [`StorageConfig::from_vars`] with the authorization chosen by `auth` (the CLI's `--auth`
+    /// / `AZMUTEX_AUTH`). [`AuthChoice::Auto`] uses a key or SAS when one is given, and Entra ID
+    /// (`entra(None)`: the default chain) when an account name or URL is given without either.
+    /// [`AuthChoice::Entra`] needs an account name or URL and no key, SAS or connection string.
+    /// `Ok(None)` when nothing at all is configured.
+    pub fn from_vars_with_auth(
+        var: impl Fn(&str) -> Option<String>,
+        auth: AuthChoice,
+        entra: impl FnOnce(AuthChoice) -> Result<Credential, ConfigError>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match var(name) {
+                Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable { name }),
+                other => Ok(other),
+            }
+        };
+        let cs = get("AZURE_STORAGE_CONNECTION_STRING")?;
+        let account = get("AZURE_STORAGE_ACCOUNT")?;
+        let key = get("AZURE_STORAGE_KEY")?;
+        let sas = get("AZURE_STORAGE_SAS_TOKEN")?;
+        let endpoint = get("AZURE_STORAGE_SERVICE_ENDPOINT")?;
+        let located = account.is_some() || endpoint.is_some();
+        let entra_wanted = match auth {
+            AuthChoice::Key | AuthChoice::Sas => false,
+            AuthChoice::Auto => cs.is_none() && key.is_none() && sas.is_none() && located,
+            #[cfg(feature = "entra")]
+            AuthChoice::Entra(_) => true,
+        };
+        if !entra_wanted {
+            let config = Self::from_vars(&var)?;
+            let wrong = |reason: &str| ConfigError::InvalidValue {
+                key: "AZMUTEX_AUTH",
+                reason: reason.to_string(),
+            };
+            return match (&auth, config.as_ref().map(|c| &c.credential)) {
+                (AuthChoice::Key, Some(Credential::Sas(_))) => {
+                    Err(wrong("`key` was chosen but a SAS token is configured"))
+                }
+                (AuthChoice::Sas, Some(Credential::SharedKey { .. })) => {
+                    Err(wrong("`sas` was chosen but an account key is configured"))
+                }
+                _ => Ok(config),
+            };
+        }
+        for (name, value) in [
+            ("AZURE_STORAGE_CONNECTION_STRING", &cs),
+            ("AZURE_STORAGE_KEY", &key),
+            ("AZURE_STORAGE_SAS_TOKEN", &sas),
+        ] {
+            if value.is_some() {
+                return Err(ConfigError::Conflict {
+                    a: name,
+                    b: "AZMUTEX_AUTH",
+                });
+            }
+        }
+        let endpoint = env_endpoint(
+            endpoint.as_deref(),
+            account.as_deref(),
+            "Entra ID authorization needs the storage account's name or URL",
+        )?;
+        Ok(Some(Self {
+            endpoint,
+            credential: entra(auth)?,
+            proxy: None,
+        }))
+    }
+
+    /// A configuration from an explicit endpoint URL and an Entra ID credential (the crate's
+    /// own, cached and refreshed in the background).
+    #[cfg(feature = "entra")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+    pub fn entra(endpoint: &str, credential: crate::auth::entra::EntraCredential) -> Result<Self, ConfigError> {
+        Self::new(endpoint, Credential::Bearer(std::sync::Arc::new(credential)))
     }
 
     /// A configuration from an explicit endpoint URL (host-style or path-style, e.g. for Azure
@@ -390,6 +463,38 @@ impl StorageConfig {
     /// Whether this is the well-known development storage account.
     pub fn is_development(&self) -> bool {
         matches!(&self.credential, Credential::SharedKey { account, .. } if account == DEV_ACCOUNT)
+    }
+}
+
+/// How requests are to be authorized, as the user chose (the CLI's `--auth` / `AZMUTEX_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthChoice {
+    /// SharedKey with the account key.
+    Key,
+    /// A SAS token.
+    Sas,
+    /// One kind of Entra ID credential.
+    #[cfg(feature = "entra")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+    Entra(crate::auth::entra::EntraKind),
+    /// A key or SAS token if one is given, else Entra ID's default chain.
+    Auto,
+}
+
+/// The blob endpoint from `AZURE_STORAGE_SERVICE_ENDPOINT`, else the account name's public
+/// endpoint; `why` says what needs it when neither is given.
+fn env_endpoint(endpoint: Option<&str>, account: Option<&str>, why: &'static str) -> Result<Url, ConfigError> {
+    match (endpoint, account) {
+        (Some(e), _) => parse_endpoint("AZURE_STORAGE_SERVICE_ENDPOINT", e),
+        (None, Some(a)) => {
+            check_account_name("AZURE_STORAGE_ACCOUNT", a)?;
+            parse_endpoint("AZURE_STORAGE_ACCOUNT", &format!("https://{a}.blob.core.windows.net"))
+        }
+        (None, None) => Err(ConfigError::Missing {
+            key: "AZURE_STORAGE_ACCOUNT",
+            why,
+        }),
     }
 }
 

@@ -67,7 +67,7 @@ pub use auth::entra::{EntraCredential, EntraError, EntraKind};
 pub use auth::{
     AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider, TransientTokenError,
 };
-pub use config::{ConfigError, StorageConfig};
+pub use config::{AuthChoice, ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{

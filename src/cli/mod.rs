@@ -1,5 +1,6 @@
 //! Command-line interface: argument parsing, configuration, dispatch and exit codes.
 
+mod auth;
 mod commands;
 mod output;
 use output::say;
@@ -96,6 +97,27 @@ pub struct Connection {
     /// Give up on an unreachable or failing storage service after this long (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_timeout, global = true)]
     pub timeout: Duration,
+    /// How to authorize: a key or SAS token, or an Entra ID credential. `auto` uses a key or
+    /// SAS if one is given, else (with an account name or URL) Entra ID: environment secret,
+    /// workload identity, managed identity, Azure CLI, in that order.
+    #[arg(long, env = "AZMUTEX_AUTH", value_enum, default_value = "auto", global = true)]
+    pub auth: auth::AuthArg,
+    /// Entra ID application (client) id: a service principal, a workload identity, or a
+    /// user-assigned managed identity.
+    #[arg(long, env = "AZURE_CLIENT_ID", global = true)]
+    pub client_id: Option<String>,
+    /// Managed identity: a user-assigned identity's object (principal) id.
+    #[arg(long, global = true, conflicts_with = "resource_id")]
+    pub object_id: Option<String>,
+    /// Managed identity: a user-assigned identity's Azure resource id.
+    #[arg(long, global = true)]
+    pub resource_id: Option<String>,
+    /// Entra ID tenant (directory) id.
+    #[arg(long, env = "AZURE_TENANT_ID", global = true)]
+    pub tenant_id: Option<String>,
+    /// Entra ID authority host, for sovereign clouds (default https://login.microsoftonline.com).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", global = true)]
+    pub authority_host: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,7 +352,8 @@ impl Context {
 /// environment variables: the same rules as [`StorageConfig::from_vars`], else development
 /// storage. A flag or variable that is given but empty is an error, not "nothing configured".
 fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
-    let config = StorageConfig::from_vars(|name| {
+    let choice = auth::choice(conn.auth)?;
+    let vars = |name: &str| {
         let flag = match name {
             "AZURE_STORAGE_CONNECTION_STRING" => &conn.connection_string,
             "AZURE_STORAGE_ACCOUNT" => &conn.account_name,
@@ -342,20 +365,22 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
         // clap may drop an empty environment variable; it still counts as configured.
         flag.clone()
             .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
-    })
-    .map_err(|e| {
-        let mut f = Failure::from(e);
-        for (var, flag) in [
-            ("AZURE_STORAGE_CONNECTION_STRING", "--connection-string"),
-            ("AZURE_STORAGE_ACCOUNT", "--account-name"),
-            ("AZURE_STORAGE_KEY", "--account-key"),
-            ("AZURE_STORAGE_SAS_TOKEN", "--sas-token"),
-            ("AZURE_STORAGE_SERVICE_ENDPOINT", "--account-url"),
-        ] {
-            f.message = f.message.replace(&format!("`{var}`"), &format!("`{flag}`/`{var}`"));
-        }
-        f
-    })?;
+    };
+    let config = StorageConfig::from_vars_with_auth(vars, choice, |choice| auth::entra_credential(conn, choice))
+        .map_err(|e| {
+            let mut f = Failure::from(e);
+            for (var, flag) in [
+                ("AZURE_STORAGE_CONNECTION_STRING", "--connection-string"),
+                ("AZURE_STORAGE_ACCOUNT", "--account-name"),
+                ("AZURE_STORAGE_KEY", "--account-key"),
+                ("AZURE_STORAGE_SAS_TOKEN", "--sas-token"),
+                ("AZURE_STORAGE_SERVICE_ENDPOINT", "--account-url"),
+                ("AZMUTEX_AUTH", "--auth"),
+            ] {
+                f.message = f.message.replace(&format!("`{var}`"), &format!("`{flag}`/`{var}`"));
+            }
+            f
+        })?;
     match config {
         Some(config) => Ok(config),
         None => {

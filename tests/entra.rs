@@ -1,0 +1,511 @@
+//! Entra ID credentials end to end: an HTTPS Azurite with `--oauth basic` (it checks each
+//! token's audience, issuer and times) and a local token endpoint speaking the documented
+//! protocols (tests/common/token_server.rs). Each kind acquires, renews and releases through
+//! `Locker`; tokens are refreshed ahead of expiry, once for all leases; a token endpoint that
+//! hangs or fails does not lose a lock while its token is valid; the chain fails fast.
+
+mod common;
+#[path = "common/token_server.rs"]
+mod token_server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use azmutex::auth::entra::{EntraBuilder, EntraCredential, UserAssigned};
+use azmutex::{
+    AccessToken, AzureMutex, ClientOptions, Credential, Error, Locker, LockerOptions, LostReason, StorageConfig,
+    TokenFuture, TokenProvider,
+};
+use token_server::{Mode, TokenServer, CLIENT_ID, IDENTITY_HEADER, SECRET, TENANT};
+
+/// The HTTPS Azurite (OAuth basic) and its PKI, one per test binary.
+fn azurite() -> &'static (token_server::Pki, common::Service) {
+    static AZURITE: OnceLock<(token_server::Pki, common::Service)> = OnceLock::new();
+    AZURITE.get_or_init(|| {
+        let pki = token_server::make_pki(std::env::temp_dir().join(common::unique("azmutex-entra")));
+        let cert = pki.dir.join("cert.pem");
+        let key = pki.dir.join("key.pem");
+        let args = [
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--oauth",
+            "basic",
+        ];
+        let azurite = common::start_azurite("https", &args);
+        (pki, azurite)
+    })
+}
+
+fn trusting() -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.ca_certificates_pem.push(azurite().0.ca_pem.clone().into_bytes());
+    o.retry.call_timeout = Duration::from_secs(10);
+    o
+}
+
+/// The token endpoints: Entra over HTTPS (same private CA), IMDS/App Service over HTTP.
+struct Endpoints {
+    entra: Arc<TokenServer>,
+    local: Arc<TokenServer>,
+}
+
+async fn endpoints(lifetime: u64) -> Endpoints {
+    let pki = &azurite().0;
+    Endpoints {
+        entra: TokenServer::start(Some((&pki.cert_pem, &pki.key_pem)), lifetime).await,
+        local: TokenServer::start(None, lifetime).await,
+    }
+}
+
+/// A builder reading only `vars` (never this process's environment).
+fn builder(vars: &[(&str, String)]) -> EntraBuilder {
+    let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    EntraCredential::builder()
+        .client_options(&trusting())
+        .vars(move |name| map.get(name).cloned())
+}
+
+fn config(credential: Arc<dyn TokenProvider>) -> StorageConfig {
+    StorageConfig::new(&azurite().1.endpoint, Credential::Bearer(credential)).unwrap()
+}
+
+fn mutex(credential: Arc<dyn TokenProvider>, container: &str) -> AzureMutex {
+    AzureMutex::builder(config(credential), container)
+        .client_options(trusting())
+        .build()
+        .unwrap()
+}
+
+/// Wraps a provider and checks every token it hands to a request: the token's `exp` must be
+/// in the future (it is sent at once). Counts violations and hand-outs.
+struct Checking {
+    inner: Arc<dyn TokenProvider>,
+    handed: AtomicU64,
+    expired: AtomicU64,
+    least_left: AtomicU64,
+}
+
+impl Checking {
+    fn new(inner: Arc<dyn TokenProvider>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            handed: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            least_left: AtomicU64::new(u64::MAX),
+        })
+    }
+}
+
+impl TokenProvider for Checking {
+    fn token(&self) -> TokenFuture<'_> {
+        Box::pin(async move {
+            let token: AccessToken = self.inner.token().await?;
+            let exp = token_server::jwt_exp(&token.0).expect("a token we minted");
+            let now = token_server::now();
+            self.handed.fetch_add(1, Ordering::Relaxed);
+            if exp <= now + 1 {
+                self.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            self.least_left.fetch_min(exp.saturating_sub(now), Ordering::Relaxed);
+            Ok(token)
+        })
+    }
+}
+
+fn entra_vars(e: &Endpoints) -> Vec<(&'static str, String)> {
+    vec![
+        ("AZURE_TENANT_ID", TENANT.to_string()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+        ("AZURE_AUTHORITY_HOST", e.entra.base.clone()),
+    ]
+}
+
+/// Acquire, renew (twice, in the background) and release through `Locker`.
+async fn lock_renew_release(credential: Arc<dyn TokenProvider>, hold: Duration) {
+    let container = common::unique("entra");
+    let m = mutex(credential, &container);
+    let options = LockerOptions {
+        lease: common::secs(15),
+        renew_every: Some(Duration::from_millis(700)),
+        ..LockerOptions::default()
+    };
+    let locker = Locker::with_options(m.clone(), "job", options).unwrap();
+    let mut guard = locker.lock_timeout(Duration::from_secs(20)).await.unwrap();
+    tokio::time::sleep(hold).await;
+    assert!(guard.is_held(), "{:?}", guard.lost_reason());
+    guard.release().await.unwrap();
+    // And once more with AzureMutex's own calls.
+    let mut lease = m.acquire("job", common::secs(15)).await.unwrap();
+    m.renew(&mut lease).await.unwrap();
+    m.release(&lease).await.unwrap();
+}
+
+#[tokio::test]
+async fn client_secret_acquires_renews_and_releases() {
+    let e = endpoints(3600).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    let b = builder(&vars);
+    assert!(!format!("{b:?}").contains(SECRET), "{b:?}");
+    let cred = b.client_secret_credential().unwrap();
+    lock_renew_release(Arc::new(cred.clone()), Duration::from_secs(2)).await;
+    assert_eq!(e.entra.requests(), 1, "one token for every request");
+    assert_eq!(cred.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn workload_identity_rereads_the_rotated_token_file() {
+    // 8 s tokens: refreshed after 4 s, so the hold below sees a second exchange.
+    let e = endpoints(8).await;
+    let dir = std::env::temp_dir().join(common::unique("azmutex-wi"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, "federated-assertion-1\n").unwrap();
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()));
+    let cred = builder(&vars).workload_identity().unwrap();
+    let checking = Checking::new(Arc::new(cred.clone()));
+    let rotate = async {
+        // Rotate once the first exchange is done: the next exchange must use the new file.
+        while e.entra.requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        *e.entra.assertion.lock().unwrap() = "federated-assertion-2".into();
+        std::fs::write(&file, "federated-assertion-2").unwrap();
+    };
+    tokio::join!(lock_renew_release(checking.clone(), Duration::from_secs(9)), rotate);
+    assert!(e.entra.requests() >= 2, "{}", e.entra.requests());
+    assert_eq!(checking.expired.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn managed_identity_on_a_vm_user_assigned_three_ways() {
+    let e = endpoints(3600).await;
+    let imds = format!("{}/metadata/identity/oauth2/token", e.local.base);
+    // System-assigned through AZURE_POD_IDENTITY_AUTHORITY_HOST (the endpoint override).
+    let cred = builder(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", e.local.base.clone())])
+        .managed_identity()
+        .unwrap();
+    lock_renew_release(Arc::new(cred), Duration::from_secs(2)).await;
+    for (id, param) in [
+        (UserAssigned::ClientId("cid".into()), "client_id=cid"),
+        (UserAssigned::ObjectId("oid".into()), "object_id=oid"),
+        (
+            UserAssigned::ResourceId("/subscriptions/s/rg/id".into()),
+            "msi_res_id=%2Fsubscriptions%2Fs%2Frg%2Fid",
+        ),
+    ] {
+        let cred = builder(&[])
+            .imds_endpoint(&imds)
+            .user_assigned(id)
+            .managed_identity()
+            .unwrap();
+        let m = mutex(Arc::new(cred), &common::unique("entra-mi"));
+        let lease = m.acquire("job", common::secs(15)).await.unwrap();
+        m.release(&lease).await.unwrap();
+        let last = e.local.queries.lock().unwrap().last().cloned().unwrap();
+        assert!(last.contains(param), "{last}");
+    }
+    // AZURE_CLIENT_ID selects a user-assigned identity by client id, as the SDKs do.
+    let cred = builder(&[("AZURE_CLIENT_ID", "from-env".into())])
+        .imds_endpoint(&imds)
+        .managed_identity()
+        .unwrap();
+    let m = mutex(Arc::new(cred), &common::unique("entra-mi"));
+    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
+        .await
+        .unwrap();
+    assert!(e
+        .local
+        .queries
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .contains("client_id=from-env"));
+}
+
+#[tokio::test]
+async fn managed_identity_on_app_service() {
+    let e = endpoints(3600).await;
+    let vars = [
+        ("IDENTITY_ENDPOINT", format!("{}/msi/token", e.local.base)),
+        ("IDENTITY_HEADER", IDENTITY_HEADER.to_string()),
+    ];
+    let cred = builder(&vars).managed_identity().unwrap();
+    assert!(!format!("{cred:?}").contains(IDENTITY_HEADER));
+    lock_renew_release(Arc::new(cred), Duration::from_secs(2)).await;
+    let cred = builder(&vars)
+        .user_assigned(UserAssigned::ObjectId("oid".into()))
+        .managed_identity()
+        .unwrap();
+    let m = mutex(Arc::new(cred), &common::unique("entra-as"));
+    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
+        .await
+        .unwrap();
+    assert!(e
+        .local
+        .queries
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .contains("principal_id=oid"));
+}
+
+#[tokio::test]
+async fn azure_cli_both_output_forms_and_signed_out() {
+    for newer in [true, false] {
+        let dir = std::env::temp_dir().join(common::unique("azmutex-az"));
+        token_server::fake_az(&dir, 3600, newer, true);
+        let cred = builder(&[("PATH", dir.display().to_string())]).azure_cli().unwrap();
+        lock_renew_release(Arc::new(cred), Duration::from_secs(2)).await;
+        let calls = std::fs::read_to_string(dir.join("az.calls")).unwrap();
+        assert_eq!(calls.lines().count(), 1, "newer={newer}");
+    }
+    let dir = std::env::temp_dir().join(common::unique("azmutex-az"));
+    token_server::fake_az(&dir, 3600, true, false);
+    let cred = builder(&[("PATH", dir.display().to_string())]).azure_cli().unwrap();
+    let err = mutex(Arc::new(cred), &common::unique("entra-az"))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("az login"), "{err}");
+    // No `az` at all: not configured, before the network.
+    let err = builder(&[("PATH", "/nonexistent".into())]).azure_cli().unwrap_err();
+    assert!(err.to_string().contains("not on PATH"), "{err}");
+}
+
+#[tokio::test]
+async fn refusals_are_auth_errors_at_once_and_secrets_never_show() {
+    let e = endpoints(3600).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", "wrong-secret-NEVER-printed".into()));
+    let cred = builder(&vars).client_secret_credential().unwrap();
+    let started = Instant::now();
+    let err = mutex(Arc::new(cred), &common::unique("entra-no"))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains("AADSTS7000215") && text.contains("invalid_client"),
+        "{text}"
+    );
+    assert!(!text.contains("NEVER-printed"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "not retried until the deadline"
+    );
+    // Missing configuration is named before the network.
+    let err = builder(&entra_vars(&e)).client_secret_credential().unwrap_err();
+    assert!(err.to_string().contains("AZURE_CLIENT_SECRET"), "{err}");
+    let err = builder(&[("AZURE_CLIENT_SECRET", " ".into())])
+        .client_secret_credential()
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+}
+
+#[tokio::test]
+async fn a_token_endpoint_with_an_untrusted_certificate_is_a_tls_error() {
+    let e = endpoints(3600).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    // System roots only for the token request (the storage client trusts the CA).
+    let cred = builder(&vars)
+        .client_options(&ClientOptions::default())
+        .client_secret_credential()
+        .unwrap();
+    let err = mutex(Arc::new(cred), &common::unique("entra-tls"))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Tls {
+                problem: azmutex::error::TlsProblem::UnknownIssuer
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Holds a lock with 40 s tokens, then the token endpoint misbehaves (`mode`): the lock stays
+/// held while the current token is usable (it is handed out until 10 s before expiry), then is
+/// lost by the usual deadline rule (`Expired`, not an authentication refusal), and not late:
+/// when loss is declared, the service still holds the lease.
+async fn misbehaving_endpoint_keeps_the_lock_while_the_token_is_valid(mode: Mode) {
+    let e = endpoints(40).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    let cred = builder(&vars).client_secret_credential().unwrap();
+    let checking = Checking::new(Arc::new(cred));
+    let container = common::unique("entra-bad");
+    let options = LockerOptions {
+        lease: common::secs(15),
+        ..LockerOptions::default()
+    };
+    let locker = Locker::with_options(mutex(checking.clone(), &container), "job", options).unwrap();
+    let guard = locker.lock_timeout(Duration::from_secs(20)).await.unwrap();
+    let got_token = Instant::now();
+    e.entra.set_mode(mode);
+    // Refreshes start at 20 s and fail; the token is usable until 30 s.
+    tokio::time::sleep(Duration::from_secs(27).saturating_sub(got_token.elapsed())).await;
+    assert!(
+        guard.is_held(),
+        "lost while the token was valid: {:?}",
+        guard.lost_reason()
+    );
+    assert!(e.entra.requests() >= 2, "refreshes were attempted");
+    let reason = tokio::time::timeout(Duration::from_secs(120), guard.lost())
+        .await
+        .expect("loss declared");
+    assert_eq!(reason, LostReason::Expired);
+    // Not late: the service still holds the lease when we declare it lost.
+    let key = AzureMutex::builder(
+        StorageConfig::parse_connection_string(&azurite().1.connection_string).unwrap(),
+        &container,
+    )
+    .client_options(trusting())
+    .build()
+    .unwrap();
+    let err = key.acquire("job", common::secs(15)).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    assert_eq!(checking.expired.load(Ordering::Relaxed), 0, "an expired token was sent");
+}
+
+#[tokio::test]
+async fn hanging_token_endpoint_does_not_lose_a_valid_lock() {
+    misbehaving_endpoint_keeps_the_lock_while_the_token_is_valid(Mode::Hang).await;
+}
+
+#[tokio::test]
+async fn failing_token_endpoint_does_not_lose_a_valid_lock() {
+    misbehaving_endpoint_keeps_the_lock_while_the_token_is_valid(Mode::Fail).await;
+}
+
+#[tokio::test]
+async fn chain_with_nothing_configured_fails_fast_listing_every_kind() {
+    // An instance metadata endpoint that accepts connections and never answers, and one that
+    // refuses them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for port in [silent.local_addr().unwrap().port(), refusing] {
+        let cred = builder(&[("PATH", "/nonexistent".into())])
+            .imds_endpoint(format!("http://127.0.0.1:{port}/metadata/identity/oauth2/token"))
+            .chain()
+            .unwrap();
+        let started = Instant::now();
+        let err = mutex(Arc::new(cred), &common::unique("entra-chain"))
+            .acquire("job", common::secs(15))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+        assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+        let text = err.to_string();
+        for kind in ["client secret", "workload identity", "managed identity", "Azure CLI"] {
+            assert!(text.contains(kind), "{kind} missing from: {text}");
+        }
+        assert!(
+            text.contains("AZURE_CLIENT_SECRET") && text.contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{text}"
+        );
+        assert!(
+            text.contains("no instance metadata endpoint") && text.contains("not on PATH"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn chain_uses_the_first_configured_kind_and_sticks_to_it() {
+    let e = endpoints(3600).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    vars.push(("AZURE_POD_IDENTITY_AUTHORITY_HOST", e.local.base.clone()));
+    let cred = builder(&vars).chain().unwrap();
+    lock_renew_release(Arc::new(cred), Duration::from_secs(1)).await;
+    assert_eq!(e.entra.requests(), 1);
+    assert_eq!(e.local.requests(), 0, "managed identity not asked");
+    // With the secret wrong, the chain goes on to the managed identity.
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", "wrong".into()));
+    vars.push(("AZURE_POD_IDENTITY_AUTHORITY_HOST", e.local.base.clone()));
+    let cred = builder(&vars).chain().unwrap();
+    lock_renew_release(Arc::new(cred), Duration::from_secs(1)).await;
+    assert_eq!(e.local.requests(), 1);
+}
+
+/// 90 s tokens, 1,000 leases held for 5 minutes by one client: no request is sent with an
+/// expired token (checked on every hand-out, and Azurite would answer 401), and the token
+/// endpoint sees one request per refresh, not one per lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_refresh_ahead_of_expiry_once_for_a_thousand_leases() {
+    const LEASES: usize = 1000;
+    const HOLD: Duration = Duration::from_secs(300);
+    let e = endpoints(90).await;
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    let cred = builder(&vars).client_secret_credential().unwrap();
+    let checking = Checking::new(Arc::new(cred.clone()));
+    let m = mutex(checking.clone(), &common::unique("entra-many"));
+    let options = LockerOptions {
+        lease: common::secs(60),
+        ..LockerOptions::default()
+    };
+    let started = Instant::now();
+    let mut guards = Vec::new();
+    for chunk in 0..LEASES / 100 {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let locker = Locker::with_options(m.clone(), format!("lock-{}", chunk * 100 + i), options.clone()).unwrap();
+            set.spawn(async move { locker.lock_timeout(Duration::from_secs(60)).await });
+        }
+        while let Some(r) = set.join_next().await {
+            guards.push(r.unwrap().unwrap());
+        }
+    }
+    while started.elapsed() < HOLD {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let lost = guards.iter().filter(|g| !g.is_held()).count();
+        assert_eq!(
+            lost,
+            0,
+            "leases lost: {:?}",
+            guards.iter().find_map(|g| g.lost_reason())
+        );
+    }
+    let elapsed = started.elapsed().as_secs();
+    let mut set = tokio::task::JoinSet::new();
+    for g in guards {
+        set.spawn(async move {
+            let mut g = g;
+            g.release().await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let handed = checking.handed.load(Ordering::Relaxed);
+    let requests = e.entra.requests();
+    eprintln!(
+        "{handed} requests authorized, {requests} token requests in {elapsed} s, least life left at hand-out {} s",
+        checking.least_left.load(Ordering::Relaxed)
+    );
+    assert_eq!(checking.expired.load(Ordering::Relaxed), 0, "an expired token was sent");
+    assert!(handed > 10 * LEASES as u64, "renewals happened: {handed}");
+    // One refresh per half-life (45 s), plus the first token and a spare.
+    assert!(requests <= elapsed / 45 + 2, "{requests} token requests in {elapsed} s");
+    assert!(requests >= 5, "tokens were refreshed: {requests}");
+    assert_eq!(cred.token_requests(), requests);
+}
