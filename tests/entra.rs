@@ -3,6 +3,7 @@
 //! protocols (tests/common/token_server.rs). Each kind acquires, renews and releases through
 //! `Locker`; tokens are refreshed ahead of expiry, once for all leases; a token endpoint that
 //! hangs or fails does not lose a lock while its token is valid; the chain fails fast.
+#![cfg(feature = "entra")]
 
 mod common;
 #[path = "common/token_server.rs"]

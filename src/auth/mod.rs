@@ -242,6 +242,7 @@ pub(crate) enum TokenFailure {
     /// May pass: retried until the call's deadline.
     Transient(String),
     /// The token endpoint's TLS certificate was refused.
+    #[cfg_attr(not(feature = "entra"), allow(dead_code))]
     Tls(crate::error::TlsProblem),
 }
 

@@ -5,14 +5,17 @@ use std::sync::OnceLock;
 
 use super::{EntraError, EntraKind, FetchFuture, TokenSource};
 
+/// A kind's source, or why it is not configured.
+pub(crate) type Candidate = (EntraKind, Result<Box<dyn TokenSource>, EntraError>);
+
 /// Kinds in order, each configured or with the reason it is not.
 pub(crate) struct Chain {
-    sources: Vec<(EntraKind, Result<Box<dyn TokenSource>, EntraError>)>,
+    sources: Vec<Candidate>,
     chosen: OnceLock<usize>,
 }
 
 impl Chain {
-    pub(crate) fn new(sources: Vec<(EntraKind, Result<Box<dyn TokenSource>, EntraError>)>) -> Self {
+    pub(crate) fn new(sources: Vec<Candidate>) -> Self {
         Self {
             sources,
             chosen: OnceLock::new(),
