@@ -510,3 +510,38 @@ async fn tokens_refresh_ahead_of_expiry_once_for_a_thousand_leases() {
     assert!(requests >= 5, "tokens were refreshed: {requests}");
     assert_eq!(cred.token_requests(), requests);
 }
+
+/// A provider that never answers, and one that fails with `TransientTokenError`: each request
+/// is bounded by the call's deadline and retried, ending as a transient error (the old code
+/// waited on the provider without bound, or gave up at once as an authentication error).
+#[tokio::test]
+async fn token_waits_are_bounded_by_the_call_deadline() {
+    struct Never;
+    impl TokenProvider for Never {
+        fn token(&self) -> TokenFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+    struct Flaky;
+    impl TokenProvider for Flaky {
+        fn token(&self) -> TokenFuture<'_> {
+            Box::pin(async { Err(azmutex::TransientTokenError("endpoint busy".into()).into()) })
+        }
+    }
+    for provider in [Arc::new(Never) as Arc<dyn TokenProvider>, Arc::new(Flaky)] {
+        let mut options = trusting();
+        options.retry.call_timeout = Duration::from_secs(3);
+        options.request_timeout = Duration::from_secs(1);
+        let m = AzureMutex::builder(config(provider), common::unique("entra-never"))
+            .client_options(options)
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), m.acquire("job", common::secs(15)))
+            .await
+            .expect("bounded")
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+}

@@ -52,7 +52,9 @@ Connection (first match wins): --connection-string / AZURE_STORAGE_CONNECTION_ST
 --account-url or --account-name with --account-key / AZURE_STORAGE_KEY or
 --sas-token / AZURE_STORAGE_SAS_TOKEN; otherwise local development storage
 (UseDevelopmentStorage=true: Azurite on 127.0.0.1:10000) - only when none of these is set at
-all: a variable that is set but empty is an error.";
+all: a variable that is set but empty is an error. An account without key or SAS uses Microsoft
+Entra ID (--auth, AZMUTEX_AUTH): client secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
+AZURE_CLIENT_SECRET), workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity, Azure CLI.";
 
 /// Distributed locks on Azure Blob Storage leases.
 #[derive(Parser, Debug)]
@@ -175,7 +177,8 @@ impl From<Error> for Failure {
         let (code, hint) = match &e {
             Error::Auth { .. } => (
                 exit::AUTH,
-                "check the account key or SAS token (permissions r,w,c; not expired) and this machine's clock",
+                "check the account key or SAS token (permissions r,w,c; not expired), or the Entra ID identity \
+                 (see --auth) and its data role (e.g. Storage Blob Data Contributor), and this machine's clock",
             ),
             Error::Transient { .. } | Error::Throttled { .. } => (
                 exit::UNAVAILABLE,
