@@ -59,7 +59,7 @@ mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
-mod transport;
+pub mod transport;
 pub mod types;
 
 pub use auth::{AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider};
@@ -69,7 +69,7 @@ pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
     AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released,
 };
-pub use rest::{BlobClient, ClientOptions, RetryPolicy};
+pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
 /// The README's examples, compiled as doctests.

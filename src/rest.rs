@@ -6,7 +6,7 @@
 //! Conventions: [Versioning](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services),
 //! [Common REST API error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,14 +19,32 @@ use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
 use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
 use crate::transport::{error_chain, tls_problem};
+pub use crate::transport::{Proxies, ProxyConfig};
 
-/// The `x-ms-version` sent by default.
+/// The `x-ms-version` sent first when no version is pinned ([`ClientOptions::api_version`]).
 ///
 /// `2025-11-05` is accepted by Azure and by Azurite 3.35 and later (Azurite accepts only the
-/// versions it knows, up to `2026-06-06` in 3.37). The lease behaviour this crate relies on dates
-/// from `2012-02-12`, so older endpoints (Azure Stack Hub) can set an older version with
-/// [`ClientOptions::api_version`]. Bearer tokens need `2017-11-09` or later.
+/// versions it knows, up to `2026-06-06` in 3.37). Endpoints that refuse it (Azure Stack Hub,
+/// older Azurite) answer `400 InvalidHeaderValue` naming `x-ms-version`, and the client steps
+/// down to [`FALLBACK_API_VERSION`] once, for good.
+/// See [Versioning for the Azure Storage services](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services).
 pub const DEFAULT_API_VERSION: &str = "2025-11-05";
+
+/// The version a client steps down to when the endpoint refuses [`DEFAULT_API_VERSION`].
+///
+/// `2017-11-09` is the oldest version that carries every feature this crate uses: lease
+/// actions with proposed lease ids and page blob sequence numbers (both `2012-02-12`), the
+/// `Content-Length: 0` signing rule (`2015-02-21`), `x-ms-error-code` on every failure
+/// (`2017-07-29`) and bearer tokens (`2017-11-09`). Azure Stack Hub and every Azurite release
+/// of recent years accept it.
+pub const FALLBACK_API_VERSION: &str = "2017-11-09";
+
+/// The versions a client without a pinned version tries, in order: one step down at most.
+pub const API_VERSIONS: [&str; 2] = [DEFAULT_API_VERSION, FALLBACK_API_VERSION];
+
+/// The oldest version that may be pinned: older versions sign `Content-Length: 0` differently
+/// and lack error codes in headers.
+pub const MIN_API_VERSION: &str = "2015-02-21";
 
 /// The most of a response body this client reads. Lease operations answer with no body, errors
 /// with a few hundred bytes of XML; anything longer is cut here, so a hostile or broken server
@@ -89,27 +107,35 @@ impl RetryPolicy {
 /// Options of the HTTP client.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `x-ms-version` to send (default [`DEFAULT_API_VERSION`]).
-    pub api_version: String,
+    /// The `x-ms-version` to send. `None` (the default): [`DEFAULT_API_VERSION`], stepping down
+    /// once to [`FALLBACK_API_VERSION`] if the endpoint refuses it, and remembering that for
+    /// this client and its clones. `Some(v)`: always `v` (a `YYYY-MM-DD` date, at least
+    /// [`MIN_API_VERSION`], and `2017-11-09` or later with bearer tokens).
+    pub api_version: Option<String>,
     /// The timeout of one HTTP request (default 5 s); a call's retries share its own deadline.
     pub request_timeout: Duration,
     /// The TCP connect timeout (default 3 s).
     pub connect_timeout: Duration,
     /// Retry behaviour.
     pub retry: RetryPolicy,
-    /// Extra trusted root certificates (PEM), for endpoints with a private CA. The system roots
-    /// stay trusted.
+    /// Extra trusted certificates (PEM; each entry may be a bundle), for endpoints with a
+    /// private CA. The system roots stay trusted. A server presenting exactly one of these
+    /// certificates is trusted as that server even if it is self-signed with `CA:TRUE`; its
+    /// dates and host name are still checked.
     pub ca_certificates_pem: Vec<Vec<u8>>,
+    /// Proxies (default: from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
+    pub proxy: ProxyConfig,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            api_version: DEFAULT_API_VERSION.to_string(),
+            api_version: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             ca_certificates_pem: Vec::new(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -339,6 +365,8 @@ struct Inner {
     credential: Credential,
     options: ClientOptions,
     requests: AtomicU64,
+    /// Index into [`API_VERSIONS`] of the version sent (unused when a version is pinned).
+    version: AtomicUsize,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -365,6 +393,9 @@ impl BlobClient {
     /// Makes a client for `config`. Installs rustls's `ring` provider as the process default if
     /// no provider is installed yet.
     pub fn new(config: &StorageConfig, options: ClientOptions) -> Result<Self, InvalidInput> {
+        if let Some(v) = &options.api_version {
+            check_api_version(v, matches!(config.credential, Credential::Bearer(_)))?;
+        }
         let http = crate::transport::http_client(&options, config.proxy.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -373,6 +404,7 @@ impl BlobClient {
                 credential: config.credential.clone(),
                 options,
                 requests: AtomicU64::new(0),
+                version: AtomicUsize::new(0),
             }),
         })
     }
@@ -385,6 +417,14 @@ impl BlobClient {
     /// The options.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
+    }
+
+    /// The `x-ms-version` this client sends now: the pinned one, or the one negotiated so far.
+    pub fn api_version(&self) -> &str {
+        match &self.inner.options.api_version {
+            Some(v) => v,
+            None => API_VERSIONS[self.inner.version.load(Ordering::Relaxed).min(API_VERSIONS.len() - 1)],
+        }
     }
 
     /// HTTP requests sent so far by this client and its clones (retries included).
@@ -449,6 +489,7 @@ impl BlobClient {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let timeout = self.inner.options.request_timeout.min(remaining);
+            let version = self.api_version().to_string();
             let attempt = if timeout.is_zero() {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
@@ -457,9 +498,22 @@ impl BlobClient {
                     maybe_applied: false,
                 }
             } else {
-                self.attempt(req, &url, &client_request_id, timeout, attempts).await?
+                self.attempt(req, &url, &client_request_id, &version, timeout, attempts)
+                    .await?
             };
             let (cause, throttled, retry_after) = match attempt {
+                Attempt::Done(resp) if self.step_down(&resp, &version) => {
+                    // Refused at the door (nothing applied): the same request again, at once,
+                    // with the older version; not counted against the retries.
+                    tracing::info!(
+                        op = req.op,
+                        refused = %version,
+                        now = self.api_version(),
+                        "the endpoint refuses this x-ms-version; stepping down for this client"
+                    );
+                    attempts -= 1;
+                    continue;
+                }
                 Attempt::Done(mut resp) => {
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
@@ -500,11 +554,33 @@ impl BlobClient {
         }
     }
 
+    /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as
+    /// Azure Stack Hub and Azurite answer) and this client stepped down to an older version
+    /// for it. A pinned version is never changed; concurrent refusals step down once.
+    fn step_down(&self, resp: &RestResponse, version: &str) -> bool {
+        if self.inner.options.api_version.is_some() || resp.status != 400 || !refuses_version(resp) {
+            return false;
+        }
+        let Some(from) = API_VERSIONS.iter().position(|v| *v == version) else {
+            return false;
+        };
+        if from + 1 >= API_VERSIONS.len() {
+            return false;
+        }
+        // Another request may have stepped down already: then just retry with its choice.
+        let _ = self
+            .inner
+            .version
+            .compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed);
+        true
+    }
+
     async fn attempt(
         &self,
         req: &RestRequest,
         url: &Url,
         client_request_id: &str,
+        version: &str,
         timeout: Duration,
         attempt: u32,
     ) -> Result<Attempt, Error> {
@@ -519,11 +595,7 @@ impl BlobClient {
             Ok(())
         };
         put(&mut headers, HeaderName::from_static("x-ms-date"), &date)?;
-        put(
-            &mut headers,
-            HeaderName::from_static("x-ms-version"),
-            &self.inner.options.api_version,
-        )?;
+        put(&mut headers, HeaderName::from_static("x-ms-version"), version)?;
         put(
             &mut headers,
             HeaderName::from_static("x-ms-client-request-id"),
@@ -666,6 +738,69 @@ impl BlobClient {
             })),
         }
     }
+}
+
+/// Whether an answer says the `x-ms-version` is not accepted: error code `InvalidHeaderValue`
+/// with `<HeaderName>x-ms-version</HeaderName>` in the body (Azure, Azure Stack Hub), or with a
+/// message about the API version (Azurite).
+fn refuses_version(resp: &RestResponse) -> bool {
+    let e = resp.error();
+    if e.code.as_deref() != Some("InvalidHeaderValue") {
+        return false;
+    }
+    let header = error_body_field(resp.body(), b"HeaderName");
+    match header {
+        Some(h) => h.trim().eq_ignore_ascii_case("x-ms-version"),
+        None => e.message.is_some_and(|m| m.contains("API version")),
+    }
+}
+
+/// The text of the first element named `name` in an XML error body (bounded, like every body).
+fn error_body_field(body: &[u8], name: &[u8]) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut inside = false;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == name => inside = true,
+            Ok(Event::Text(t)) if inside => return Some(sanitize_text(&t.decode().ok()?, MAX_CODE_CHARS)),
+            Ok(Event::End(_)) if inside => return Some(String::new()),
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Checks a pinned `x-ms-version`: a `YYYY-MM-DD` date no older than [`MIN_API_VERSION`] (and
+/// `2017-11-09` for bearer tokens).
+fn check_api_version(v: &str, bearer: bool) -> Result<(), InvalidInput> {
+    let refuse = |why: String| InvalidInput::Option {
+        option: "api_version",
+        why,
+    };
+    let b = v.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(refuse(format!(
+            "a service version is a date such as {DEFAULT_API_VERSION} ({} characters given)",
+            v.chars().count()
+        )));
+    }
+    if v < MIN_API_VERSION {
+        return Err(refuse(format!(
+            "{v} is older than {MIN_API_VERSION}, the oldest version this client can sign for"
+        )));
+    }
+    if bearer && v < FALLBACK_API_VERSION {
+        return Err(refuse(format!(
+            "{v} does not accept bearer tokens (Entra ID needs {FALLBACK_API_VERSION} or later)"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads at most `cap` bytes of a body, chunk by chunk, and stops there (the rest is never read;

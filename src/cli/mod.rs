@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use azmutex::{AzureMutex, ClientOptions, ConfigError, Error, Holder, InvalidInput, LockError, StorageConfig};
+use azmutex::{
+    AzureMutex, ClientOptions, ConfigError, Error, Holder, InvalidInput, LockError, Proxies, ProxyConfig, StorageConfig,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit codes (sysexits.h), documented in `--help` and the README.
@@ -90,9 +92,20 @@ pub struct Connection {
     /// Container holding the lock blobs (created if missing).
     #[arg(long, default_value = "azmutex", global = true)]
     pub container: String,
-    /// Extra trusted CA certificate(s), PEM, for endpoints with a private CA.
+    /// Trust the certificate(s) in this PEM file (a bundle is fine; repeatable): CAs of a
+    /// private PKI, or the server's own self-signed certificate, which is then pinned. System
+    /// roots (or SSL_CERT_FILE / SSL_CERT_DIR) stay trusted.
     #[arg(long, value_name = "FILE", global = true)]
-    pub ca_cert: Option<PathBuf>,
+    pub ca_cert: Vec<PathBuf>,
+    /// Send every request through this HTTP proxy (http://[user:password@]host:port); NO_PROXY
+    /// still applies. Without it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured
+    /// as curl honours them.
+    #[arg(long, value_name = "URL", hide_env_values = true, global = true)]
+    pub proxy: Option<String>,
+    /// The storage service version (x-ms-version) to send, e.g. 2017-11-09. By default
+    /// 2025-11-05, stepping down once to 2017-11-09 if the endpoint refuses it (Azure Stack Hub).
+    #[arg(long, value_name = "YYYY-MM-DD", env = "AZMUTEX_API_VERSION", global = true)]
+    pub api_version: Option<String>,
     /// Give up on an unreachable or failing storage service after this long (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_timeout, global = true)]
     pub timeout: Duration,
@@ -305,9 +318,29 @@ pub struct Context {
 impl Context {
     /// A mutex on the configured container. `fencing` and `holder` as the command needs.
     pub fn mutex(&self, fencing: bool, holder: Option<Holder>) -> Result<AzureMutex, Failure> {
+        let options = self.client_options()?;
+        let mut builder = AzureMutex::builder(self.config.clone(), &self.conn.container)
+            .client_options(options)
+            .fencing(fencing);
+        if let Some(holder) = holder {
+            builder = builder.holder(holder);
+        }
+        builder.build().map_err(|e| match &e {
+            InvalidInput::Option {
+                option: "api_version", ..
+            } => option_failure(e, "--api-version"),
+            _ => Failure::from(e),
+        })
+    }
+}
+
+impl Context {
+    /// The HTTP client's options from the flags: call timeout, trusted certificates, proxy and
+    /// service version.
+    pub fn client_options(&self) -> Result<ClientOptions, Failure> {
         let mut options = ClientOptions::default();
         options.retry.call_timeout = self.conn.timeout;
-        if let Some(path) = &self.conn.ca_cert {
+        for path in &self.conn.ca_cert {
             let pem = std::fs::read(path).map_err(|e| {
                 Failure::new(
                     exit::CONFIG,
@@ -316,14 +349,23 @@ impl Context {
             })?;
             options.ca_certificates_pem.push(pem);
         }
-        let mut builder = AzureMutex::builder(self.config.clone(), &self.conn.container)
-            .client_options(options)
-            .fencing(fencing);
-        if let Some(holder) = holder {
-            builder = builder.holder(holder);
+        if let Some(proxy) = &self.conn.proxy {
+            let mut proxies = Proxies::all(proxy).map_err(|e| option_failure(e, "--proxy"))?;
+            proxies.no_proxy = Proxies::from_env().ok().and_then(|p| p.no_proxy);
+            options.proxy = ProxyConfig::Explicit(proxies);
         }
-        Ok(builder.build()?)
+        options.api_version = self.conn.api_version.clone();
+        Ok(options)
     }
+}
+
+/// An option's error with the flag's name in place of the library's.
+fn option_failure(e: InvalidInput, flag: &str) -> Failure {
+    let mut f = Failure::from(e);
+    for name in ["`proxy`", "`api_version`"] {
+        f.message = f.message.replace(name, &format!("`{flag}`"));
+    }
+    f
 }
 
 /// The storage configuration from the flags, which clap has already merged with their
