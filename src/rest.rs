@@ -6,7 +6,7 @@
 //! Conventions: [Versioning](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services),
 //! [Common REST API error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -367,6 +367,11 @@ struct Inner {
     requests: AtomicU64,
     /// Index into [`API_VERSIONS`] of the version sent (unused when a version is pinned).
     version: AtomicUsize,
+    /// Whether the version is settled: pinned, answered by the endpoint, or the last one.
+    settled: AtomicBool,
+    /// Until the version is settled, one request at a time tries it, so that a refusal costs
+    /// one extra request per client however many calls start together.
+    negotiation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -402,9 +407,11 @@ impl BlobClient {
                 http,
                 endpoint: config.endpoint.clone(),
                 credential: config.credential.clone(),
-                options,
                 requests: AtomicU64::new(0),
                 version: AtomicUsize::new(0),
+                settled: AtomicBool::new(options.api_version.is_some()),
+                negotiation: tokio::sync::Mutex::new(()),
+                options,
             }),
         })
     }
@@ -489,6 +496,15 @@ impl BlobClient {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let timeout = self.inner.options.request_timeout.min(remaining);
+            // While the version is not settled, wait for the request trying it (bounded by the
+            // deadline; past it the attempt below times out at once).
+            let trying = if self.inner.settled.load(Ordering::Acquire) {
+                None
+            } else {
+                tokio::time::timeout_at(deadline.into(), self.inner.negotiation.lock())
+                    .await
+                    .ok()
+            };
             let version = self.api_version().to_string();
             let attempt = if timeout.is_zero() {
                 Attempt::Retry {
@@ -502,7 +518,7 @@ impl BlobClient {
                     .await?
             };
             let (cause, throttled, retry_after) = match attempt {
-                Attempt::Done(resp) if self.step_down(&resp, &version) => {
+                Attempt::Done(resp) if self.step_down(&resp, &version, req.method == Method::HEAD) => {
                     // Refused at the door (nothing applied): the same request again, at once,
                     // with the older version; not counted against the retries.
                     tracing::info!(
@@ -515,6 +531,8 @@ impl BlobClient {
                     continue;
                 }
                 Attempt::Done(mut resp) => {
+                    // The endpoint answered this version: it is the one from now on.
+                    self.inner.settled.store(true, Ordering::Release);
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
@@ -535,6 +553,7 @@ impl BlobClient {
                     (cause, throttled, retry_after)
                 }
             };
+            drop(trying);
             let wait = self
                 .inner
                 .options
@@ -557,8 +576,8 @@ impl BlobClient {
     /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as
     /// Azure Stack Hub and Azurite answer) and this client stepped down to an older version
     /// for it. A pinned version is never changed; concurrent refusals step down once.
-    fn step_down(&self, resp: &RestResponse, version: &str) -> bool {
-        if self.inner.options.api_version.is_some() || resp.status != 400 || !refuses_version(resp) {
+    fn step_down(&self, resp: &RestResponse, version: &str, head: bool) -> bool {
+        if self.inner.options.api_version.is_some() || resp.status != 400 || !refuses_version(resp, head) {
             return false;
         }
         let Some(from) = API_VERSIONS.iter().position(|v| *v == version) else {
@@ -572,6 +591,9 @@ impl BlobClient {
             .inner
             .version
             .compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed);
+        if from + 2 >= API_VERSIONS.len() {
+            self.inner.settled.store(true, Ordering::Release);
+        }
         true
     }
 
@@ -741,15 +763,19 @@ impl BlobClient {
 }
 
 /// Whether an answer says the `x-ms-version` is not accepted: error code `InvalidHeaderValue`
-/// with `<HeaderName>x-ms-version</HeaderName>` in the body (Azure, Azure Stack Hub), or with a
-/// message about the API version (Azurite).
-fn refuses_version(resp: &RestResponse) -> bool {
+/// with `<HeaderName>x-ms-version</HeaderName>` in the body (Azure, Azure Stack Hub), with a
+/// message about the API version (Azurite), or any `InvalidHeaderValue` answer to a `HEAD`
+/// (which has no body to say which header; every other header this client sends is checked
+/// before the network, and a wrong guess only costs the step down to a version that also works).
+fn refuses_version(resp: &RestResponse, head: bool) -> bool {
     let e = resp.error();
     if e.code.as_deref() != Some("InvalidHeaderValue") {
         return false;
     }
-    let header = error_body_field(resp.body(), b"HeaderName");
-    match header {
+    if head {
+        return true;
+    }
+    match error_body_field(resp.body(), b"HeaderName") {
         Some(h) => h.trim().eq_ignore_ascii_case("x-ms-version"),
         None => e.message.is_some_and(|m| m.contains("API version")),
     }
