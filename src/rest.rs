@@ -673,13 +673,18 @@ impl BlobClient {
                     tracing::debug!(op = req.op, attempt, problem = %problem, "TLS failure");
                     return Err(Error::Tls { problem });
                 }
+                let e = e.without_url();
+                let chain = error_chain(&e);
+                if chain.contains("proxy authorization required") {
+                    return Err(proxy_refused());
+                }
                 // A failure to connect means nothing was sent; anything later may have been
                 // applied by the service.
                 let maybe_applied = !e.is_connect();
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
                 } else {
-                    TransientCause::Network(error_chain(&e.without_url()))
+                    TransientCause::Network(chain)
                 };
                 tracing::debug!(op = req.op, attempt, cause = %cause, "request failed");
                 return Ok(Attempt::Retry {
@@ -691,6 +696,10 @@ impl BlobClient {
             }
         };
         let status = response.status().as_u16();
+        if status == 407 {
+            // A plain-HTTP request through a proxy that wants (other) credentials.
+            return Err(proxy_refused());
+        }
         let headers = response.headers().clone();
         let body = match read_capped(&mut response, MAX_BODY_BYTES).await {
             Ok((b, cut)) => {
@@ -759,6 +768,16 @@ impl BlobClient {
                 body,
             })),
         }
+    }
+}
+
+/// The proxy refused the request for want of (valid) credentials: not transient.
+fn proxy_refused() -> Error {
+    Error::Auth {
+        service: None,
+        detail: "the proxy refused the request (407 Proxy Authentication Required): check the user and \
+                 password in the proxy URL (--proxy, HTTPS_PROXY, HTTP_PROXY)"
+            .into(),
     }
 }
 
@@ -933,6 +952,58 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
         }
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn version_refusals_are_recognised_and_nothing_else() {
+        let resp = |code: &str, body: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ms-error-code", HeaderValue::from_str(code).unwrap());
+            RestResponse {
+                status: 400,
+                headers,
+                sent_at: Instant::now(),
+                sent_at_wall: SystemTime::now(),
+                attempts: 1,
+                earlier_outcome_unknown: false,
+                body: body.as_bytes().to_vec(),
+            }
+        };
+        // Azure / Azure Stack Hub (with the byte-order mark Azure puts before error bodies).
+        let hub = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>The value for one of the HTTP headers is not in the correct format.\nRequestId:x</Message><HeaderName>x-ms-version</HeaderName><HeaderValue>2025-11-05</HeaderValue></Error>";
+        assert!(refuses_version(&resp("InvalidHeaderValue", hub), false));
+        // Azurite's wording.
+        let azurite = "<Error><Code>InvalidHeaderValue</Code><Message>The API version 2099-01-01 is not supported by Azurite. Please upgrade Azurite</Message></Error>";
+        assert!(refuses_version(&resp("InvalidHeaderValue", azurite), false));
+        // Another header, or no body on a PUT: not a version problem.
+        let lease = hub.replace("x-ms-version", "x-ms-lease-duration");
+        assert!(!refuses_version(&resp("InvalidHeaderValue", &lease), false));
+        assert!(!refuses_version(&resp("InvalidHeaderValue", ""), false));
+        assert!(!refuses_version(&resp("InvalidQueryParameterValue", hub), false));
+        // A HEAD answer has no body: the code alone.
+        assert!(refuses_version(&resp("InvalidHeaderValue", ""), true));
+        assert!(!refuses_version(&resp("LeaseNotPresentWithLeaseOperation", ""), true));
+    }
+
+    #[test]
+    fn pinned_versions_are_checked() {
+        for ok in ["2015-02-21", "2017-11-09", "2025-11-05", "2099-12-31"] {
+            assert!(check_api_version(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "2017-11-9",
+            "2017_11_09",
+            "20171109",
+            "2017-11-09 ",
+            "2015-02-20",
+            "２０１７-11-09",
+        ] {
+            assert!(check_api_version(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(check_api_version("2017-04-17", false).is_ok());
+        assert!(check_api_version("2017-04-17", true).is_err());
+        assert!(check_api_version("2017-11-09", true).is_ok());
     }
 
     #[test]

@@ -164,6 +164,10 @@ impl From<InvalidInput> for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = match &e {
+            Error::Auth { service: None, detail } if detail.contains("proxy") => (
+                exit::AUTH,
+                "fix the proxy's user and password (percent-encode special characters)",
+            ),
             Error::Auth { .. } => (
                 exit::AUTH,
                 "check the account key or SAS token (permissions r,w,c; not expired) and this machine's clock",

@@ -140,16 +140,12 @@ async fn handle(mut conn: TcpStream, config: Arc<Mutex<Config>>, seen: Arc<Mutex
             format!("{hp}:80")
         }
     };
-    let upstream = match routes.get(&host_port).copied().or_else(|| host_port.parse().ok()) {
-        Some(a) => a,
-        None => {
-            let _ = conn
-                .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
-            return;
-        }
+    // A routed name, or a loopback name the system resolves (`localhost`).
+    let upstream = match routes.get(&host_port) {
+        Some(a) => a.to_string(),
+        None => host_port.clone(),
     };
-    let Ok(mut up) = TcpStream::connect(upstream).await else {
+    let Ok(mut up) = TcpStream::connect(upstream.as_str()).await else {
         let _ = conn
             .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .await;
