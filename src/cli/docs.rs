@@ -87,11 +87,11 @@ pub fn man(args: &ManArgs) -> Result<u8, Failure> {
     };
     match pages.iter().find(|(name, _)| *name == wanted) {
         Some((_, text)) => write_stdout(text),
+        // What was typed is not quoted back: it may be a misplaced secret.
         None => Err(Failure::new(
             exit::USAGE,
             format!(
-                "no man page for {:?}; subcommands: {}",
-                args.subcommand.as_deref().unwrap_or_default(),
+                "no such subcommand for `azmutex man`; the subcommands are: {}",
                 Cli::command()
                     .get_subcommands()
                     .map(|s| s.get_name().to_string())
