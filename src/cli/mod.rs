@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing, configuration, dispatch and exit codes.
 
 mod commands;
+mod docs;
+mod logging;
 mod output;
 use output::say;
 mod process;
@@ -55,16 +57,30 @@ Connection (first match wins): --connection-string / AZURE_STORAGE_CONNECTION_ST
 (UseDevelopmentStorage=true: Azurite on 127.0.0.1:10000) - only when none of these is set at
 all: a variable that is set but empty is an error.";
 
+/// What `--version` prints after the name: the crate version and the Blob service version
+/// (`x-ms-version`) requests carry unless told otherwise.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (Blob service API: x-ms-version {} by default)",
+            env!("CARGO_PKG_VERSION"),
+            azmutex::rest::DEFAULT_API_VERSION
+        )
+    })
+}
+
 /// Distributed locks on Azure Blob Storage leases.
 #[derive(Parser, Debug)]
-#[command(name = "azmutex", version, about, after_help = AFTER_HELP)]
+#[command(name = "azmutex", version = version(), about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     /// Say less: no waiting line, no development-storage notice.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG (e.g. azmutex=debug).
+    /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG to error, warn, info, debug,
+    /// trace or off (every source), or azmutex=<level> (azmutex's own logs only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -125,6 +141,10 @@ pub enum Command {
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
     Break(commands::BreakArgs),
+    /// Write a shell completion script (bash, zsh or fish) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man page (roff) to stdout, or every page into a directory.
+    Man(docs::ManArgs),
 }
 
 /// A failure the CLI reports: message and exit code.
@@ -219,7 +239,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(0);
         }
     };
-    init_logging(cli.verbose);
+    // These need no storage, runtime or logging.
+    let offline = match &cli.command {
+        Command::Completions(args) => Some(docs::completions(args)),
+        Command::Man(args) => Some(docs::man(args)),
+        _ => None,
+    };
+    if let Some(result) = offline {
+        return finish(result);
+    }
+    logging::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -231,7 +260,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::OTHER);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    finish(runtime.block_on(dispatch(cli)))
+}
+
+/// The exit code of a command's result, with its message on stderr if it failed.
+fn finish(result: Result<u8, Failure>) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             say(format_args!("azmutex: {}", f.message));
@@ -277,25 +311,13 @@ fn redact_typed_secrets(text: &str, args: &[String]) -> String {
     text
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "error",
-        1 => "azmutex=info",
-        _ => "azmutex=debug",
-    };
-    let filter = std::env::var("AZMUTEX_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    // Commands that never talk to storage need no configuration (and print no notice about it).
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let config = storage_config(&cli.conn, cli.quiet)?;
     let ctx = Context {
         config,
@@ -309,6 +331,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release(args) => commands::release(&ctx, args).await,
         Command::Status(args) => commands::status(&ctx, args).await,
         Command::Break(args) => commands::break_lease(&ctx, args).await,
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
 
