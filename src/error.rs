@@ -121,8 +121,9 @@ pub enum TlsProblem {
     /// The endpoint does not speak TLS (an `http://` server behind an `https://` URL?).
     NotTls,
     /// The server presents a CA certificate as its own (a self-signed certificate made with
-    /// `CA:TRUE`, as `openssl req -x509` does by default), which certificate validation refuses
-    /// even when that CA is trusted.
+    /// `CA:TRUE`, as `openssl req -x509` does by default) that was not named as trusted: name
+    /// that very certificate with `--ca-cert` / [`ClientOptions::ca_certificates_pem`](crate::ClientOptions::ca_certificates_pem)
+    /// (or `SSL_CERT_FILE`) to trust it.
     CaAsServerCertificate,
     /// Another certificate or handshake failure (the text is rustls's, without any URL).
     Other(String),
@@ -144,7 +145,7 @@ impl fmt::Display for TlsProblem {
                 "the server does not speak TLS; use http:// if the endpoint is plain HTTP (e.g. a local emulator)",
             ),
             Self::CaAsServerCertificate => f.write_str(
-                "the server's certificate is a CA certificate (self-signed with CA:TRUE); give the server a certificate issued by that CA (CA:FALSE) and pass the CA with --ca-cert",
+                "the server's certificate is self-signed (a CA certificate, CA:TRUE) and not trusted; to trust it, pass that certificate with --ca-cert / ClientOptions::ca_certificates_pem",
             ),
             Self::Other(detail) => write!(f, "TLS handshake failed: {detail}"),
         }

@@ -49,8 +49,19 @@
 //! one request). On an existing block blob (or accounts without page blobs) it is a metadata
 //! counter `azmutexfence` written under the lease with `If-Match` (two requests). A protected
 //! resource should store the highest token it accepted and refuse writes carrying a lower one.
+//!
+//! ## Cargo features
+//!
+//! - `cli`: the `azmutex` command-line tool (`cargo install azmutex --features cli`). It builds
+//!   the binary only and adds nothing to this library's API; off by default, so library users
+//!   do not compile clap and the CLI's other dependencies.
+//! - `entra`: Entra ID token credentials (managed identity, workload identity, client secret,
+//!   Azure CLI); on by default.
+//!
+//! Items that need a feature say so in these docs.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod config;
@@ -59,7 +70,7 @@ mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
-mod transport;
+pub mod transport;
 pub mod types;
 
 #[cfg(feature = "entra")]
@@ -73,7 +84,7 @@ pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
     AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released,
 };
-pub use rest::{BlobClient, ClientOptions, RetryPolicy};
+pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
 /// The README's examples, compiled as doctests.

@@ -6,7 +6,7 @@
 //! Conventions: [Versioning](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services),
 //! [Common REST API error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,14 +19,32 @@ use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
 use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
 use crate::transport::{error_chain, tls_problem};
+pub use crate::transport::{Proxies, ProxyConfig};
 
-/// The `x-ms-version` sent by default.
+/// The `x-ms-version` sent first when no version is pinned ([`ClientOptions::api_version`]).
 ///
 /// `2025-11-05` is accepted by Azure and by Azurite 3.35 and later (Azurite accepts only the
-/// versions it knows, up to `2026-06-06` in 3.37). The lease behaviour this crate relies on dates
-/// from `2012-02-12`, so older endpoints (Azure Stack Hub) can set an older version with
-/// [`ClientOptions::api_version`]. Bearer tokens need `2017-11-09` or later.
+/// versions it knows, up to `2026-06-06` in 3.37). Endpoints that refuse it (Azure Stack Hub,
+/// older Azurite) answer `400 InvalidHeaderValue` naming `x-ms-version`, and the client steps
+/// down to [`FALLBACK_API_VERSION`] once, for good.
+/// See [Versioning for the Azure Storage services](https://learn.microsoft.com/en-us/rest/api/storageservices/versioning-for-the-azure-storage-services).
 pub const DEFAULT_API_VERSION: &str = "2025-11-05";
+
+/// The version a client steps down to when the endpoint refuses [`DEFAULT_API_VERSION`].
+///
+/// `2017-11-09` is the oldest version that carries every feature this crate uses: lease
+/// actions with proposed lease ids and page blob sequence numbers (both `2012-02-12`), the
+/// `Content-Length: 0` signing rule (`2015-02-21`), `x-ms-error-code` on every failure
+/// (`2017-07-29`) and bearer tokens (`2017-11-09`). Azure Stack Hub and every Azurite release
+/// of recent years accept it.
+pub const FALLBACK_API_VERSION: &str = "2017-11-09";
+
+/// The versions a client without a pinned version tries, in order: one step down at most.
+pub const API_VERSIONS: [&str; 2] = [DEFAULT_API_VERSION, FALLBACK_API_VERSION];
+
+/// The oldest version that may be pinned: older versions sign `Content-Length: 0` differently
+/// and lack error codes in headers.
+pub const MIN_API_VERSION: &str = "2015-02-21";
 
 /// The most of a response body this client reads. Lease operations answer with no body, errors
 /// with a few hundred bytes of XML; anything longer is cut here, so a hostile or broken server
@@ -89,27 +107,35 @@ impl RetryPolicy {
 /// Options of the HTTP client.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// `x-ms-version` to send (default [`DEFAULT_API_VERSION`]).
-    pub api_version: String,
+    /// The `x-ms-version` to send. `None` (the default): [`DEFAULT_API_VERSION`], stepping down
+    /// once to [`FALLBACK_API_VERSION`] if the endpoint refuses it, and remembering that for
+    /// this client and its clones. `Some(v)`: always `v` (a `YYYY-MM-DD` date, at least
+    /// [`MIN_API_VERSION`], and `2017-11-09` or later with bearer tokens).
+    pub api_version: Option<String>,
     /// The timeout of one HTTP request (default 5 s); a call's retries share its own deadline.
     pub request_timeout: Duration,
     /// The TCP connect timeout (default 3 s).
     pub connect_timeout: Duration,
     /// Retry behaviour.
     pub retry: RetryPolicy,
-    /// Extra trusted root certificates (PEM), for endpoints with a private CA. The system roots
-    /// stay trusted.
+    /// Extra trusted certificates (PEM; each entry may be a bundle), for endpoints with a
+    /// private CA. The system roots stay trusted. A server presenting exactly one of these
+    /// certificates is trusted as that server even if it is self-signed with `CA:TRUE`; its
+    /// dates and host name are still checked.
     pub ca_certificates_pem: Vec<Vec<u8>>,
+    /// Proxies (default: from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
+    pub proxy: ProxyConfig,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         Self {
-            api_version: DEFAULT_API_VERSION.to_string(),
+            api_version: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             ca_certificates_pem: Vec::new(),
+            proxy: ProxyConfig::default(),
         }
     }
 }
@@ -339,6 +365,13 @@ struct Inner {
     credential: Credential,
     options: ClientOptions,
     requests: AtomicU64,
+    /// Index into [`API_VERSIONS`] of the version sent (unused when a version is pinned).
+    version: AtomicUsize,
+    /// Whether the version is settled: pinned, answered by the endpoint, or the last one.
+    settled: AtomicBool,
+    /// Until the version is settled, one request at a time tries it, so that a refusal costs
+    /// one extra request per client however many calls start together.
+    negotiation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -365,14 +398,20 @@ impl BlobClient {
     /// Makes a client for `config`. Installs rustls's `ring` provider as the process default if
     /// no provider is installed yet.
     pub fn new(config: &StorageConfig, options: ClientOptions) -> Result<Self, InvalidInput> {
+        if let Some(v) = &options.api_version {
+            check_api_version(v, matches!(config.credential, Credential::Bearer(_)))?;
+        }
         let http = crate::transport::http_client(&options, config.proxy.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 endpoint: config.endpoint.clone(),
                 credential: config.credential.clone(),
-                options,
                 requests: AtomicU64::new(0),
+                version: AtomicUsize::new(0),
+                settled: AtomicBool::new(options.api_version.is_some()),
+                negotiation: tokio::sync::Mutex::new(()),
+                options,
             }),
         })
     }
@@ -385,6 +424,14 @@ impl BlobClient {
     /// The options.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
+    }
+
+    /// The `x-ms-version` this client sends now: the pinned one, or the one negotiated so far.
+    pub fn api_version(&self) -> &str {
+        match &self.inner.options.api_version {
+            Some(v) => v,
+            None => API_VERSIONS[self.inner.version.load(Ordering::Relaxed).min(API_VERSIONS.len() - 1)],
+        }
     }
 
     /// HTTP requests sent so far by this client and its clones (retries included).
@@ -449,6 +496,16 @@ impl BlobClient {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let timeout = self.inner.options.request_timeout.min(remaining);
+            // While the version is not settled, wait for the request trying it (bounded by the
+            // deadline; past it the attempt below times out at once).
+            let trying = if self.inner.settled.load(Ordering::Acquire) {
+                None
+            } else {
+                tokio::time::timeout_at(deadline.into(), self.inner.negotiation.lock())
+                    .await
+                    .ok()
+            };
+            let version = self.api_version().to_string();
             let attempt = if timeout.is_zero() {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
@@ -457,10 +514,25 @@ impl BlobClient {
                     maybe_applied: false,
                 }
             } else {
-                self.attempt(req, &url, &client_request_id, timeout, attempts).await?
+                self.attempt(req, &url, &client_request_id, &version, timeout, attempts)
+                    .await?
             };
             let (cause, throttled, retry_after) = match attempt {
+                Attempt::Done(resp) if self.step_down(&resp, &version, req.method == Method::HEAD) => {
+                    // Refused at the door (nothing applied): the same request again, at once,
+                    // with the older version; not counted against the retries.
+                    tracing::info!(
+                        op = req.op,
+                        refused = %version,
+                        now = self.api_version(),
+                        "the endpoint refuses this x-ms-version; stepping down for this client"
+                    );
+                    attempts -= 1;
+                    continue;
+                }
                 Attempt::Done(mut resp) => {
+                    // The endpoint answered this version: it is the one from now on.
+                    self.inner.settled.store(true, Ordering::Release);
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
@@ -481,6 +553,7 @@ impl BlobClient {
                     (cause, throttled, retry_after)
                 }
             };
+            drop(trying);
             let wait = self
                 .inner
                 .options
@@ -500,11 +573,36 @@ impl BlobClient {
         }
     }
 
+    /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as
+    /// Azure Stack Hub and Azurite answer) and this client stepped down to an older version
+    /// for it. A pinned version is never changed; concurrent refusals step down once.
+    fn step_down(&self, resp: &RestResponse, version: &str, head: bool) -> bool {
+        if self.inner.options.api_version.is_some() || resp.status != 400 || !refuses_version(resp, head) {
+            return false;
+        }
+        let Some(from) = API_VERSIONS.iter().position(|v| *v == version) else {
+            return false;
+        };
+        if from + 1 >= API_VERSIONS.len() {
+            return false;
+        }
+        // Another request may have stepped down already: then just retry with its choice.
+        let _ = self
+            .inner
+            .version
+            .compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed);
+        if from + 2 >= API_VERSIONS.len() {
+            self.inner.settled.store(true, Ordering::Release);
+        }
+        true
+    }
+
     async fn attempt(
         &self,
         req: &RestRequest,
         url: &Url,
         client_request_id: &str,
+        version: &str,
         mut timeout: Duration,
         attempt: u32,
     ) -> Result<Attempt, Error> {
@@ -519,11 +617,7 @@ impl BlobClient {
             Ok(())
         };
         put(&mut headers, HeaderName::from_static("x-ms-date"), &date)?;
-        put(
-            &mut headers,
-            HeaderName::from_static("x-ms-version"),
-            &self.inner.options.api_version,
-        )?;
+        put(&mut headers, HeaderName::from_static("x-ms-version"), version)?;
         put(
             &mut headers,
             HeaderName::from_static("x-ms-client-request-id"),
@@ -607,13 +701,18 @@ impl BlobClient {
                     tracing::debug!(op = req.op, attempt, problem = %problem, "TLS failure");
                     return Err(Error::Tls { problem });
                 }
+                let e = e.without_url();
+                let chain = error_chain(&e);
+                if chain.contains("proxy authorization required") {
+                    return Err(proxy_refused());
+                }
                 // A failure to connect means nothing was sent; anything later may have been
                 // applied by the service.
                 let maybe_applied = !e.is_connect();
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
                 } else {
-                    TransientCause::Network(error_chain(&e.without_url()))
+                    TransientCause::Network(chain)
                 };
                 tracing::debug!(op = req.op, attempt, cause = %cause, "request failed");
                 return Ok(Attempt::Retry {
@@ -625,6 +724,10 @@ impl BlobClient {
             }
         };
         let status = response.status().as_u16();
+        if status == 407 {
+            // A plain-HTTP request through a proxy that wants (other) credentials.
+            return Err(proxy_refused());
+        }
         let headers = response.headers().clone();
         let body = match read_capped(&mut response, MAX_BODY_BYTES).await {
             Ok((b, cut)) => {
@@ -694,6 +797,83 @@ impl BlobClient {
             })),
         }
     }
+}
+
+/// The proxy refused the request for want of (valid) credentials: not transient.
+fn proxy_refused() -> Error {
+    Error::Auth {
+        service: None,
+        detail: "the proxy refused the request (407 Proxy Authentication Required): check the user and \
+                 password in the proxy URL (--proxy, HTTPS_PROXY, HTTP_PROXY)"
+            .into(),
+    }
+}
+
+/// Whether an answer says the `x-ms-version` is not accepted: error code `InvalidHeaderValue`
+/// with `<HeaderName>x-ms-version</HeaderName>` in the body (Azure, Azure Stack Hub), with a
+/// message about the API version (Azurite), or any `InvalidHeaderValue` answer to a `HEAD`
+/// (which has no body to say which header; every other header this client sends is checked
+/// before the network, and a wrong guess only costs the step down to a version that also works).
+fn refuses_version(resp: &RestResponse, head: bool) -> bool {
+    let e = resp.error();
+    if e.code.as_deref() != Some("InvalidHeaderValue") {
+        return false;
+    }
+    if head {
+        return true;
+    }
+    match error_body_field(resp.body(), b"HeaderName") {
+        Some(h) => h.trim().eq_ignore_ascii_case("x-ms-version"),
+        None => e.message.is_some_and(|m| m.contains("API version")),
+    }
+}
+
+/// The text of the first element named `name` in an XML error body (bounded, like every body).
+fn error_body_field(body: &[u8], name: &[u8]) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_reader(body);
+    let mut inside = false;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.local_name().as_ref() == name => inside = true,
+            Ok(Event::Text(t)) if inside => return Some(sanitize_text(&t.decode().ok()?, MAX_CODE_CHARS)),
+            Ok(Event::End(_)) if inside => return Some(String::new()),
+            Ok(Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Checks a pinned `x-ms-version`: a `YYYY-MM-DD` date no older than [`MIN_API_VERSION`] (and
+/// `2017-11-09` for bearer tokens).
+fn check_api_version(v: &str, bearer: bool) -> Result<(), InvalidInput> {
+    let refuse = |why: String| InvalidInput::Option {
+        option: "api_version",
+        why,
+    };
+    let b = v.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        });
+    if !shape {
+        return Err(refuse(format!(
+            "a service version is a date such as {DEFAULT_API_VERSION} ({} characters given)",
+            v.chars().count()
+        )));
+    }
+    if v < MIN_API_VERSION {
+        return Err(refuse(format!(
+            "{v} is older than {MIN_API_VERSION}, the oldest version this client can sign for"
+        )));
+    }
+    if bearer && v < FALLBACK_API_VERSION {
+        return Err(refuse(format!(
+            "{v} does not accept bearer tokens (Entra ID needs {FALLBACK_API_VERSION} or later)"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads at most `cap` bytes of a body, chunk by chunk, and stops there (the rest is never read;
@@ -800,6 +980,58 @@ Time:2026-11-23T01:00:00Z</Message></Error>"#;
         }
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn version_refusals_are_recognised_and_nothing_else() {
+        let resp = |code: &str, body: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-ms-error-code", HeaderValue::from_str(code).unwrap());
+            RestResponse {
+                status: 400,
+                headers,
+                sent_at: Instant::now(),
+                sent_at_wall: SystemTime::now(),
+                attempts: 1,
+                earlier_outcome_unknown: false,
+                body: body.as_bytes().to_vec(),
+            }
+        };
+        // Azure / Azure Stack Hub (with the byte-order mark Azure puts before error bodies).
+        let hub = "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>The value for one of the HTTP headers is not in the correct format.\nRequestId:x</Message><HeaderName>x-ms-version</HeaderName><HeaderValue>2025-11-05</HeaderValue></Error>";
+        assert!(refuses_version(&resp("InvalidHeaderValue", hub), false));
+        // Azurite's wording.
+        let azurite = "<Error><Code>InvalidHeaderValue</Code><Message>The API version 2099-01-01 is not supported by Azurite. Please upgrade Azurite</Message></Error>";
+        assert!(refuses_version(&resp("InvalidHeaderValue", azurite), false));
+        // Another header, or no body on a PUT: not a version problem.
+        let lease = hub.replace("x-ms-version", "x-ms-lease-duration");
+        assert!(!refuses_version(&resp("InvalidHeaderValue", &lease), false));
+        assert!(!refuses_version(&resp("InvalidHeaderValue", ""), false));
+        assert!(!refuses_version(&resp("InvalidQueryParameterValue", hub), false));
+        // A HEAD answer has no body: the code alone.
+        assert!(refuses_version(&resp("InvalidHeaderValue", ""), true));
+        assert!(!refuses_version(&resp("LeaseNotPresentWithLeaseOperation", ""), true));
+    }
+
+    #[test]
+    fn pinned_versions_are_checked() {
+        for ok in ["2015-02-21", "2017-11-09", "2025-11-05", "2099-12-31"] {
+            assert!(check_api_version(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "2017-11-9",
+            "2017_11_09",
+            "20171109",
+            "2017-11-09 ",
+            "2015-02-20",
+            "２０１７-11-09",
+        ] {
+            assert!(check_api_version(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(check_api_version("2017-04-17", false).is_ok());
+        assert!(check_api_version("2017-04-17", true).is_err());
+        assert!(check_api_version("2017-11-09", true).is_ok());
     }
 
     #[test]

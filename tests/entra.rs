@@ -545,3 +545,53 @@ async fn token_waits_are_bounded_by_the_call_deadline() {
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     }
 }
+
+/// The client's proxy carries token requests to the Entra endpoint (CONNECT), while the
+/// managed identity endpoints, local to the machine, are reached directly.
+#[tokio::test]
+async fn token_requests_use_the_proxy_except_for_managed_identity() {
+    let e = endpoints(3600).await;
+    let proxy = common::forward_proxy::ForwardProxy::start();
+    let mut options = trusting();
+    options.proxy = azmutex::rest::ProxyConfig::Explicit(azmutex::rest::Proxies::all(&proxy.url(None)).unwrap());
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_CLIENT_SECRET", SECRET.to_string()));
+    let cred = builder(&vars)
+        .client_options(&options)
+        .client_secret_credential()
+        .unwrap();
+    let m = AzureMutex::builder(config(Arc::new(cred)), common::unique("entra-proxy"))
+        .client_options(options.clone())
+        .build()
+        .unwrap();
+    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
+        .await
+        .unwrap();
+    let entra_target = format!("localhost:{}", e.entra.port);
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.method == "CONNECT" && s.target == entra_target),
+        "{:?}",
+        proxy.seen()
+    );
+    let cred = builder(&[("AZURE_POD_IDENTITY_AUTHORITY_HOST", e.local.base.clone())])
+        .client_options(&options)
+        .managed_identity()
+        .unwrap();
+    let m = AzureMutex::builder(config(Arc::new(cred)), common::unique("entra-proxy"))
+        .client_options(options)
+        .build()
+        .unwrap();
+    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(e.local.requests(), 1);
+    let local = format!("127.0.0.1:{}", e.local.port);
+    assert!(
+        !proxy.seen().iter().any(|s| s.target.contains(&local)),
+        "{:?}",
+        proxy.seen()
+    );
+}

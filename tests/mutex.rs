@@ -447,7 +447,7 @@ async fn every_error_kind() {
 
     // Unexpected: a version the service does not accept (400 InvalidHeaderValue).
     let options = ClientOptions {
-        api_version: "2099-01-01".into(),
+        api_version: Some("2099-01-01".into()),
         ..Default::default()
     };
     let odd = AzureMutex::builder(common::config(), &c)

@@ -53,27 +53,17 @@ pub fn choice(auth: AuthArg) -> Result<AuthChoice, ConfigError> {
     }
 }
 
-/// The HTTP options of token requests: the same private CA (`--ca-cert`) and timeouts as the
-/// storage requests.
-fn token_options(conn: &Connection) -> Result<ClientOptions, ConfigError> {
-    let mut options = ClientOptions::default();
-    options.retry.call_timeout = conn.timeout;
-    if let Some(path) = &conn.ca_cert {
-        let pem = std::fs::read(path).map_err(|e| ConfigError::InvalidValue {
-            key: "--ca-cert",
-            reason: format!("cannot read CA certificate {}: {e}", path.display()),
-        })?;
-        options.ca_certificates_pem.push(pem);
-    }
-    Ok(options)
-}
-
 /// The Entra ID credential for `choice` (`Auto`: the default chain), from the flags and the
 /// environment.
 #[cfg(feature = "entra")]
-pub fn entra_credential(conn: &Connection, choice: AuthChoice) -> Result<Credential, ConfigError> {
+pub fn entra_credential(
+    conn: &Connection,
+    options: &ClientOptions,
+    choice: AuthChoice,
+) -> Result<Credential, ConfigError> {
     use azmutex::auth::entra::{EntraCredential, UserAssigned};
-    let mut builder = EntraCredential::builder().client_options(&token_options(conn)?);
+    // The storage requests' options: the same private CA (`--ca-cert`), proxy and timeouts.
+    let mut builder = EntraCredential::builder().client_options(options);
     if let Some(v) = &conn.client_id {
         builder = builder.client_id(v);
     }
@@ -98,8 +88,11 @@ pub fn entra_credential(conn: &Connection, choice: AuthChoice) -> Result<Credent
 
 /// Without the `entra` feature there is no Entra ID credential.
 #[cfg(not(feature = "entra"))]
-pub fn entra_credential(conn: &Connection, _choice: AuthChoice) -> Result<Credential, ConfigError> {
-    let _ = token_options(conn)?;
+pub fn entra_credential(
+    _conn: &Connection,
+    _options: &ClientOptions,
+    _choice: AuthChoice,
+) -> Result<Credential, ConfigError> {
     Err(ConfigError::Missing {
         key: "AZURE_STORAGE_KEY",
         why:

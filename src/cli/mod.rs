@@ -2,6 +2,8 @@
 
 mod auth;
 mod commands;
+mod docs;
+mod logging;
 mod output;
 use output::say;
 mod process;
@@ -11,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use azmutex::{AzureMutex, ClientOptions, ConfigError, Error, Holder, InvalidInput, LockError, StorageConfig};
+use azmutex::{
+    AzureMutex, ClientOptions, ConfigError, Error, Holder, InvalidInput, LockError, Proxies, ProxyConfig, StorageConfig,
+};
 use clap::{Args, Parser, Subcommand};
 
 /// Exit codes (sysexits.h), documented in `--help` and the README.
@@ -56,16 +60,30 @@ all: a variable that is set but empty is an error. An account without key or SAS
 Entra ID (--auth, AZMUTEX_AUTH): client secret (AZURE_TENANT_ID, AZURE_CLIENT_ID,
 AZURE_CLIENT_SECRET), workload identity (AZURE_FEDERATED_TOKEN_FILE), managed identity, Azure CLI.";
 
+/// What `--version` prints after the name: the crate version and the Blob service version
+/// (`x-ms-version`) requests carry unless told otherwise.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (Blob service API: x-ms-version {} by default)",
+            env!("CARGO_PKG_VERSION"),
+            azmutex::rest::DEFAULT_API_VERSION
+        )
+    })
+}
+
 /// Distributed locks on Azure Blob Storage leases.
 #[derive(Parser, Debug)]
-#[command(name = "azmutex", version, about, after_help = AFTER_HELP)]
+#[command(name = "azmutex", version = version(), about, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     /// Say less: no waiting line, no development-storage notice.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG (e.g. azmutex=debug).
+    /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG to error, warn, info, debug,
+    /// trace or off (every source), or azmutex=<level> (azmutex's own logs only).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
@@ -93,9 +111,20 @@ pub struct Connection {
     /// Container holding the lock blobs (created if missing).
     #[arg(long, default_value = "azmutex", global = true)]
     pub container: String,
-    /// Extra trusted CA certificate(s), PEM, for endpoints with a private CA.
+    /// Trust the certificate(s) in this PEM file (a bundle is fine; repeatable): CAs of a
+    /// private PKI, or the server's own self-signed certificate, which is then pinned. System
+    /// roots (or SSL_CERT_FILE / SSL_CERT_DIR) stay trusted.
     #[arg(long, value_name = "FILE", global = true)]
-    pub ca_cert: Option<PathBuf>,
+    pub ca_cert: Vec<PathBuf>,
+    /// Send every request through this HTTP proxy (http://[user:password@]host:port); NO_PROXY
+    /// still applies. Without it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured
+    /// as curl honours them.
+    #[arg(long, value_name = "URL", hide_env_values = true, global = true)]
+    pub proxy: Option<String>,
+    /// The storage service version (x-ms-version) to send, e.g. 2017-11-09. By default
+    /// 2025-11-05, stepping down once to 2017-11-09 if the endpoint refuses it (Azure Stack Hub).
+    #[arg(long, value_name = "YYYY-MM-DD", env = "AZMUTEX_API_VERSION", global = true)]
+    pub api_version: Option<String>,
     /// Give up on an unreachable or failing storage service after this long (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_timeout, global = true)]
     pub timeout: Duration,
@@ -136,6 +165,10 @@ pub enum Command {
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
     Break(commands::BreakArgs),
+    /// Write a shell completion script (bash, zsh or fish) to stdout.
+    Completions(docs::CompletionsArgs),
+    /// Write the man page (roff) to stdout, or every page into a directory.
+    Man(docs::ManArgs),
 }
 
 /// A failure the CLI reports: message and exit code.
@@ -175,6 +208,10 @@ impl From<InvalidInput> for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = match &e {
+            Error::Auth { service: None, detail } if detail.contains("proxy") => (
+                exit::AUTH,
+                "fix the proxy's user and password (percent-encode special characters)",
+            ),
             Error::Auth { .. } => (
                 exit::AUTH,
                 "check the account key or SAS token (permissions r,w,c; not expired), or the Entra ID identity \
@@ -227,7 +264,16 @@ pub fn main() -> ExitCode {
             return ExitCode::from(0);
         }
     };
-    init_logging(cli.verbose);
+    // These need no storage, runtime or logging.
+    let offline = match &cli.command {
+        Command::Completions(args) => Some(docs::completions(args)),
+        Command::Man(args) => Some(docs::man(args)),
+        _ => None,
+    };
+    if let Some(result) = offline {
+        return finish(result);
+    }
+    logging::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -239,7 +285,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::OTHER);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    finish(runtime.block_on(dispatch(cli)))
+}
+
+/// The exit code of a command's result, with its message on stderr if it failed.
+fn finish(result: Result<u8, Failure>) -> ExitCode {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             say(format_args!("azmutex: {}", f.message));
@@ -285,25 +336,13 @@ fn redact_typed_secrets(text: &str, args: &[String]) -> String {
     text
 }
 
-fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "error",
-        1 => "azmutex=info",
-        _ => "azmutex=debug",
-    };
-    let filter = std::env::var("AZMUTEX_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
+    // Commands that never talk to storage need no configuration (and print no notice about it).
+    match &cli.command {
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
+    }
     let config = storage_config(&cli.conn, cli.quiet)?;
     let ctx = Context {
         config,
@@ -317,6 +356,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release(args) => commands::release(&ctx, args).await,
         Command::Status(args) => commands::status(&ctx, args).await,
         Command::Break(args) => commands::break_lease(&ctx, args).await,
+        Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
 
@@ -330,25 +370,59 @@ pub struct Context {
 impl Context {
     /// A mutex on the configured container. `fencing` and `holder` as the command needs.
     pub fn mutex(&self, fencing: bool, holder: Option<Holder>) -> Result<AzureMutex, Failure> {
-        let mut options = ClientOptions::default();
-        options.retry.call_timeout = self.conn.timeout;
-        if let Some(path) = &self.conn.ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                Failure::new(
-                    exit::CONFIG,
-                    format!("cannot read CA certificate {}: {e}", path.display()),
-                )
-            })?;
-            options.ca_certificates_pem.push(pem);
-        }
+        let options = self.client_options()?;
         let mut builder = AzureMutex::builder(self.config.clone(), &self.conn.container)
             .client_options(options)
             .fencing(fencing);
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }
-        Ok(builder.build()?)
+        builder.build().map_err(|e| match &e {
+            InvalidInput::Option {
+                option: "api_version", ..
+            } => option_failure(e, "--api-version"),
+            _ => Failure::from(e),
+        })
     }
+}
+
+impl Context {
+    /// The HTTP client's options from the flags: call timeout, trusted certificates, proxy and
+    /// service version.
+    pub fn client_options(&self) -> Result<ClientOptions, Failure> {
+        client_options(&self.conn)
+    }
+}
+
+/// The HTTP client's options from the flags (storage and token requests alike).
+fn client_options(conn: &Connection) -> Result<ClientOptions, Failure> {
+    let mut options = ClientOptions::default();
+    options.retry.call_timeout = conn.timeout;
+    for path in &conn.ca_cert {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::new(
+                exit::CONFIG,
+                format!("cannot read CA certificate {}: {e}", path.display()),
+            )
+        })?;
+        options.ca_certificates_pem.push(pem);
+    }
+    if let Some(proxy) = &conn.proxy {
+        let mut proxies = Proxies::all(proxy).map_err(|e| option_failure(e, "--proxy"))?;
+        proxies.no_proxy = Proxies::from_env().ok().and_then(|p| p.no_proxy);
+        options.proxy = ProxyConfig::Explicit(proxies);
+    }
+    options.api_version = conn.api_version.clone();
+    Ok(options)
+}
+
+/// An option's error with the flag's name in place of the library's.
+fn option_failure(e: InvalidInput, flag: &str) -> Failure {
+    let mut f = Failure::from(e);
+    for name in ["`proxy`", "`api_version`"] {
+        f.message = f.message.replace(name, &format!("`{flag}`"));
+    }
+    f
 }
 
 /// The storage configuration from the flags, which clap has already merged with their
@@ -356,6 +430,7 @@ impl Context {
 /// storage. A flag or variable that is given but empty is an error, not "nothing configured".
 fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
     let choice = auth::choice(conn.auth)?;
+    let options = client_options(conn)?;
     let vars = |name: &str| {
         let flag = match name {
             "AZURE_STORAGE_CONNECTION_STRING" => &conn.connection_string,
@@ -369,21 +444,22 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
         flag.clone()
             .or_else(|| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     };
-    let config = StorageConfig::from_vars_with_auth(vars, choice, |choice| auth::entra_credential(conn, choice))
-        .map_err(|e| {
-            let mut f = Failure::from(e);
-            for (var, flag) in [
-                ("AZURE_STORAGE_CONNECTION_STRING", "--connection-string"),
-                ("AZURE_STORAGE_ACCOUNT", "--account-name"),
-                ("AZURE_STORAGE_KEY", "--account-key"),
-                ("AZURE_STORAGE_SAS_TOKEN", "--sas-token"),
-                ("AZURE_STORAGE_SERVICE_ENDPOINT", "--account-url"),
-                ("AZMUTEX_AUTH", "--auth"),
-            ] {
-                f.message = f.message.replace(&format!("`{var}`"), &format!("`{flag}`/`{var}`"));
-            }
-            f
-        })?;
+    let config =
+        StorageConfig::from_vars_with_auth(vars, choice, |choice| auth::entra_credential(conn, &options, choice))
+            .map_err(|e| {
+                let mut f = Failure::from(e);
+                for (var, flag) in [
+                    ("AZURE_STORAGE_CONNECTION_STRING", "--connection-string"),
+                    ("AZURE_STORAGE_ACCOUNT", "--account-name"),
+                    ("AZURE_STORAGE_KEY", "--account-key"),
+                    ("AZURE_STORAGE_SAS_TOKEN", "--sas-token"),
+                    ("AZURE_STORAGE_SERVICE_ENDPOINT", "--account-url"),
+                    ("AZMUTEX_AUTH", "--auth"),
+                ] {
+                    f.message = f.message.replace(&format!("`{var}`"), &format!("`{flag}`/`{var}`"));
+                }
+                f
+            })?;
     match config {
         Some(config) => Ok(config),
         None => {

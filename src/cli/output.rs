@@ -78,17 +78,24 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// A JSON string literal. Besides what JSON requires, C1 controls and invisible formatting
 /// characters are escaped (`\u009b` is a CSI to some terminals), so printed JSON is inert.
 pub fn json_str(s: &str) -> String {
-    let json = serde_json::Value::String(s.to_string()).to_string();
-    let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if azmutex::error::is_unsafe_char(c) {
-            for unit in c.encode_utf16(&mut [0; 2]) {
-                out.push_str(&format!("\\u{unit:04x}"));
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if azmutex::error::is_unsafe_char(c) => {
+                for unit in c.encode_utf16(&mut [0; 2]) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
             }
-        } else {
-            out.push(c);
+            c => out.push(c),
         }
     }
+    out.push('"');
     out
 }
 
@@ -128,6 +135,12 @@ mod tests {
     fn json_strings_are_inert() {
         assert_eq!(json_str("a\u{1b}[2J\u{9b}b\u{202e}"), "\"a\\u001b[2J\\u009bb\\u202e\"");
         assert_eq!(json_str("ünï \"q\""), "\"ünï \\\"q\\\"\"");
+        assert_eq!(json_str("a\\b\n\t\r\u{0}\u{1f}"), r#""a\\b\n\t\r\u0000\u001f""#);
+        assert_eq!(json_str("😀\u{feff}"), "\"😀\\ufeff\"");
+        // What serde_json reads back is the original text.
+        for s in ["plain", "q\"\\\u{7f}\u{2028}x", "\u{1b}[31m\u{9b}", "😀"] {
+            assert_eq!(serde_json::from_str::<String>(&json_str(s)).unwrap(), s);
+        }
     }
 
     #[test]

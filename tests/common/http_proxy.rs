@@ -22,6 +22,8 @@ pub enum Match {
     Comp(&'static str),
     /// Every request.
     Any,
+    /// `x-ms-version` newer than this one (or missing).
+    VersionNewerThan(&'static str),
 }
 
 /// What to do with a matching request.
@@ -37,6 +39,9 @@ pub enum Action {
     RewriteHeader(&'static str, Option<String>),
     /// Swallow the request; never answer.
     Blackhole,
+    /// Answer without forwarding as Azure Stack Hub answers an `x-ms-version` it does not
+    /// support: 400 `InvalidHeaderValue`, with the header named in the XML body.
+    RefuseVersion,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +59,8 @@ pub struct Seen {
     pub target: String,
     pub lease_action: Option<String>,
     pub action: Option<Action>,
+    /// The request's `x-ms-version`.
+    pub version: Option<String>,
 }
 
 pub struct HttpProxy {
@@ -162,6 +169,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
     let method = parts.next().unwrap_or("").to_string();
     let target = parts.next().unwrap_or("").to_string();
     let lease_action = header(&req.head, "x-ms-lease-action");
+    let version = header(&req.head, "x-ms-version");
     let action = {
         let mut rules = rules.lock().unwrap();
         let hit = rules.iter_mut().find(|r| {
@@ -170,6 +178,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
                     Match::LeaseAction(a) => lease_action.as_deref() == Some(*a),
                     Match::Comp(c) => target.contains(&format!("comp={c}")),
                     Match::Any => true,
+                    Match::VersionNewerThan(v) => version.as_deref().is_none_or(|got| got > *v),
                 }
         });
         hit.map(|r| {
@@ -180,10 +189,11 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
         })
     };
     seen.lock().unwrap().push(Seen {
-        method,
+        method: method.clone(),
         target,
         lease_action,
         action: action.clone(),
+        version: version.clone(),
     });
     let error = |status: u16, code: &str| {
         format!("HTTP/1.1 {status} Fault\r\nx-ms-error-code: {code}\r\nx-ms-request-id: fault-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -191,6 +201,20 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
     match &action {
         Some(Action::Respond(status, code)) => {
             let _ = conn.write_all(error(*status, code).as_bytes()).await;
+            return;
+        }
+        Some(Action::RefuseVersion) => {
+            let body = format!(
+                "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>The value for one of the HTTP headers is not in the correct format.\nRequestId:00000000-0000-0000-0000-000000000000\nTime:2026-11-23T00:00:00.0000000Z</Message><HeaderName>x-ms-version</HeaderName><HeaderValue>{}</HeaderValue></Error>",
+                version.as_deref().unwrap_or("")
+            );
+            // A HEAD answer (Get Blob Properties) has no body: only the error code says it.
+            let body = if method == "HEAD" { String::new() } else { body };
+            let answer = format!(
+                "HTTP/1.1 400 The value for one of the HTTP headers is not in the correct format.\r\nContent-Type: application/xml\r\nx-ms-error-code: InvalidHeaderValue\r\nx-ms-request-id: stack-hub\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
             return;
         }
         Some(Action::Blackhole) => {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use azmutex::{AzureMutex, ClientOptions, StorageConfig};
 
 pub mod faults;
+pub mod forward_proxy;
 pub mod http_proxy;
 pub mod proxy;
 

@@ -36,7 +36,7 @@ impl ClientSecret {
             .authority()
             .map_err(|why| EntraError::InvalidConfig { kind: KIND, why })?;
         Ok(Self {
-            http: b.http(KIND, true)?,
+            http: b.http(KIND, false)?,
             url: entra_token_url(KIND, &authority, &tenant)?,
             client_id,
             secret,

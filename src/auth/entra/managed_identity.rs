@@ -89,7 +89,7 @@ impl ManagedIdentity {
         };
         Ok(Self {
             // Local endpoints: never through the configured proxy.
-            http: b.http(KIND, false)?,
+            http: b.http(KIND, true)?,
             probe: AtomicBool::new(probe && matches!(endpoint, Endpoint::Imds { .. })),
             endpoint,
             identity,

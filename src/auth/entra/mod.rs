@@ -509,7 +509,6 @@ type VarFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub struct EntraBuilder {
     var: VarFn,
     options: ClientOptions,
-    proxy: Option<Url>,
     authority_host: Option<String>,
     tenant_id: Option<String>,
     client_id: Option<String>,
@@ -526,7 +525,6 @@ impl Default for EntraBuilder {
         Self {
             var: Arc::new(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())),
             options: ClientOptions::default(),
-            proxy: None,
             authority_host: None,
             tenant_id: None,
             client_id: None,
@@ -560,17 +558,11 @@ impl EntraBuilder {
     }
 
     /// HTTP options for token requests: extra trusted CA certificates (a private CA applies to
-    /// the token endpoint too), connect and request timeouts. Use the same options as the
-    /// storage client.
+    /// the token endpoint too), proxies, connect and request timeouts. Use the same options as
+    /// the storage client. The managed identity endpoints, local to the machine, are always
+    /// reached directly (never through a proxy), as the SDKs do.
     pub fn client_options(mut self, options: &ClientOptions) -> Self {
         self.options = options.clone();
-        self
-    }
-
-    /// An HTTP proxy for requests to the Entra token endpoint (not for the managed identity
-    /// endpoints, which are local to the machine).
-    pub fn proxy(mut self, proxy: Url) -> Self {
-        self.proxy = Some(proxy);
         self
     }
 
@@ -656,12 +648,15 @@ impl EntraBuilder {
             .unwrap_or_else(|| DEFAULT_AUTHORITY_HOST.to_string()))
     }
 
-    fn http(&self, kind: EntraKind, proxy: bool) -> Result<TokenHttp, EntraError> {
-        TokenHttp::new(&self.options, if proxy { self.proxy.as_ref() } else { None }).map_err(|e| {
-            EntraError::InvalidConfig {
-                kind,
-                why: e.to_string(),
-            }
+    /// The HTTP side of token requests; `direct` for endpoints local to the machine.
+    fn http(&self, kind: EntraKind, direct: bool) -> Result<TokenHttp, EntraError> {
+        let mut options = self.options.clone();
+        if direct {
+            options.proxy = crate::rest::ProxyConfig::Direct;
+        }
+        TokenHttp::new(&options, None).map_err(|e| EntraError::InvalidConfig {
+            kind,
+            why: e.to_string(),
         })
     }
 
