@@ -74,6 +74,7 @@ pub mod transport;
 pub mod types;
 
 #[cfg(feature = "entra")]
+#[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
 pub use auth::entra::{EntraCredential, EntraError, EntraKind};
 pub use auth::{
     AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider, TransientTokenError,

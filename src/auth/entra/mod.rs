@@ -3,9 +3,9 @@
 //! workload identity (AKS), a client secret (service principal), the Azure CLI, and a default
 //! chain of them.
 //!
-//! One small source per kind turns configuration into a token and its lifetime; a
-//! [`cache`](self::cache) wraps any source and owns refresh timing (ahead of expiry, in the
-//! background, one at a time, with backoff); [`EntraCredential`] is that cache as a
+//! One small source per kind turns configuration into a token and its lifetime; a cache wraps
+//! any source and owns refresh timing (ahead of expiry, in the background, one at a time, with
+//! backoff: [`RefreshPolicy`]); [`EntraCredential`] is that cache as a
 //! [`TokenProvider`], shared by every request of a client.
 //!
 //! Protocol pages: [managed identity](https://learn.microsoft.com/en-us/entra/identity/managed-identities-azure-resources/how-to-use-vm-token#get-a-token-using-http),
