@@ -349,8 +349,10 @@ async fn misbehaving_endpoint_keeps_the_lock_while_the_token_is_valid(mode: Mode
     let cred = builder(&vars).client_secret_credential().unwrap();
     let checking = Checking::new(Arc::new(cred));
     let container = common::unique("entra-bad");
+    // A wider safety margin than the default leaves time for the check below on a busy machine.
     let options = LockerOptions {
         lease: common::secs(15),
+        safety_margin: Duration::from_secs(4),
         ..LockerOptions::default()
     };
     let locker = Locker::with_options(mutex(checking.clone(), &container), "job", options).unwrap();
@@ -594,4 +596,61 @@ async fn token_requests_use_the_proxy_except_for_managed_identity() {
         "{:?}",
         proxy.seen()
     );
+}
+
+/// A hostile metadata endpoint: an endless body, deep nesting, a number of 60,000 digits, a
+/// token with a newline. Each is refused with a transient error naming the problem, memory
+/// bounded by the 64 KiB cap, never a panic or a hang; nothing of the body is quoted.
+#[tokio::test]
+async fn hostile_token_answers_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deep = format!("{{\"access_token\":\"x\",\"a\":{}", "[".repeat(60_000));
+    let huge = format!(
+        "{{\"access_token\":\"SECRETTOKEN\",\"expires_in\":{}}}",
+        "9".repeat(60_000)
+    );
+    let newline = r#"{"access_token":"SECRET\nTOKEN","expires_in":3600}"#.to_string();
+    for (body, endless, expect) in [
+        (String::new(), true, "longer than 65536 bytes"),
+        (deep, false, "unreadable answer"),
+        (huge, false, "no readable `expires_in`"),
+        (newline, false, "not printable ASCII"),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    if endless {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n")
+                            .await;
+                        let chunk = vec![b'['; 1 << 20];
+                        while s.write_all(&chunk).await.is_ok() {}
+                    } else {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                        let _ = s.write_all(head.as_bytes()).await;
+                        let _ = s.write_all(body.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let cred = builder(&[])
+            .imds_endpoint(format!("http://127.0.0.1:{port}/metadata/identity/oauth2/token"))
+            .managed_identity()
+            .unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(30), cred.token())
+            .await
+            .expect("bounded")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(expect), "{expect}: {text}");
+        assert!(!text.contains("SECRET") && text.len() < 1000, "{text}");
+    }
 }
