@@ -11,7 +11,7 @@ mod token_server;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azmutex::auth::entra::{EntraBuilder, EntraCredential, UserAssigned};
@@ -21,24 +21,8 @@ use azmutex::{
 };
 use token_server::{Mode, TokenServer, CLIENT_ID, IDENTITY_HEADER, SECRET, TENANT};
 
-/// The HTTPS Azurite (OAuth basic) and its PKI, one per test binary.
 fn azurite() -> &'static (token_server::Pki, common::Service) {
-    static AZURITE: OnceLock<(token_server::Pki, common::Service)> = OnceLock::new();
-    AZURITE.get_or_init(|| {
-        let pki = token_server::make_pki(std::env::temp_dir().join(common::unique("azmutex-entra")));
-        let cert = pki.dir.join("cert.pem");
-        let key = pki.dir.join("key.pem");
-        let args = [
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--oauth",
-            "basic",
-        ];
-        let azurite = common::start_azurite("https", &args);
-        (pki, azurite)
-    })
+    token_server::https_oauth_azurite()
 }
 
 fn trusting() -> ClientOptions {
@@ -125,6 +109,19 @@ fn entra_vars(e: &Endpoints) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// One acquire and release with `credential`.
+async fn acquire_release(credential: Arc<dyn TokenProvider>) {
+    let m = mutex(credential, &common::unique("entra-once"));
+    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
+        .await
+        .unwrap();
+}
+
+/// The query of the last GET the local (managed identity) endpoint answered.
+fn last_query(server: &TokenServer) -> String {
+    server.queries.lock().unwrap().last().cloned().unwrap_or_default()
+}
+
 /// Acquire, renew (twice, in the background) and release through `Locker`.
 async fn lock_renew_release(credential: Arc<dyn TokenProvider>, hold: Duration) {
     let container = common::unique("entra");
@@ -205,10 +202,8 @@ async fn managed_identity_on_a_vm_user_assigned_three_ways() {
             .user_assigned(id)
             .managed_identity()
             .unwrap();
-        let m = mutex(Arc::new(cred), &common::unique("entra-mi"));
-        let lease = m.acquire("job", common::secs(15)).await.unwrap();
-        m.release(&lease).await.unwrap();
-        let last = e.local.queries.lock().unwrap().last().cloned().unwrap();
+        acquire_release(Arc::new(cred)).await;
+        let last = last_query(&e.local);
         assert!(last.contains(param), "{last}");
     }
     // AZURE_CLIENT_ID selects a user-assigned identity by client id, as the SDKs do.
@@ -216,18 +211,8 @@ async fn managed_identity_on_a_vm_user_assigned_three_ways() {
         .imds_endpoint(&imds)
         .managed_identity()
         .unwrap();
-    let m = mutex(Arc::new(cred), &common::unique("entra-mi"));
-    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
-        .await
-        .unwrap();
-    assert!(e
-        .local
-        .queries
-        .lock()
-        .unwrap()
-        .last()
-        .unwrap()
-        .contains("client_id=from-env"));
+    acquire_release(Arc::new(cred)).await;
+    assert!(last_query(&e.local).contains("client_id=from-env"));
 }
 
 #[tokio::test]
@@ -244,18 +229,8 @@ async fn managed_identity_on_app_service() {
         .user_assigned(UserAssigned::ObjectId("oid".into()))
         .managed_identity()
         .unwrap();
-    let m = mutex(Arc::new(cred), &common::unique("entra-as"));
-    m.release(&m.acquire("job", common::secs(15)).await.unwrap())
-        .await
-        .unwrap();
-    assert!(e
-        .local
-        .queries
-        .lock()
-        .unwrap()
-        .last()
-        .unwrap()
-        .contains("principal_id=oid"));
+    acquire_release(Arc::new(cred)).await;
+    assert!(last_query(&e.local).contains("principal_id=oid"));
 }
 
 #[tokio::test]

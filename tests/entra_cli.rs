@@ -8,28 +8,12 @@ mod token_server;
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use token_server::{Mode, TokenServer, CLIENT_ID, SECRET, TENANT};
 
 fn azurite() -> &'static (token_server::Pki, common::Service) {
-    static AZURITE: OnceLock<(token_server::Pki, common::Service)> = OnceLock::new();
-    AZURITE.get_or_init(|| {
-        let pki = token_server::make_pki(std::env::temp_dir().join(common::unique("azmutex-entra-cli")));
-        let cert = pki.dir.join("cert.pem");
-        let key = pki.dir.join("key.pem");
-        let args = [
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--oauth",
-            "basic",
-        ];
-        let azurite = common::start_azurite("https", &args);
-        (pki, azurite)
-    })
+    token_server::https_oauth_azurite()
 }
 
 /// `azmutex` with a clean environment (PATH, the blob endpoint, `--ca-cert`) plus `env`.

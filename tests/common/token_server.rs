@@ -299,6 +299,27 @@ pub fn jwt_exp(token: &str) -> Option<u64> {
     v["exp"].as_u64()
 }
 
+/// One HTTPS Azurite with `--oauth basic` (certificate from a test CA) per test binary, and
+/// its PKI, which the token server's HTTPS endpoint shares.
+pub fn https_oauth_azurite() -> &'static (Pki, crate::common::Service) {
+    static AZURITE: std::sync::OnceLock<(Pki, crate::common::Service)> = std::sync::OnceLock::new();
+    AZURITE.get_or_init(|| {
+        let pki = make_pki(std::env::temp_dir().join(crate::common::unique("azmutex-entra")));
+        let cert = pki.dir.join("cert.pem");
+        let key = pki.dir.join("key.pem");
+        let args = [
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "--oauth",
+            "basic",
+        ];
+        let azurite = crate::common::start_azurite("https", &args);
+        (pki, azurite)
+    })
+}
+
 /// A test PKI: a CA and a `localhost` certificate it signed (PEM), written to a directory.
 pub struct Pki {
     pub ca_pem: String,

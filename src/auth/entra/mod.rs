@@ -728,7 +728,7 @@ impl EntraBuilder {
 /// The Entra v2 token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
 /// See [Client credentials flow](https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow#get-a-token).
 /// The authority must be `https` (as the SDKs require); the tenant a GUID or domain name.
-pub(crate) fn entra_token_url(kind: EntraKind, authority: &str, tenant: &str) -> Result<Url, EntraError> {
+fn entra_token_url(kind: EntraKind, authority: &str, tenant: &str) -> Result<Url, EntraError> {
     let bad = |why: String| EntraError::InvalidConfig { kind, why };
     if tenant.is_empty()
         || tenant.len() > 256
@@ -751,9 +751,36 @@ pub(crate) fn entra_token_url(kind: EntraKind, authority: &str, tenant: &str) ->
     Url::parse(&url).map_err(|e| bad(format!("the token endpoint URL is invalid: {e}")))
 }
 
+/// An Entra application as a client of the token endpoint: where client-credentials requests
+/// go (`AZURE_AUTHORITY_HOST`, `AZURE_TENANT_ID`) and as whom (`AZURE_CLIENT_ID`). Shared by the
+/// client secret and workload identity sources, which differ only in their proof.
+pub(crate) struct EntraApp {
+    http: TokenHttp,
+    url: Url,
+    client_id: String,
+}
+
+impl EntraApp {
+    pub(crate) fn configure(b: &EntraBuilder, kind: EntraKind) -> Result<Self, EntraError> {
+        let tenant = required(kind, b.setting(&b.tenant_id, "AZURE_TENANT_ID"), "AZURE_TENANT_ID")?;
+        let client_id = required(kind, b.setting(&b.client_id, "AZURE_CLIENT_ID"), "AZURE_CLIENT_ID")?;
+        let authority = b.authority().map_err(|why| EntraError::InvalidConfig { kind, why })?;
+        Ok(Self {
+            http: b.http(kind, false)?,
+            url: entra_token_url(kind, &authority, &tenant)?,
+            client_id,
+        })
+    }
+
+    /// One token request with the client's `proof`.
+    pub(crate) async fn token(&self, kind: EntraKind, proof: &[(&str, &str)]) -> Result<Fetched, EntraError> {
+        client_credentials(&self.http, kind, &self.url, &self.client_id, proof).await
+    }
+}
+
 /// One client-credentials token request (`grant_type=client_credentials`) to `url` with the
 /// client's proof (`client_secret`, or `client_assertion_type` + `client_assertion`).
-pub(crate) async fn client_credentials(
+async fn client_credentials(
     http: &TokenHttp,
     kind: EntraKind,
     url: &Url,

@@ -7,12 +7,7 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 
-use url::Url;
-
-use super::{
-    client_credentials, entra_token_url, required, EntraBuilder, EntraError, EntraKind, FetchFuture, TokenHttp,
-    TokenSource, CLIENT_ASSERTION_TYPE,
-};
+use super::{required, EntraApp, EntraBuilder, EntraError, EntraKind, FetchFuture, TokenSource, CLIENT_ASSERTION_TYPE};
 
 const KIND: EntraKind = EntraKind::WorkloadIdentity;
 
@@ -21,9 +16,7 @@ const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 
 /// `AZURE_FEDERATED_TOKEN_FILE` + `AZURE_CLIENT_ID` + `AZURE_TENANT_ID` -> a token.
 pub(crate) struct WorkloadIdentity {
-    http: TokenHttp,
-    url: Url,
-    client_id: String,
+    app: EntraApp,
     file: PathBuf,
 }
 
@@ -37,15 +30,8 @@ impl WorkloadIdentity {
                 "AZURE_FEDERATED_TOKEN_FILE",
             )?),
         };
-        let tenant = required(KIND, b.setting(&b.tenant_id, "AZURE_TENANT_ID"), "AZURE_TENANT_ID")?;
-        let client_id = required(KIND, b.setting(&b.client_id, "AZURE_CLIENT_ID"), "AZURE_CLIENT_ID")?;
-        let authority = b
-            .authority()
-            .map_err(|why| EntraError::InvalidConfig { kind: KIND, why })?;
         Ok(Self {
-            http: b.http(KIND, false)?,
-            url: entra_token_url(KIND, &authority, &tenant)?,
-            client_id,
+            app: EntraApp::configure(b, KIND)?,
             file,
         })
     }
@@ -75,17 +61,15 @@ impl TokenSource for WorkloadIdentity {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
             let assertion = self.assertion()?;
-            client_credentials(
-                &self.http,
-                KIND,
-                &self.url,
-                &self.client_id,
-                &[
-                    ("client_assertion_type", CLIENT_ASSERTION_TYPE),
-                    ("client_assertion", &assertion),
-                ],
-            )
-            .await
+            self.app
+                .token(
+                    KIND,
+                    &[
+                        ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                        ("client_assertion", &assertion),
+                    ],
+                )
+                .await
         })
     }
 }
