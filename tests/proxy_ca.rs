@@ -6,6 +6,8 @@
 #[path = "common/cli.rs"]
 mod cli;
 mod common;
+#[path = "common/token_server.rs"]
+mod token_server;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,7 +18,7 @@ use azmutex::error::TlsProblem;
 use azmutex::{AccountKey, AzureMutex, ClientOptions, Credential, Error, Proxies, ProxyConfig, StorageConfig};
 use common::forward_proxy::ForwardProxy;
 use common::{secs, Service};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 fn tmpdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(common::unique(name));
@@ -299,20 +301,10 @@ fn cli_ssl_cert_file_and_dir_work_as_in_other_tools() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // SSL_CERT_DIR holding a private CA that issued the server's certificate.
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "azmutex dir CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let service = azurite_with(&leaf.pem(), &leaf_key.serialize_pem());
+    let pki = token_server::make_pki(tmpdir("dirpki"));
+    let service = azurite_with(&pki.cert_pem, &pki.key_pem);
     let dir = tmpdir("certdir");
-    std::fs::write(dir.join("private-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("private-ca.pem"), &pki.ca_pem).unwrap();
     let out = cli::azmutex_with(&container, &service.connection_string)
         .env("SSL_CERT_DIR", &dir)
         .args(["status", "job"])

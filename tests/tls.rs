@@ -3,63 +3,19 @@
 //! Azurite (started with `--oauth basic`), bearer tokens from a caller's `TokenProvider`.
 
 mod common;
+#[path = "common/token_server.rs"]
+mod token_server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use azmutex::{
     AccessToken, AzureMutex, ClientOptions, Credential, Error, InvalidInput, LeaseDuration, StorageConfig, TokenFuture,
     TokenProvider,
 };
 use base64::Engine as _;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-struct Pki {
-    ca_pem: String,
-    dir: std::path::PathBuf,
-}
-
-fn make_pki() -> Pki {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "azmutex test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let dir = std::env::temp_dir().join(common::unique("azmutex-tls"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        dir,
-    }
-}
-
-/// One HTTPS Azurite (certificate from a private CA, OAuth "basic") for this test binary.
-fn https_azurite() -> &'static (Pki, common::Service) {
-    static AZURITE: OnceLock<(Pki, common::Service)> = OnceLock::new();
-    AZURITE.get_or_init(|| {
-        let pki = make_pki();
-        let cert = pki.dir.join("cert.pem");
-        let key = pki.dir.join("key.pem");
-        let args = [
-            "--cert",
-            cert.to_str().unwrap(),
-            "--key",
-            key.to_str().unwrap(),
-            "--oauth",
-            "basic",
-        ];
-        let azurite = common::start_azurite("https", &args);
-        (pki, azurite)
-    })
-}
+use token_server::{https_oauth_azurite as https_azurite, Pki};
 
 fn trusting_options(pki: &Pki) -> ClientOptions {
     let mut options = ClientOptions::default();
