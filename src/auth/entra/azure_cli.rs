@@ -159,7 +159,8 @@ impl TokenSource for AzureCli {
                     .map(str::trim)
                     .find(|l| !l.is_empty())
                     .unwrap_or("no message");
-                let description = crate::error::sanitize_text(first, 300);
+                // Tokens in `az`'s words (a wrapper or extension may print one) are blanked.
+                let description = super::scrub(first, &[], 300);
                 let lower = text.to_ascii_lowercase();
                 // Not signed in, or Entra's refusal (AADSTS...): definite. Anything else (a
                 // network error inside az) may pass.

@@ -1,9 +1,31 @@
-//! The default chain: each kind in order until one gives a token; that kind is then used for
+//! The default chain: each kind in order until one is available; that kind is then used for
 //! every later refresh (its failures are its own, as with the SDKs' default credential).
+//!
+//! As in the SDKs' chained credential, the chain moves on only from a kind that is
+//! *unavailable* here (not configured, no instance metadata endpoint, no identity assigned to
+//! this machine). A configured kind that fails or is refused ends the chain with its error, so
+//! a passing failure of the configured service principal never makes the process lock as
+//! another identity.
 
 use std::sync::OnceLock;
 
-use super::{EntraError, EntraKind, FetchFuture, TokenSource};
+use super::{EntraError, EntraKind, FetchFuture, TokenSource, PROBE_PREFIX};
+
+/// Whether a kind's failure means "not available here" (move on) rather than "failed" (stop):
+/// not configured, no instance metadata endpoint answering the probe, or the metadata endpoint
+/// refusing because this machine has no (such) identity (400), as the SDKs treat it.
+fn unavailable(e: &EntraError) -> bool {
+    match e {
+        EntraError::NotConfigured { .. } => true,
+        EntraError::Transient { why, .. } => why.starts_with(PROBE_PREFIX),
+        EntraError::Refused {
+            kind: EntraKind::ManagedIdentity,
+            status: Some(400),
+            ..
+        } => true,
+        _ => false,
+    }
+}
 
 /// A kind's source, or why it is not configured.
 pub(crate) type Candidate = (EntraKind, Result<Box<dyn TokenSource>, EntraError>);
@@ -41,9 +63,14 @@ impl TokenSource for Chain {
                             let _ = self.chosen.set(i);
                             return Ok(token);
                         }
+                        Err(e) if unavailable(&e) => {
+                            tracing::debug!(kind = %kind, error = %e, "Entra ID credential unavailable");
+                            tried.push((*kind, e));
+                        }
                         Err(e) => {
                             tracing::debug!(kind = %kind, error = %e, "Entra ID credential failed");
                             tried.push((*kind, e));
+                            return Err(EntraError::Chain { tried });
                         }
                     },
                 }

@@ -154,7 +154,11 @@ impl TokenSource for ManagedIdentity {
                 Endpoint::Imds { .. } => self.http.client().get(url).header("Metadata", "true"),
             };
             let answer = self.http.send(KIND, request, None).await?;
-            token_from_answer(KIND, &answer)
+            let header = match &self.endpoint {
+                Endpoint::AppService { header, .. } => header.0.as_str(),
+                Endpoint::Imds { .. } => "",
+            };
+            token_from_answer(KIND, &[header], &answer)
         })
     }
 }

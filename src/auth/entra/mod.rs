@@ -210,7 +210,7 @@ impl EntraError {
 
 /// The start of a transient error that only says the instance metadata probe got no answer
 /// (which in a chain means "no managed identity here").
-const PROBE_PREFIX: &str = "no instance metadata endpoint";
+pub(crate) const PROBE_PREFIX: &str = "no instance metadata endpoint";
 
 /// A token and how long it lives, counted from when its request was sent.
 #[derive(Clone, Debug)]
@@ -379,13 +379,55 @@ pub(crate) fn checked_token(kind: EntraKind, token: &str) -> Result<AccessToken,
     Ok(AccessToken(token.to_string()))
 }
 
+/// Text from an endpoint or from `az`, fit for an error: every `secret` we sent (client secret,
+/// client assertion, identity header) replaced by `<redacted>` in the forms an endpoint may echo
+/// it (as is, form- or percent-encoded, JSON-escaped), and every JWT-shaped run (`eyJ...`, an
+/// access or federated token) by `<token>`. Then cut to `max` characters and stripped of
+/// control characters. Applied before the cut, so a secret cannot survive in part.
+pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let forms = [
+            secret.to_string(),
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            secret.replace('\\', "\\\\").replace('"', "\\\"").replace('/', "\\/"),
+        ];
+        for form in forms {
+            if !form.is_empty() {
+                text = text.replace(&form, "<redacted>");
+            }
+        }
+    }
+    // JWT-shaped runs: `eyJ` (base64url of `{"`) followed by base64url characters and dots.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("eyJ") {
+        out.push_str(&rest[..i]);
+        let run = rest[i..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '%')))
+            .unwrap_or(rest.len() - i);
+        if run >= 16 {
+            out.push_str("<token>");
+        } else {
+            out.push_str(&rest[i..i + run]);
+        }
+        rest = &rest[i + run..];
+    }
+    out.push_str(rest);
+    sanitize_text(&out, max)
+}
+
 /// A token answer (`access_token` + `expires_in`/`expires_on`) or the endpoint's error.
 ///
 /// Statuses that may pass are transient: 404 and 410 (the instance metadata endpoint while an
 /// identity is being assigned or the service updates), 408, 429 and 5xx; see
 /// [IMDS retry guidance](https://learn.microsoft.com/en-us/entra/identity/managed-identities-azure-resources/how-to-use-vm-token#retry-guidance).
 /// Other 4xx are refusals.
-pub(crate) fn token_from_answer(kind: EntraKind, answer: &Answer) -> Result<Fetched, EntraError> {
+///
+/// `secrets` are what the request carried that an endpoint might echo in its error text; they
+/// never reach the error (see [`scrub`]).
+pub(crate) fn token_from_answer(kind: EntraKind, secrets: &[&str], answer: &Answer) -> Result<Fetched, EntraError> {
     let parsed = json::parse_object(&answer.body);
     if !(200..300).contains(&answer.status) {
         let members = parsed.unwrap_or_default();
@@ -393,7 +435,7 @@ pub(crate) fn token_from_answer(kind: EntraKind, answer: &Answer) -> Result<Fetc
             names
                 .iter()
                 .find_map(|n| json::get(&members, n))
-                .map(|v| sanitize_text(v.text(), 300))
+                .map(|v| scrub(v.text(), secrets, 300))
                 .filter(|s| !s.is_empty())
         };
         let code = field(&["error"]);
@@ -804,7 +846,8 @@ async fn client_credentials(
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
     let answer = http.send(kind, request, None).await?;
-    token_from_answer(kind, &answer)
+    let secrets: Vec<&str> = proof.iter().map(|(_, v)| *v).collect();
+    token_from_answer(kind, &secrets, &answer)
 }
 
 /// A required setting, or `NotConfigured` naming it.
@@ -864,21 +907,17 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let f = token_from_answer(
-            k,
-            &answer(200, r#"{"access_token":"abc","expires_in":"3599","expires_on":"1"}"#),
+        let f = token_from_answer(k, &[], &answer(200, r#"{"access_token":"abc","expires_in":"3599","expires_on":"1"}"#),
         )
         .unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(3599));
         let body = format!(r#"{{"access_token":"abc","expires_on":"{}"}}"#, now + 100);
-        let f = token_from_answer(k, &answer(200, &body)).unwrap();
+        let f = token_from_answer(k, &[], &answer(200, &body)).unwrap();
         assert!(f.lifetime <= Duration::from_secs(100) && f.lifetime >= Duration::from_secs(98));
-        let huge = token_from_answer(
-            k,
-            &answer(200, r#"{"access_token":"a","expires_in":99999999999999999999}"#),
+        let huge = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":99999999999999999999}"#),
         );
         assert!(huge.is_err(), "a number past u64 is not a lifetime");
-        let far = token_from_answer(k, &answer(200, r#"{"access_token":"a","expires_in":9999999999999}"#)).unwrap();
+        let far = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":9999999999999}"#)).unwrap();
         assert_eq!(far.lifetime, MAX_LIFETIME);
         for bad in [
             r#"{"access_token":"a"}"#,
@@ -888,11 +927,12 @@ mod tests {
             r#"{"access_token":"a","expires_in":"-5"}"#,
             "<html>",
         ] {
-            let e = token_from_answer(k, &answer(200, bad)).unwrap_err();
+            let e = token_from_answer(k, &[], &answer(200, bad)).unwrap_err();
             assert!(!e.is_definite(), "{bad}: {e}");
         }
         let e = token_from_answer(
             EntraKind::ClientSecret,
+            &[],
             &answer(401, r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x","error_codes":[7000215]}"#),
         )
         .unwrap_err();
@@ -905,12 +945,34 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         for status in [404, 410, 429, 500, 503] {
             assert!(
-                !token_from_answer(k, &answer(status, "")).unwrap_err().is_definite(),
+                !token_from_answer(k, &[], &answer(status, "")).unwrap_err().is_definite(),
                 "{status}"
             );
         }
-        assert!(token_from_answer(k, &answer(400, "not json"))
+        assert!(token_from_answer(k, &[], &answer(400, "not json"))
             .unwrap_err()
             .is_definite());
+    }
+
+    #[test]
+    fn endpoint_text_never_carries_what_we_sent_or_a_token() {
+        let secret = "s3cr3t+Val~ue/with \"quotes\"";
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl";
+        for echoed in [
+            secret.to_string(),
+            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
+            secret.replace('"', "\\\"").replace('/', "\\/"),
+        ] {
+            let text = format!("AADSTS900144: malformed request: client_secret={echoed}&assertion={jwt}");
+            let out = scrub(&text, &[secret], 300);
+            assert!(!out.contains("s3cr3t") && !out.contains("eyJhbGci"), "{out}");
+            assert!(out.contains("AADSTS900144"), "{out}");
+        }
+        // Before the cut: a secret straddling the limit does not survive in part.
+        let long = format!("{}{secret}", "x".repeat(290));
+        assert!(!scrub(&long, &[secret], 300).contains("s3cr3t"));
+        // Short `eyJ` words are left alone; empty secrets are ignored.
+        assert_eq!(scrub("eyJ is short", &[""], 300), "eyJ is short");
     }
 }
