@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use azmutex::auth::entra::{EntraBuilder, EntraCredential};
 use azmutex::{AzureMutex, ClientOptions, Credential, StorageConfig, TokenProvider};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use token_server::{TokenServer, CLIENT_ID, SECRET, TENANT};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 fn azurite() -> &'static (token_server::Pki, common::Service) {
     token_server::https_oauth_azurite()
@@ -81,7 +81,9 @@ async fn scripted(tls: bool, answer: impl Fn(&str) -> (u16, String) + Send + Syn
     let m = me.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let (m, answer, acceptor) = (m.clone(), answer.clone(), acceptor.clone());
             tokio::spawn(async move {
                 match acceptor {
@@ -113,7 +115,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(m: &Scripted, answer: &AnswerF
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
                 })
                 .unwrap_or(0);
             if buf.len() >= i + 4 + len {
@@ -134,7 +137,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(m: &Scripted, answer: &AnswerF
 
 /// JSON-escapes `s` (enough for form bodies and header values).
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\r', "\\r").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\r', "\\r")
+        .replace('\n', "\\n")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,7 +179,10 @@ async fn client_secret_echoed_by_the_endpoint_is_not_printed() {
         ("AZURE_CLIENT_SECRET", SECRET.to_string()),
     ];
     let cred = builder(&vars).client_secret_credential().unwrap();
-    let err = mutex(Arc::new(cred)).acquire("job", common::secs(15)).await.unwrap_err();
+    let err = mutex(Arc::new(cred))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
     let text = format!("{err} | {err:?}");
     assert!(text.contains("AADSTS900144"), "the endpoint was reached: {text}");
     assert!(!text.contains(SECRET), "client secret printed: {text}");
@@ -210,7 +219,10 @@ async fn federated_assertion_echoed_by_the_endpoint_is_not_printed() {
         ("AZURE_FEDERATED_TOKEN_FILE", file.display().to_string()),
     ];
     let cred = builder(&vars).workload_identity().unwrap();
-    let err = mutex(Arc::new(cred)).acquire("job", common::secs(15)).await.unwrap_err();
+    let err = mutex(Arc::new(cred))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
     let text = format!("{err} | {err:?}");
     assert!(text.contains("AADSTS50027"), "the endpoint was reached: {text}");
     assert!(
@@ -229,12 +241,16 @@ async fn app_service_identity_header_echoed_by_the_endpoint_is_not_printed() {
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("x-identity-header").then(|| v.trim().to_string())
+                k.eq_ignore_ascii_case("x-identity-header")
+                    .then(|| v.trim().to_string())
             })
             .unwrap_or_default();
         (
             400,
-            format!(r#"{{"error":"invalid_request","error_description":"unknown identity header {}"}}"#, esc(&h)),
+            format!(
+                r#"{{"error":"invalid_request","error_description":"unknown identity header {}"}}"#,
+                esc(&h)
+            ),
         )
     })
     .await;
@@ -243,8 +259,169 @@ async fn app_service_identity_header_echoed_by_the_endpoint_is_not_printed() {
         ("IDENTITY_HEADER", header.to_string()),
     ];
     let cred = builder(&vars).managed_identity().unwrap();
-    let err = mutex(Arc::new(cred)).acquire("job", common::secs(15)).await.unwrap_err();
+    let err = mutex(Arc::new(cred))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
     let text = format!("{err} | {err:?}");
-    assert!(text.contains("unknown identity header"), "the endpoint was reached: {text}");
+    assert!(
+        text.contains("unknown identity header"),
+        "the endpoint was reached: {text}"
+    );
     assert!(!text.contains(header), "identity header printed: {text}");
+}
+
+/// PROMISE: tokens never appear in output (errors ...).
+/// OBSERVED: when `az` exits non-zero, the first non-empty line of its stderr is quoted in the
+/// error; a CLI (or wrapper script, or extension) that prints a token there has it printed.
+/// EXPECTED: token-shaped text (JWTs: `eyJ...`) redacted from quoted `az` output. Low severity:
+/// the real `az` does not print its token on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_cli_stderr_token_is_not_echoed() {
+    let (token, _) = token_server::mint_jwt(3600);
+    let dir = std::env::temp_dir().join(common::unique("break11-az"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let az = dir.join("az");
+    std::fs::write(
+        &az,
+        format!("#!/bin/sh\necho \"ERROR: cached token {token} could not be refreshed\" >&2\nexit 1\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cred = builder(&[]).azure_cli_command(&az).azure_cli().unwrap();
+    let err = mutex(Arc::new(cred))
+        .acquire("job", common::secs(15))
+        .await
+        .unwrap_err();
+    let text = format!("{err} | {err:?}");
+    assert!(text.contains("cached token"), "az was run: {text}");
+    // The quote is cut at 300 characters, but the token's header and most claims remain.
+    assert!(!text.contains(&token[..120]), "access token printed: {text}");
+}
+
+/// PROMISE: "A default chain in a documented order", modelled on the Azure SDKs' default
+/// credential (`EntraKind::CHAIN` docs say "as the Azure SDKs' default credential").
+/// OBSERVED: a kind that IS configured (here a service principal in AZURE_CLIENT_* whose token
+/// endpoint answers 500 for a moment) is skipped like an unconfigured one, and the chain then
+/// picks the next kind that answers (here the machine's managed identity) and sticks to it for
+/// the process's life: locks are taken silently under another identity. The SDKs
+/// (azure-identity's ChainedTokenCredential / DefaultAzureCredential) move on only when a kind is
+/// *unavailable*; a configured kind's failure ends the chain with that error.
+/// EXPECTED: a configured kind's failure is the chain's answer (transient -> retried), never a
+/// switch to a different principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_does_not_switch_identity_when_the_configured_kind_fails() {
+    let pki = &azurite().0;
+    let entra = TokenServer::start(Some((&pki.cert_pem, &pki.key_pem)), 3600).await;
+    let imds = TokenServer::start(None, 3600).await;
+    entra.set_mode(token_server::Mode::Fail);
+    let vars = vec![
+        ("AZURE_TENANT_ID", TENANT.to_string()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+        ("AZURE_CLIENT_SECRET", SECRET.to_string()),
+        ("AZURE_AUTHORITY_HOST", entra.base.clone()),
+        ("AZURE_POD_IDENTITY_AUTHORITY_HOST", imds.base.clone()),
+        ("PATH", "/nonexistent".to_string()),
+    ];
+    let cred = builder(&vars).chain().unwrap();
+    let m = mutex(Arc::new(cred));
+    let first = m.acquire("job", common::secs(15)).await;
+    // The service principal's endpoint recovers; the chain should use it from now on.
+    entra.set_mode(token_server::Mode::Normal);
+    if let Ok(lease) = first {
+        m.release(&lease).await.unwrap();
+    }
+    let before = imds.requests();
+    let lease = m.acquire("job", common::secs(15)).await.unwrap();
+    m.release(&lease).await.unwrap();
+    assert!(
+        before == 0 && imds.requests() == 0,
+        "the configured service principal failed once and the chain switched to the managed \
+         identity ({} IMDS token requests, {} to the service principal's endpoint)",
+        imds.requests(),
+        entra.requests()
+    );
+}
+
+/// Held? `-vv` logs of the CLI never show the client secret or an access token it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_vv_logs_show_no_secret_or_token() {
+    let (pki, service) = azurite();
+    let server = TokenServer::start(Some((&pki.cert_pem, &pki.key_pem)), 3600).await;
+    let bin = env!("CARGO_BIN_EXE_azmutex");
+    let out = tokio::process::Command::new(bin)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_STORAGE_SERVICE_ENDPOINT", &service.endpoint)
+        .env("AZURE_TENANT_ID", TENANT)
+        .env("AZURE_CLIENT_ID", CLIENT_ID)
+        .env("AZURE_CLIENT_SECRET", SECRET)
+        .env("AZURE_AUTHORITY_HOST", &server.base)
+        .env("RUST_LOG", "trace")
+        .arg("--ca-cert")
+        .arg(pki.dir.join("ca.pem"))
+        .args(["-vv", "--container", &common::unique("break11-cli")])
+        .args([
+            "--auth",
+            "client-secret",
+            "run",
+            "--lease",
+            "15",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains(SECRET), "secret in -vv output: {text}");
+    let issued: Vec<String> = server.issued.lock().unwrap().keys().cloned().collect();
+    assert!(!issued.is_empty());
+    for t in issued {
+        assert!(!text.contains(&t), "token in -vv output: {text}");
+        let payload = t.split('.').nth(1).unwrap().to_string();
+        assert!(!text.contains(&payload), "token claims in -vv output: {text}");
+    }
+}
+
+/// Held? `az` printing garbage, or megabytes, is a bounded transient failure, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_cli_garbage_and_huge_output_are_bounded() {
+    let dir = std::env::temp_dir().join(common::unique("break11-az2"));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (name, script) in [
+        (
+            "garbage",
+            "#!/bin/sh\nprintf '\\033[31m{\"accessToken\": \"a b\"' \nexit 0\n",
+        ),
+        ("huge", "#!/bin/sh\nhead -c 50000000 /dev/zero | tr '\\0' 'x'\nexit 0\n"),
+        ("past", "#!/bin/sh\necho '{\"accessToken\":\"abc\",\"expires_on\":1}'\n"),
+    ] {
+        let az = dir.join(name);
+        std::fs::write(&az, script).unwrap();
+        std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cred = builder(&[]).azure_cli_command(&az).azure_cli().unwrap();
+        let started = Instant::now();
+        let err = mutex(Arc::new(cred))
+            .acquire("job", common::secs(15))
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(12),
+            "{name}: {:?} {err}",
+            started.elapsed()
+        );
+        assert!(!err.to_string().contains("xxxxxxxxxx"), "{name}: {err}");
+    }
 }
