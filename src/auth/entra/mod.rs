@@ -755,8 +755,11 @@ impl EntraBuilder {
 
     /// The default chain, in the order of [`EntraKind::CHAIN`]: environment secret, workload
     /// identity, managed identity (the instance metadata endpoint is probed with a short,
-    /// bounded request), Azure CLI. The first kind that gives a token is used from then on.
-    /// When none does, the error lists each kind and why it was skipped or failed.
+    /// bounded request), Azure CLI. The first *available* kind is used from then on: the chain
+    /// moves past a kind only when it is not configured, finds no metadata endpoint, or is told
+    /// this machine has no such identity; a configured kind that fails ends the chain with its
+    /// error (retried if it may pass), never a switch to another identity. When none is
+    /// available, the error lists each kind and why it was skipped or failed.
     pub fn chain(self) -> Result<EntraCredential, EntraError> {
         let mut sources = Vec::new();
         for kind in EntraKind::CHAIN {
@@ -907,17 +910,28 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let f = token_from_answer(k, &[], &answer(200, r#"{"access_token":"abc","expires_in":"3599","expires_on":"1"}"#),
+        let f = token_from_answer(
+            k,
+            &[],
+            &answer(200, r#"{"access_token":"abc","expires_in":"3599","expires_on":"1"}"#),
         )
         .unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(3599));
         let body = format!(r#"{{"access_token":"abc","expires_on":"{}"}}"#, now + 100);
         let f = token_from_answer(k, &[], &answer(200, &body)).unwrap();
         assert!(f.lifetime <= Duration::from_secs(100) && f.lifetime >= Duration::from_secs(98));
-        let huge = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":99999999999999999999}"#),
+        let huge = token_from_answer(
+            k,
+            &[],
+            &answer(200, r#"{"access_token":"a","expires_in":99999999999999999999}"#),
         );
         assert!(huge.is_err(), "a number past u64 is not a lifetime");
-        let far = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":9999999999999}"#)).unwrap();
+        let far = token_from_answer(
+            k,
+            &[],
+            &answer(200, r#"{"access_token":"a","expires_in":9999999999999}"#),
+        )
+        .unwrap();
         assert_eq!(far.lifetime, MAX_LIFETIME);
         for bad in [
             r#"{"access_token":"a"}"#,
@@ -945,7 +959,9 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         for status in [404, 410, 429, 500, 503] {
             assert!(
-                !token_from_answer(k, &[], &answer(status, "")).unwrap_err().is_definite(),
+                !token_from_answer(k, &[], &answer(status, ""))
+                    .unwrap_err()
+                    .is_definite(),
                 "{status}"
             );
         }
