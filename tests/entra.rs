@@ -415,13 +415,19 @@ async fn chain_uses_the_first_configured_kind_and_sticks_to_it() {
     lock_renew_release(Arc::new(cred), Duration::from_secs(1)).await;
     assert_eq!(e.entra.requests(), 1);
     assert_eq!(e.local.requests(), 0, "managed identity not asked");
-    // With the secret wrong, the chain goes on to the managed identity.
+    // With the secret wrong, the configured kind's refusal is the chain's answer: it does not
+    // go on to the managed identity (as the SDKs' chain does not: that would lock as another
+    // identity).
     let mut vars = entra_vars(&e);
     vars.push(("AZURE_CLIENT_SECRET", "wrong".into()));
     vars.push(("AZURE_POD_IDENTITY_AUTHORITY_HOST", e.local.base.clone()));
     let cred = builder(&vars).chain().unwrap();
-    lock_renew_release(Arc::new(cred), Duration::from_secs(1)).await;
-    assert_eq!(e.local.requests(), 1);
+    let m = mutex(Arc::new(cred), &common::unique("entra-wrong"));
+    let err = m.acquire("job", common::secs(15)).await.unwrap_err();
+    assert!(matches!(err, azmutex::Error::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("AADSTS7000215"), "{err}");
+    assert!(!err.to_string().contains("wrong"), "the secret is not quoted: {err}");
+    assert_eq!(e.local.requests(), 0, "managed identity not asked");
 }
 
 /// 90 s tokens, 1,000 leases held for 5 minutes by one client: no request is sent with an
