@@ -1,0 +1,149 @@
+//! Hostile review of issue 10 (service versions, TLS pinning, proxies, custom domains).
+//! Each failing test reproduces a broken promise; see the comment above it.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use azmutex::rest::{RestRequest, DEFAULT_API_VERSION, FALLBACK_API_VERSION};
+use azmutex::{AzureMutex, BlobClient, ClientOptions};
+use common::http_proxy::{Action, HttpProxy, Match};
+
+fn client_via(addr: std::net::SocketAddr, request_timeout: Duration) -> BlobClient {
+    let options = ClientOptions {
+        request_timeout,
+        ..common::fast_options()
+    };
+    BlobClient::new(&common::config_via(addr), options).unwrap()
+}
+
+fn props(container: &str) -> RestRequest {
+    RestRequest::new("props", reqwest::Method::GET, container, None).query("restype", "container")
+}
+
+/// Runs `c` with a wall-clock limit; `None` if it had to be killed.
+fn run_bounded(mut c: Command, limit: Duration) -> Option<std::process::Output> {
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// PROMISE 1 (gate): calls waiting on the version gate respect their own deadlines.
+// WHAT HAPPENS: `send` computes the attempt's timeout (`request_timeout.min(remaining)`) BEFORE
+// waiting on the gate; a call whose deadline passes while it waits then still sends a request
+// with the stale (full) timeout, so it returns up to `request_timeout` after its deadline.
+// SHOULD: return (Transient/Timeout) at its deadline, without sending.
+#[tokio::test]
+async fn gate_waiter_overruns_its_own_deadline() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    proxy.add(Match::Any, Action::Blackhole, None);
+    let client = client_via(proxy.addr, Duration::from_secs(5));
+    let first = {
+        let c = client.clone();
+        tokio::spawn(async move { c.send(&props("gate-a"), Instant::now() + Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(2);
+    let r = client.send(&props("gate-b"), deadline).await;
+    let took = started.elapsed();
+    first.abort();
+    assert!(r.is_err());
+    assert!(
+        took < Duration::from_millis(2700),
+        "deadline 2 s, returned after {took:?} ({} requests reached the proxy)",
+        proxy.seen().len()
+    );
+}
+
+// PROMISE 1 (one extra request per client, "however many calls start together"): while the
+// first request is slow (here: blackholed), other calls wait on the gate; when their deadlines
+// pass they give up waiting but still send their own request at the default version, each gets
+// refused, so the client pays one refusal per such call.
+// SHOULD: at most one refused request for the client.
+#[tokio::test]
+async fn gate_timeouts_cost_one_refusal_per_call() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    // First request: swallowed (a slow first answer). Then: Azure Stack Hub.
+    proxy.add(Match::Any, Action::Blackhole, Some(1));
+    proxy.add(
+        Match::VersionNewerThan(FALLBACK_API_VERSION),
+        Action::RefuseVersion,
+        None,
+    );
+    let client = client_via(proxy.addr, Duration::from_secs(4));
+    let first = {
+        let c = client.clone();
+        tokio::spawn(async move { c.send(&props("gate-c"), Instant::now() + Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.send(&props("gate-c"), Instant::now() + Duration::from_secs(1)).await
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = first.await;
+    let seen = proxy.seen();
+    let refused = seen
+        .iter()
+        .filter(|s| matches!(s.action, Some(Action::RefuseVersion)))
+        .count();
+    assert_eq!(client.api_version(), FALLBACK_API_VERSION);
+    assert!(refused <= 1, "{refused} refused requests for one client: {seen:#?}");
+}
+
+// PROMISE 1 (pins validated as YYYY-MM-DD): a pinned version is "a YYYY-MM-DD date"; only the
+// shape (digits and dashes) is checked, so impossible dates are accepted and sent.
+// SHOULD: refuse month 13 / day 45 like any other malformed version (before the network).
+#[test]
+fn pinned_impossible_dates_are_accepted() {
+    for bad in ["2017-13-45", "2099-00-00", "9999-99-99"] {
+        let options = ClientOptions {
+            api_version: Some(bad.into()),
+            ..ClientOptions::default()
+        };
+        let built = AzureMutex::builder(common::config_via("127.0.0.1:9".parse().unwrap()), "c")
+            .client_options(options)
+            .build();
+        assert!(built.is_err(), "pinned api_version {bad:?} was accepted");
+    }
+}
+
+// Held: the CLI rejects malformed --api-version / AZMUTEX_API_VERSION before the network.
+#[test]
+fn cli_rejects_bad_api_version_before_network() {
+    for (flag, env) in [(Some("2015-02-20"), None), (None, Some("latest"))] {
+        let mut c = cli::azmutex_with("x", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
+        if let Some(f) = flag {
+            c.args(["--api-version", f]);
+        }
+        if let Some(e) = env {
+            c.env("AZMUTEX_API_VERSION", e);
+        }
+        c.args(["--timeout", "2s", "status"]);
+        let out = run_bounded(c, Duration::from_secs(20)).expect("hung");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert!(err.contains("api-version"), "{err}");
+    }
+    let _ = DEFAULT_API_VERSION;
+}
