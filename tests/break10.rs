@@ -139,11 +139,129 @@ fn cli_rejects_bad_api_version_before_network() {
         if let Some(e) = env {
             c.env("AZMUTEX_API_VERSION", e);
         }
-        c.args(["--timeout", "2s", "status"]);
+        c.args(["--timeout", "2s", "status", "job"]);
         let out = run_bounded(c, Duration::from_secs(20)).expect("hung");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{err}");
         assert!(err.contains("api-version"), "{err}");
     }
     let _ = DEFAULT_API_VERSION;
+}
+
+fn status_via_dead_port() -> Command {
+    let mut c = cli::azmutex_with("x", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
+    c.args(["--timeout", "3s"]);
+    c
+}
+
+// PROMISE 2 (bad --ca-cert files: clear typed error exit 78, no hang): a --ca-cert that is a
+// FIFO (or any never-ending file such as a pipe) is read with an unbounded `std::fs::read`
+// before anything else; the CLI blocks forever, ignoring --timeout 3s.
+// SHOULD: refuse non-regular files / read a bounded amount, exit 78.
+#[test]
+fn ca_cert_fifo_hangs_forever() {
+    let dir = cli::scratch("b10-fifo");
+    let fifo = dir.join("ca.pem");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut c = status_via_dead_port();
+    c.arg("--ca-cert").arg(&fifo).args(["status", "job"]);
+    let out = run_bounded(c, Duration::from_secs(15));
+    assert!(out.is_some(), "--ca-cert FIFO: still running after 15 s (--timeout 3s)");
+    assert_eq!(out.unwrap().status.code(), Some(78));
+}
+
+// PROMISE 2 (SSL_CERT_FILE garbage: clear typed error, no hang): same with SSL_CERT_FILE,
+// which `tls_config` reads with `std::fs::read` too (and the platform verifier reads again).
+#[test]
+fn ssl_cert_file_fifo_hangs_forever() {
+    let dir = cli::scratch("b10-fifo2");
+    let fifo = dir.join("bundle.pem");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let mut c = status_via_dead_port();
+    c.env("SSL_CERT_FILE", &fifo).args(["status", "job"]);
+    let out = run_bounded(c, Duration::from_secs(15));
+    assert!(
+        out.is_some(),
+        "SSL_CERT_FILE FIFO: still running after 15 s (--timeout 3s)"
+    );
+}
+
+// Held: garbage, empty, DER, key-only, directory --ca-cert files are typed config errors.
+#[test]
+fn bad_ca_cert_files_exit_78() {
+    let dir = cli::scratch("b10-ca");
+    let der = dir.join("cert.der");
+    let key = dir.join("key.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x", "-outform", "DER",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&der)
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, b"\x00\xff\xfe not pem at all \n\x1b[2J").unwrap();
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, b"").unwrap();
+    let broken = dir.join("broken.pem");
+    std::fs::write(
+        &broken,
+        b"-----BEGIN CERTIFICATE-----\n!!!!not base64!!!!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let unterminated = dir.join("unterminated.pem");
+    std::fs::write(&unterminated, b"-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap();
+    let huge = dir.join("huge.pem");
+    std::fs::write(&huge, vec![b'A'; 50 << 20]).unwrap();
+    for f in [&der, &key, &garbage, &empty, &broken, &unterminated, &huge, &dir] {
+        let mut c = status_via_dead_port();
+        c.arg("--ca-cert").arg(f).args(["status", "job"]);
+        let out = run_bounded(c, Duration::from_secs(30)).expect("hung");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{}: {err}", f.display());
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.len() < 2000, "{}: {} bytes of error", f.display(), err.len());
+    }
+}
+
+// PROMISE 3: proxy credentials never printed, with special characters, in errors and -vv logs.
+#[test]
+fn proxy_credentials_with_special_characters_never_printed() {
+    let secrets = ["S3cr%40t", "S3cr@t", "pä%C3%9Fw", "hunter2:x"];
+    let urls = [
+        "http://us%40er:S3cr%40t@127.0.0.1:9",
+        "http://user:pä%C3%9Fw@127.0.0.1:9",
+        // Malformed: no host, spaces, bad port, a path: typed errors that must not quote them.
+        "http://user:S3cr%40t@",
+        "http://user:S3cr@t@127.0.0.1:9",
+        "http://user:hunter2:x@127.0.0.1:99999",
+        "http://user:S3cr%40t@127.0.0.1:9/path",
+        " http://user:S3cr%40t@ bad host:9",
+    ];
+    for url in urls {
+        for how in ["flag", "HTTP_PROXY", "http_proxy", "ALL_PROXY"] {
+            let mut c = status_via_dead_port();
+            c.arg("-vv");
+            if how == "flag" {
+                c.args(["--proxy", url]);
+            } else {
+                c.env(how, url);
+            }
+            c.args(["status", "job"]);
+            let out = run_bounded(c, Duration::from_secs(30)).expect("hung");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for s in secrets {
+                assert!(!all.contains(s), "{how}={url}: secret {s:?} printed:\n{all}");
+            }
+            assert!(!all.contains("panicked"), "{all}");
+        }
+    }
 }
