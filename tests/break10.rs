@@ -121,7 +121,7 @@ fn pinned_impossible_dates_are_accepted() {
             api_version: Some(bad.into()),
             ..ClientOptions::default()
         };
-        let built = AzureMutex::builder(common::config_via("127.0.0.1:9".parse().unwrap()), "c")
+        let built = AzureMutex::builder(common::config_via("127.0.0.1:9".parse().unwrap()), "b10-cont")
             .client_options(options)
             .build();
         assert!(built.is_err(), "pinned api_version {bad:?} was accepted");
@@ -132,7 +132,7 @@ fn pinned_impossible_dates_are_accepted() {
 #[test]
 fn cli_rejects_bad_api_version_before_network() {
     for (flag, env) in [(Some("2015-02-20"), None), (None, Some("latest"))] {
-        let mut c = cli::azmutex_with("x", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
+        let mut c = cli::azmutex_with("b10-cont", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
         if let Some(f) = flag {
             c.args(["--api-version", f]);
         }
@@ -149,7 +149,7 @@ fn cli_rejects_bad_api_version_before_network() {
 }
 
 fn status_via_dead_port() -> Command {
-    let mut c = cli::azmutex_with("x", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
+    let mut c = cli::azmutex_with("b10-cont", &cli::connection_via("127.0.0.1:9".parse().unwrap()));
     c.args(["--timeout", "3s"]);
     c
 }
