@@ -265,3 +265,71 @@ fn proxy_credentials_with_special_characters_never_printed() {
         }
     }
 }
+
+// PROMISE 3: a proxy answering 407 → exit 77 at once, and the (wrong, special-character)
+// credentials are not printed, even with -vv. Held.
+#[test]
+fn proxy_407_with_unicode_credentials_exits_77_without_printing_them() {
+    let proxy = common::forward_proxy::ForwardProxy::start();
+    proxy.require("right:answer");
+    let mut c = cli::azmutex_with("b10-cont", &cli::connection_via(common::azurite_addr()));
+    c.args(["--timeout", "20s", "-vv", "--proxy"])
+        .arg(proxy.url(Some("w%40rong:Pw%C3%A4%3Ad%25x")))
+        .args(["status", "job"]);
+    let started = Instant::now();
+    let out = run_bounded(c, Duration::from_secs(30)).expect("hung");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(77), "{all}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    for s in ["Pw%C3%A4", "Pwä", "%3Ad%25x", ":d%x"] {
+        assert!(!all.contains(s), "{s:?} printed: {all}");
+    }
+}
+
+// PROMISE 3: a proxy that accepts and never answers CONNECT is bounded by --timeout. Held.
+#[test]
+fn silent_proxy_is_bounded_by_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        for s in listener.incoming().flatten() {
+            keep.push(s);
+        }
+    });
+    let cs = format!(
+        "AccountName=devstoreaccount1;AccountKey={};BlobEndpoint=https://localhost:9/devstoreaccount1",
+        common::DEV_KEY
+    );
+    let mut c = cli::azmutex_with("b10-cont", &cs);
+    c.env("HTTPS_PROXY", format!("http://u:p@{addr}"))
+        .args(["--timeout", "3s", "status", "job"]);
+    let started = Instant::now();
+    let out = run_bounded(c, Duration::from_secs(30)).expect("hung past 30 s with --timeout 3s");
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+// PROMISE 4: a custom domain without an account name (SharedKey) → exit 78 before the network.
+// Held.
+#[test]
+fn custom_domain_without_account_name_is_78() {
+    let mut c = Command::new(cli::bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AZURE_STORAGE_KEY", common::DEV_KEY)
+        .args([
+            "--container",
+            "b10-cont",
+            "--account-url",
+            "https://locks.example.com",
+            "status",
+            "job",
+        ]);
+    let out = run_bounded(c, Duration::from_secs(10)).expect("hung");
+    assert_eq!(out.status.code(), Some(78));
+}
