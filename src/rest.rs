@@ -493,20 +493,23 @@ impl BlobClient {
         let mut earlier_outcome_unknown = false;
         loop {
             attempts += 1;
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            let timeout = self.inner.options.request_timeout.min(remaining);
-            // While the version is not settled, wait for the request trying it (bounded by the
-            // deadline; past it the attempt below times out at once).
+            // While the version is not settled, wait for the request trying it, bounded by this
+            // call's deadline. A call whose deadline passes there sends nothing: an unsettled
+            // version is only ever tried while holding the gate.
+            let mut gate_closed = false;
             let trying = if self.inner.settled.load(Ordering::Acquire) {
                 None
             } else {
-                tokio::time::timeout_at(deadline.into(), self.inner.negotiation.lock())
+                let guard = tokio::time::timeout_at(deadline.into(), self.inner.negotiation.lock())
                     .await
-                    .ok()
+                    .ok();
+                gate_closed = guard.is_none() && !self.inner.settled.load(Ordering::Acquire);
+                guard
             };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout = self.inner.options.request_timeout.min(remaining);
             let version = self.api_version().to_string();
-            let attempt = if timeout.is_zero() {
+            let attempt = if timeout.is_zero() || gate_closed {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
                     throttled: None,
@@ -857,7 +860,8 @@ fn check_api_version(v: &str, bearer: bool) -> Result<(), InvalidInput> {
             4 | 7 => *c == b'-',
             _ => c.is_ascii_digit(),
         });
-    if !shape {
+    let number = |r: std::ops::Range<usize>| v.get(r).and_then(|d| d.parse::<u32>().ok()).unwrap_or(0);
+    if !shape || !(1..=12).contains(&number(5..7)) || !(1..=31).contains(&number(8..10)) {
         return Err(refuse(format!(
             "a service version is a date such as {DEFAULT_API_VERSION} ({} characters given)",
             v.chars().count()

@@ -207,11 +207,12 @@ fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, I
     let mut pinned = named.clone();
     // SSL_CERT_FILE names certificates explicitly too (OpenSSL accepts a self-signed server
     // certificate listed there); the platform verifier reads it as its roots.
+    // The platform verifier reads it as well, with no limits: a FIFO or device there is refused
+    // here first, so that nothing blocks.
     if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
-        match std::fs::read(&file) {
-            Ok(pem) => pinned.extend(parse_pem_certificates(&pem).unwrap_or_default()),
-            Err(e) => tracing::warn!(error = %e, "cannot read SSL_CERT_FILE"),
-        }
+        let pem = read_certificate_file(std::path::Path::new(&file))
+            .map_err(|e| InvalidInput::CaCertificate(format!("SSL_CERT_FILE {e}")))?;
+        pinned.extend(parse_pem_certificates(&pem).unwrap_or_default());
     }
     let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(named, provider.clone())
         .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&e.to_string(), 200)))?;
@@ -230,6 +231,36 @@ fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, I
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(config)
+}
+
+/// The most a certificate file may hold (a system bundle is a few hundred KiB).
+pub const MAX_CERTIFICATE_FILE_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Reads a PEM certificate file (`--ca-cert`, `SSL_CERT_FILE`) safely: only a regular file (a
+/// FIFO or device would block or never end), at most [`MAX_CERTIFICATE_FILE_BYTES`]. The error
+/// says what is wrong with the file, never its contents.
+pub fn read_certificate_file(path: &std::path::Path) -> Result<Vec<u8>, InvalidInput> {
+    use std::io::Read as _;
+    let refuse = |why: String| InvalidInput::CaCertificate(format!("{}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file".into()));
+    }
+    if meta.len() > MAX_CERTIFICATE_FILE_BYTES {
+        return Err(refuse(format!(
+            "{} bytes, more than the {MAX_CERTIFICATE_FILE_BYTES} a certificate file may hold",
+            meta.len()
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CERTIFICATE_FILE_BYTES + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    if pem.len() as u64 > MAX_CERTIFICATE_FILE_BYTES {
+        return Err(refuse("it grew past the size limit while being read".into()));
+    }
+    Ok(pem)
 }
 
 /// Every certificate in a PEM text (other PEM sections, such as keys, are skipped).

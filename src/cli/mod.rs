@@ -399,12 +399,8 @@ fn client_options(conn: &Connection) -> Result<ClientOptions, Failure> {
     let mut options = ClientOptions::default();
     options.retry.call_timeout = conn.timeout;
     for path in &conn.ca_cert {
-        let pem = std::fs::read(path).map_err(|e| {
-            Failure::new(
-                exit::CONFIG,
-                format!("cannot read CA certificate {}: {e}", path.display()),
-            )
-        })?;
+        // Only a regular file of bounded size: a FIFO or device would block before --timeout.
+        let pem = azmutex::transport::read_certificate_file(path).map_err(Failure::from)?;
         options.ca_certificates_pem.push(pem);
     }
     if let Some(proxy) = &conn.proxy {
