@@ -220,10 +220,8 @@ fn man_pages_render_as_roff_with_every_subcommand() {
 /// `azmutex status` against a loopback port nobody listens on, with `--timeout 300ms`: the
 /// REST client logs a debug line per failed attempt and a warning when it gives up.
 fn status_logs(verbose: &[&str], log: Option<&str>) -> String {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Port 1: nothing listens there, and no other server can be given it meanwhile.
+    let port = 1;
     let connection = format!(
         "AccountName=devstoreaccount1;AccountKey=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=;\
          BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1"

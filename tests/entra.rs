@@ -374,10 +374,9 @@ async fn chain_with_nothing_configured_fails_fast_listing_every_kind() {
     // An instance metadata endpoint that accepts connections and never answers, and one that
     // refuses them.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let refusing = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Port 1: nothing listens there, and unlike a port freed by dropping a listener, no test
+    // server or Azurite can be given it meanwhile (it is outside the ephemeral range).
+    let refusing = 1;
     for port in [silent.local_addr().unwrap().port(), refusing] {
         let cred = builder(&[("PATH", "/nonexistent".into())])
             .imds_endpoint(format!("http://127.0.0.1:{port}/metadata/identity/oauth2/token"))

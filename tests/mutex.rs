@@ -473,9 +473,8 @@ async fn every_error_kind() {
     assert!((2..=3).contains(&sent), "Retry-After: 1 paces the retries: {sent}");
 
     // Transient: nothing listening.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = listener.local_addr().unwrap();
-    drop(listener);
+    // Port 1: nothing listens there (a freed ephemeral port could be given to another server).
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     let down = AzureMutex::builder(common::config_via(dead), &c)
         .client_options(options)
         .build()

@@ -362,10 +362,8 @@ fn cli_proxy_credentials_are_never_printed() {
     let proxy = ForwardProxy::start();
     proxy.require("ci:RightSecret");
     // The proxy refuses the credentials (407), and a dead proxy: neither error nor log shows them.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Port 1: nothing listens there (a freed ephemeral port could be given to another server).
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
     for url in [
         proxy.url(Some("ci:Hunter2Secret")),
         format!("http://ci:Hunter2Secret@{dead}"),
