@@ -377,7 +377,7 @@ impl StorageConfig {
     /// [`StorageConfig::from_vars`] with the authorization chosen by `auth` (the CLI's `--auth`
     /// / `AZMUTEX_AUTH`). [`AuthChoice::Auto`] uses a key or SAS when one is given, and Entra ID
     /// (`entra(None)`: the default chain) when an account name or URL is given without either.
-    /// [`AuthChoice::Entra`] needs an account name or URL and no key, SAS or connection string.
+    /// `AuthChoice::Entra` (feature `entra`) needs an account name or URL and no key, SAS or connection string.
     /// `Ok(None)` when nothing at all is configured.
     pub fn from_vars_with_auth(
         var: impl Fn(&str) -> Option<String>,
