@@ -372,6 +372,20 @@ impl Error {
         matches!(self, Error::Throttled { .. } | Error::Transient { .. })
     }
 
+    /// Whether this error says the lease is lost: [`Error::LeaseLost`], whatever the reason
+    /// (one way to ask across [`Error`], [`crate::LockError`] and [`LostReason`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
+    /// Why the lease was lost, if this error says it was.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        match self {
+            Error::LeaseLost { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+
     /// How long the service asked to wait before trying again (`Retry-After` on the last
     /// answer of a throttled or transiently failing call), if it did.
     pub fn retry_after(&self) -> Option<Duration> {

@@ -169,6 +169,23 @@ pub enum LockError {
     Storage(#[from] Error),
 }
 
+impl LockError {
+    /// Whether this error says the lock was lost (or not confirmed ours until the release):
+    /// [`LockError::Lost`], or a storage error that is a loss (see [`Error::is_lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
+    /// Why the lock was lost, if this error says it was.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        match self {
+            LockError::Lost { reason, .. } => Some(*reason),
+            LockError::Storage(e) => e.lost_reason(),
+            _ => None,
+        }
+    }
+}
+
 impl From<InvalidInput> for LockError {
     fn from(e: InvalidInput) -> Self {
         LockError::Storage(Error::InvalidInput(e))
@@ -199,7 +216,7 @@ fn holder_suffix(h: &Option<HolderInfo>) -> String {
 /// ```no_run
 /// use azmutex::{AzureMutex, Locker, StorageConfig};
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let mutex = AzureMutex::builder(StorageConfig::development(), "locks").build()?;
+/// let mutex = AzureMutex::builder(StorageConfig::development(), azmutex::DEFAULT_CONTAINER).build()?;
 /// let locker = Locker::new(mutex, "nightly-report")?;
 /// let mut guard = locker.lock().await?;
 /// // Stop working the moment the lock may be lost:
@@ -498,6 +515,12 @@ impl Waiter {
                     // fencing/holder write after the acquire took time).
                     let validity = Validity::of(lease.grant(), &self.options);
                     if validity.holds(Instant::now(), SystemTime::now()) {
+                        tracing::info!(
+                            lock = %self.lock,
+                            fencing_token = ?lease.fencing_token(),
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "lock acquired"
+                        );
                         return Ok(lease);
                     }
                     tracing::warn!(lock = %self.lock, "acquired too late to use (past the local deadline); releasing");
@@ -954,6 +977,7 @@ impl Renewer {
                 // A confirmation counts only if it came while the previous grant still held:
                 // otherwise `lost()` may already have fired.
                 Some(Ok(grant)) if in_time => {
+                    tracing::info!(lock = %self.lease.lock(), "lease renewed");
                     retry_at = None;
                     failures = 0;
                     self.publish(State::Held(Validity::of(grant, &self.options)));
@@ -990,6 +1014,9 @@ impl Renewer {
             return;
         };
         let result = self.release().await;
+        if matches!(result, Ok(Released::Confirmed)) {
+            tracing::info!(lock = %self.lease.lock(), "lock released");
+        }
         self.publish(State::Released);
         if let Some(reply) = reply {
             let _ = reply.send(result);

@@ -300,7 +300,7 @@ impl AzureMutexBuilder {
 /// ```no_run
 /// use azmutex::{AzureMutex, LeaseDuration, StorageConfig};
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let mutex = AzureMutex::builder(StorageConfig::development(), "locks").build()?;
+/// let mutex = AzureMutex::builder(StorageConfig::development(), azmutex::DEFAULT_CONTAINER).build()?;
 /// let mut lease = mutex.acquire("nightly-report", LeaseDuration::seconds(30)?).await?;
 /// mutex.renew(&mut lease).await?;
 /// mutex.release(&lease).await?;

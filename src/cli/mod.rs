@@ -109,7 +109,7 @@ pub struct Connection {
     #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true, global = true)]
     pub sas_token: Option<String>,
     /// Container holding the lock blobs (created if missing).
-    #[arg(long, default_value = "azmutex", global = true)]
+    #[arg(long, default_value = azmutex::DEFAULT_CONTAINER, global = true)]
     pub container: String,
     /// Trust the certificate(s) in this PEM file (a bundle is fine; repeatable): CAs of a
     /// private PKI, or the server's own self-signed certificate, which is then pinned. System
@@ -258,6 +258,9 @@ pub fn main() -> ExitCode {
                 let text = redact_typed_secrets(&e.render().to_string(), &args);
                 use std::io::Write;
                 let _ = write!(std::io::stderr(), "{text}");
+                if let Some(hint) = run::usage_hint(&args) {
+                    let _ = write!(std::io::stderr(), "{hint}");
+                }
                 return ExitCode::from(exit::USAGE);
             }
             let _ = e.print();

@@ -18,7 +18,8 @@ use super::{exit, Context, Failure};
 pub struct RunArgs {
     /// The lock's name (a blob name in the container).
     pub lock: String,
-    /// Wait at most this long for the lock (default: forever).
+    /// Wait at most this long for the lock (default: forever), e.g. 30s, 5m, 1h30m; a bare
+    /// number is seconds. 0 is --no-wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "no_wait")]
     pub wait: Option<Duration>,
     /// Do not wait: exit 75 (or --conflict-exit-code) at once if the lock is busy.
@@ -42,6 +43,15 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// A hint for a usage error of `run`: the command given without `--` before it (clap then
+/// sees `./job.sh` as an unexpected argument, or misses the command).
+pub fn usage_hint(args: &[String]) -> Option<&'static str> {
+    let run = args.iter().skip(1).position(|a| a == "run")?;
+    let dashed = args.iter().skip(run + 2).any(|a| a == "--");
+    (!dashed)
+        .then_some("  hint: put `--` between the lock name and the command: azmutex run LOCK -- COMMAND [ARGS...]\n")
 }
 
 /// This process as a lock holder.
@@ -119,7 +129,8 @@ impl Signals {
     }
 }
 
-fn describe_holder(info: &azmutex::LockInfo) -> String {
+/// ` (held by …)` for a busy line: the recorded holder, printed inert and short.
+pub fn describe_holder(info: &azmutex::LockInfo) -> String {
     let Some(h) = &info.holder else {
         return if info.locked {
             " (holder not recorded)".into()

@@ -1,0 +1,134 @@
+//! The script-facing commands say what a newcomer needs (issue 18): `acquire --owner` and the
+//! holder it records, `renew`'s new deadline, a second `release`, a busy `acquire`, `break` on a
+//! lock that never existed, `status`'s plain `locked:` line, compound durations, "did you mean"
+//! and the `--` hint, and `-v` showing the lock's life. Against the built binary and Azurite.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use cli::*;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn acquire_renew_release_status_and_break_speak_plainly() {
+    let c = common::unique("scripting");
+    // acquire --owner: recorded with the host, without the pid of a process about to exit.
+    let mut cmd = azmutex(&c);
+    cmd.args(["acquire", "job", "--lease", "30", "--owner", "nightly build"]);
+    let out = output(cmd);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lease_id = stdout.trim().to_string();
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job", "--json"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("\"owner\":\"nightly build\""), "{status}");
+    assert!(status.contains("\"pid\":null"), "{status}");
+    assert!(status.contains("\"locked\":true"), "{status}");
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("locked:        true"), "{status}");
+
+    // A busy acquire names the holder.
+    let mut cmd = azmutex(&c);
+    cmd.args(["acquire", "job", "--lease", "30"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("busy") && stderr.contains("nightly build"), "{stderr}");
+
+    // renew prints the new deadline; --json too.
+    let mut cmd = azmutex(&c);
+    cmd.args(["renew", "job", "--lease", "30", "--lease-id", &lease_id]);
+    let out = output(cmd);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.trim().ends_with('Z') && stdout.contains('T'), "{stdout}");
+    let mut cmd = azmutex(&c);
+    cmd.args(["renew", "job", "--lease", "30", "--json", "--lease-id", &lease_id]);
+    let (stdout, _) = text(&output(cmd));
+    assert!(
+        stdout.contains("\"deadline\":\"") && stdout.contains(&lease_id),
+        "{stdout}"
+    );
+
+    // release twice: the second says why it is not ours.
+    for (i, code) in [(0, 0), (1, 70)] {
+        let mut cmd = azmutex(&c);
+        cmd.args(["release", "job", "--lease-id", &lease_id]);
+        let out = output(cmd);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "release {i}: {stderr}");
+        if i == 1 {
+            assert!(
+                stderr.contains("not leased with this id (already released, expired or broken"),
+                "{stderr}"
+            );
+        }
+    }
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("locked:        false"), "{status}");
+
+    // break on a lock that never existed: said, not an error.
+    let mut cmd = azmutex(&c);
+    cmd.args(["break", "never-was"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn durations_typos_and_the_missing_double_dash() {
+    let c = common::unique("usage");
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--wait", "1m30s", "--kill-grace", "1s500ms", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let mut cmd = azmutex(&c);
+    cmd.args(["runn", "job", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("similar subcommand exists: 'run'"),
+        "{}",
+        text(&out).1
+    );
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "./job.sh"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("put `--` between the lock name and the command"),
+        "{}",
+        text(&out).1
+    );
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--wait", "1h30", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("a bare number is seconds"), "{}", text(&out).1);
+}
+
+#[test]
+fn verbose_shows_the_lock_s_life() {
+    let c = common::unique("life");
+    let mut cmd = azmutex(&c);
+    cmd.args(["-v", "run", "job", "--lease", "15", "--", "sleep", "6"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for what in ["lock acquired", "lease renewed", "lock released"] {
+        assert!(stderr.contains(what), "no {what:?} at -v:\n{stderr}");
+    }
+}
