@@ -132,3 +132,24 @@ fn verbose_shows_the_lock_s_life() {
         assert!(stderr.contains(what), "no {what:?} at -v:\n{stderr}");
     }
 }
+
+/// With nothing configured and nothing on the development storage port, `azmutex` says so at
+/// once (on 5136815: 28 s of retries, then "storage unreachable").
+#[test]
+fn nothing_configured_and_no_azurite_fails_fast() {
+    if std::net::TcpStream::connect("127.0.0.1:10000").is_ok() {
+        eprintln!("skipped: something listens on 127.0.0.1:10000 (a local Azurite?)");
+        return;
+    }
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["status", "job"]);
+    let started = std::time::Instant::now();
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("no storage configured") && stderr.contains("start Azurite"), "{stderr}");
+    // A bound, not a speed figure: retries until --timeout would take 30 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}

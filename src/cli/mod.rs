@@ -352,7 +352,15 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Man(args) => return docs::man(args),
         _ => {}
     }
-    let config = storage_config(&cli.conn, cli.quiet)?;
+    let (config, development) = storage_config(&cli.conn, cli.quiet)?;
+    if development && !development_storage_listens().await {
+        return Err(Failure::new(
+            exit::CONFIG,
+            "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
+             storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
+             Entra ID, or start Azurite (scripts/demo starts one)",
+        ));
+    }
     let ctx = Context {
         config,
         conn: cli.conn,
@@ -367,6 +375,14 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Break(args) => commands::break_lease(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
+}
+
+/// Whether anything accepts connections on the development storage port: with nothing
+/// configured and no Azurite running, fail at once instead of after `--timeout` of retries.
+async fn development_storage_listens() -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", 10000));
+    // Refused at once on loopback; the timeout only guards against a filtered port.
+    matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_)))
 }
 
 /// Everything a command needs to talk to storage.
@@ -433,7 +449,8 @@ fn option_failure(e: InvalidInput, flag: &str) -> Failure {
 /// The storage configuration from the flags, which clap has already merged with their
 /// environment variables: the same rules as [`StorageConfig::from_vars`], else development
 /// storage. A flag or variable that is given but empty is an error, not "nothing configured".
-fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
+/// The second value says whether it is the development storage fallback (nothing configured).
+fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool), Failure> {
     let choice = auth::choice(conn.auth)?;
     let options = client_options(conn)?;
     let vars = |name: &str| {
@@ -466,7 +483,7 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
                 f
             })?;
     match config {
-        Some(config) => Ok(config),
+        Some(config) => Ok((config, false)),
         None => {
             if !quiet {
                 say(format_args!(
@@ -474,7 +491,7 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
                      (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
                 ));
             }
-            Ok(StorageConfig::development())
+            Ok((StorageConfig::development(), true))
         }
     }
 }
