@@ -564,7 +564,7 @@ impl BlobClient {
                     if resp.status == 401 || resp.status == 403 {
                         return Err(Error::Auth {
                             service: Some(resp.error()),
-                            detail: String::new(),
+                            detail: clock_skew(&resp, SystemTime::now()).unwrap_or_default(),
                         });
                     }
                     return Ok(resp);
@@ -840,6 +840,28 @@ impl BlobClient {
         }
     }
 }
+
+/// How far apart the service's clock (its `Date` header) and ours are, if more than
+/// [`SKEW_WORTH_SAYING`]: a refusal then most likely comes from the clock, since Shared Key and
+/// SAS requests dated more than 15 minutes off are refused (users meet it as a bare
+/// `AuthenticationFailed`).
+fn clock_skew(resp: &RestResponse, now: SystemTime) -> Option<String> {
+    let server = httpdate::parse_http_date(resp.header("date")?).ok()?;
+    let (ahead, secs) = match now.duration_since(server) {
+        Ok(d) => (true, d.as_secs()),
+        Err(e) => (false, e.duration().as_secs()),
+    };
+    (secs > SKEW_WORTH_SAYING.as_secs()).then(|| {
+        format!(
+            "this machine's clock is {secs} s {} the service's (its Date header); requests dated more \
+             than 15 minutes off are refused: fix the clock (NTP)",
+            if ahead { "ahead of" } else { "behind" }
+        )
+    })
+}
+
+/// A clock difference below this is not mentioned in an authentication error.
+const SKEW_WORTH_SAYING: Duration = Duration::from_secs(300);
 
 /// The proxy refused the request for want of (valid) credentials: not transient.
 fn proxy_refused() -> Error {

@@ -149,7 +149,53 @@ fn nothing_configured_and_no_azurite_fails_fast() {
     let out = output(cmd);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
-    assert!(stderr.contains("no storage configured") && stderr.contains("start Azurite"), "{stderr}");
+    assert!(
+        stderr.contains("no storage configured") && stderr.contains("start Azurite"),
+        "{stderr}"
+    );
     // A bound, not a speed figure: retries until --timeout would take 30 s.
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A 403 from a service whose `Date` is an hour away from ours says the clock is off, with the
+/// offset (Azurite does not check dates: a fake server answers here).
+#[test]
+fn an_authentication_failure_names_a_clock_an_hour_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = common::proxy::serve(|mut conn| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            let Ok(n) = conn.read(&mut buf).await else { return };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let date = httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
+                let answer = format!(
+                    "HTTP/1.1 403 Server failed to authenticate the request.\r\nx-ms-error-code: AuthenticationFailed\r\nx-ms-request-id: skew-1\r\nDate: {date}\r\nContent-Length: 0\r\n\r\n"
+                );
+                if conn.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut cmd = azmutex_with(&common::unique("skew"), &connection_via(addr));
+    cmd.args(["status", "job"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("clock is 3600 s ahead of the service's")
+            || stderr.contains("clock is 3599 s ahead of the service's")
+            || stderr.contains("clock is 3601 s ahead of the service's"),
+        "{stderr}"
+    );
 }
