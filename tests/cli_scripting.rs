@@ -199,3 +199,44 @@ fn an_authentication_failure_names_a_clock_an_hour_off() {
         "{stderr}"
     );
 }
+
+/// `run --help` puts run's own options first and the connection options under their own
+/// heading after them, and says what the command gets, the process-group rule, the exit codes
+/// and examples; the man pages have ENVIRONMENT, EXIT STATUS and EXAMPLES.
+#[test]
+fn run_help_and_man_pages_say_what_a_newcomer_needs() {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["run", "--help"]);
+    let (help, _) = text(&output(cmd));
+    let own = help.find("--kill-grace").expect("run's options");
+    let conn = help
+        .find("Connection and authentication:")
+        .expect("a connection heading");
+    let conn_flag = help.find("--connection-string").expect("connection options");
+    assert!(own < conn && conn < conn_flag, "{help}");
+    for needle in [
+        "AZMUTEX_LOCK",
+        "AZMUTEX_LEASE_ID",
+        "AZMUTEX_FENCING_TOKEN",
+        "process group of its own",
+        "Exit codes:",
+        "Examples:",
+        "a bare number is seconds",
+    ] {
+        assert!(help.contains(needle), "run --help lacks {needle:?}:\n{help}");
+    }
+    for page in [None, Some("run"), Some("status")] {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("man");
+        if let Some(p) = page {
+            cmd.arg(p);
+        }
+        let (man, _) = text(&output(cmd));
+        for section in [".SH \"ENVIRONMENT\"", ".SH \"EXIT STATUS\""] {
+            assert!(man.contains(section), "{page:?} lacks {section}");
+        }
+        if page != Some("status") {
+            assert!(man.contains(".SH \"EXAMPLES\""), "{page:?} lacks EXAMPLES");
+        }
+    }
+}

@@ -80,11 +80,11 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     /// Say less: no waiting line, no development-storage notice.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Output")]
     pub quiet: bool,
     /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG to error, warn, info, debug,
     /// trace or off (every source), or azmutex=<level> (azmutex's own logs only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Output")]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -92,6 +92,7 @@ pub struct Cli {
 
 /// Where the storage account is and how to authorize.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Connection and authentication")]
 pub struct Connection {
     /// Azure Storage connection string.
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, global = true)]
