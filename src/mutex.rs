@@ -159,6 +159,36 @@ pub struct Holder {
     pub pid: Option<u32>,
 }
 
+impl Holder {
+    /// This process as a holder: the program's name as the owner (never its arguments, which
+    /// may hold secrets), the host name, and the pid.
+    ///
+    /// ```
+    /// let me = azmutex::Holder::current();
+    /// assert_eq!(me.pid, Some(std::process::id()));
+    /// ```
+    pub fn current() -> Self {
+        let owner = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().chars().take(200).collect()));
+        Self {
+            owner,
+            host: host_name(),
+            pid: Some(std::process::id()),
+        }
+    }
+}
+
+/// The host name: the kernel's (Linux), else `HOSTNAME` / `COMPUTERNAME`.
+fn host_name() -> Option<String> {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    from_kernel
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .map(|h| h.trim().chars().take(255).collect::<String>())
+        .filter(|h| !h.is_empty())
+}
+
 /// A recorded holder, as read back by [`AzureMutex::inspect`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HolderInfo {
