@@ -6,8 +6,10 @@ mod docs;
 mod logging;
 mod output;
 use output::say;
+mod descendants;
 mod process;
 mod run;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
