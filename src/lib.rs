@@ -66,7 +66,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
