@@ -395,6 +395,9 @@ struct Inner {
     /// Until the version is settled, one request at a time tries it, so that a refusal costs
     /// one extra request per client however many calls start together.
     negotiation: tokio::sync::Mutex<()>,
+    /// Whether the endpoint has answered a version with anything but a refusal: a refusal
+    /// after that is a stray, retried (see [`BlobClient::send`]).
+    answered: AtomicBool,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -434,6 +437,7 @@ impl BlobClient {
                 version: AtomicUsize::new(0),
                 settled: AtomicBool::new(options.api_version.is_some()),
                 negotiation: tokio::sync::Mutex::new(()),
+                answered: AtomicBool::new(false),
                 options,
             }),
         })
@@ -556,9 +560,25 @@ impl BlobClient {
                     attempts -= 1;
                     continue;
                 }
+                // A refusal after the endpoint has answered this client's version: a stray (a
+                // node behind the endpoint that does not know the version yet, a proxy's
+                // hiccup). Refused at the door, so retried like a transient failure, never a
+                // downgrade and never a permanent error.
+                Attempt::Done(resp)
+                    if self.inner.options.api_version.is_none()
+                        && self.inner.answered.load(Ordering::Acquire)
+                        && resp.status == 400
+                        && refuses_version(&resp, req.method == Method::HEAD) =>
+                {
+                    tracing::info!(op = req.op, version = %version, "a stray x-ms-version refusal; retrying");
+                    (TransientCause::Service(resp.error()), None, None)
+                }
                 Attempt::Done(mut resp) => {
                     // The endpoint answered this version: it is the one from now on.
                     self.inner.settled.store(true, Ordering::Release);
+                    if !(resp.status == 400 && refuses_version(&resp, req.method == Method::HEAD)) {
+                        self.inner.answered.store(true, Ordering::Release);
+                    }
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
