@@ -145,6 +145,21 @@ impl Group {
         group_alive || others
     }
 
+    /// Reaps the orphans reparented to azmutex (the subreaper) that have exited, leaving the
+    /// command itself (tokio waits for it) and the watchdog alone: a command that starts many
+    /// short-lived background processes must not fill the process table with zombies while it
+    /// runs.
+    pub fn reap_orphans(&self) {
+        let me = own_pid();
+        let mut table = Vec::new();
+        for e in descendants(&mut table, me, self.exclude()) {
+            if e.ppid == me && e.zombie && e.pid != self.pgid {
+                // SAFETY: waitpid with WNOHANG on one of our own exited children.
+                unsafe { libc::waitpid(e.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            }
+        }
+    }
+
     /// Waits until the group and every other descendant are gone, at most `limit`.
     pub async fn wait_gone(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;

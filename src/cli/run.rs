@@ -387,7 +387,9 @@ async fn supervise(
                 Event::Forward(sig) => group.signal(sig),
                 // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
                 // stop azmutex's job with it, so that the shell sees a stopped job.
-                Event::Child => match group.leader_stopped() {
+                Event::Child => {
+                    group.reap_orphans();
+                    match group.leader_stopped() {
                     // Job control (Ctrl-Z, a terminal read in the background, a forwarded
                     // SIGTSTP): stop azmutex's job with the command, as a shell expects.
                     Some(libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) => {
@@ -409,7 +411,8 @@ async fn supervise(
                         group.resume();
                     }
                     None => {}
-                },
+                    }
+                }
                 // azmutex was stopped (the watchdog then stopped the command's group too) and
                 // is running again: continue the group only if the lock is still ours.
                 Event::Continued => {
