@@ -9,6 +9,9 @@ pub(super) struct Renewer {
     pub(super) state: watch::Sender<State>,
     pub(super) options: LockerOptions,
     pub(super) lapsed: Arc<AtomicBool>,
+    /// When the last renewal request was started (the confirming renewal of a release keeps
+    /// its distance from it too).
+    pub(super) last_attempt: Option<Instant>,
 }
 
 impl Renewer {
@@ -60,6 +63,7 @@ impl Renewer {
                 continue;
             }
             // Renew; give up at the local deadline.
+            self.last_attempt = Some(Instant::now());
             let outcome = tokio::select! {
                 r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
@@ -175,6 +179,10 @@ impl Renewer {
         let lost = match lost {
             Some(reason) => Some(reason),
             None => {
+                // No faster than one renewal request a second, the confirming one included.
+                if let Some(gap_end) = self.last_attempt.and_then(|t| t.checked_add(MIN_RENEWAL_GAP)) {
+                    sleep_until(gap_end.min(validity.until).into()).await;
+                }
                 let mut probe = self.lease.clone();
                 match self.mutex.renew_until(&mut probe, validity.until).await {
                     Ok(_) => None,
