@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,6 +34,13 @@ pub enum Fault {
     /// The request is applied by the server, but the client gets `500 InternalError` instead of
     /// the server's answer.
     Fail500AfterForward,
+    /// The proxy answers `503 ServerBusy` with `Retry-After: <seconds>` itself; the server never
+    /// sees the request.
+    Answer503RetryAfter(u32),
+    /// About half the requests (drawn per request) get the answer Azure Stack Hub gives an
+    /// `x-ms-version` it does not support: `400 InvalidHeaderValue` naming `x-ms-version`, not
+    /// forwarded. The others are forwarded.
+    RefuseVersion,
 }
 
 impl Fault {
@@ -48,11 +55,13 @@ impl Fault {
             Fault::Answer500 => "answer-500",
             Fault::Answer503 => "answer-503",
             Fault::Fail500AfterForward => "500-after-forward",
+            Fault::Answer503RetryAfter(_) => "503-retry-after",
+            Fault::RefuseVersion => "refuse-version",
         }
     }
 
     /// Every faulty kind, in a fixed order (for summaries).
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "blackhole",
         "drop-answers",
         "delay",
@@ -60,15 +69,30 @@ impl Fault {
         "answer-500",
         "answer-503",
         "500-after-forward",
+        "503-retry-after",
+        "refuse-version",
     ];
+}
+
+/// One request as it fully arrived at the proxy.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub at: Instant,
+    /// `x-ms-lease-action`, lowercased.
+    pub lease_action: Option<String>,
+    /// `x-ms-lease-id`.
+    pub lease_id: Option<String>,
+    /// The fault in force when it arrived ([`Fault::kind`]; `healthy` when none).
+    pub fault: &'static str,
 }
 
 #[derive(Default)]
 struct Shared {
     fault: Mutex<Option<Fault>>,
     /// Requests affected, per index in [`Fault::KINDS`].
-    hits: [AtomicU64; 7],
+    hits: [AtomicU64; Fault::KINDS.len()],
     forwarded: AtomicU64,
+    requests: Mutex<Vec<RequestRecord>>,
 }
 
 impl Shared {
@@ -111,9 +135,14 @@ impl FaultProxy {
         *self.shared.fault.lock().unwrap() = Some(fault);
     }
 
+    /// Every request that fully arrived so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
     /// Requests affected so far, per kind in [`Fault::KINDS`] order, and requests forwarded.
-    pub fn stats(&self) -> ([u64; 7], u64) {
-        let mut out = [0; 7];
+    pub fn stats(&self) -> ([u64; Fault::KINDS.len()], u64) {
+        let mut out = [0; Fault::KINDS.len()];
         for (o, h) in out.iter_mut().zip(&self.shared.hits) {
             *o = h.load(Ordering::Relaxed);
         }
@@ -133,6 +162,41 @@ fn canned(status: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+fn retry_after(secs: u32) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nRetry-After: {secs}\r\nx-ms-request-id: chaos-proxy\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Azure Stack Hub's answer to an `x-ms-version` it does not support (as
+/// [`super::http_proxy::Action::RefuseVersion`]); a HEAD answer has no body.
+fn refuse_version(version: &str, is_head: bool) -> Vec<u8> {
+    let body = if is_head {
+        String::new()
+    } else {
+        format!(
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>The value for one of the HTTP headers is not in the correct format.\nRequestId:00000000-0000-0000-0000-000000000000\nTime:2026-11-23T00:00:00.0000000Z</Message><HeaderName>x-ms-version</HeaderName><HeaderValue>{version}</HeaderValue></Error>"
+        )
+    };
+    let mut out = format!(
+        "HTTP/1.1 400 The value for one of the HTTP headers is not in the correct format.\r\nContent-Type: application/xml\r\nx-ms-error-code: InvalidHeaderValue\r\nx-ms-request-id: chaos-proxy\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// A header's value in a raw HTTP head (names case-insensitive).
+fn header_value(bytes: &[u8], name: &str) -> Option<String> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
 async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut client = Conn::new(client);
@@ -142,7 +206,33 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
             return;
         };
         let fault = shared.current();
+        shared.requests.lock().unwrap().push(RequestRecord {
+            at: Instant::now(),
+            lease_action: header_value(&req.bytes, "x-ms-lease-action").map(|a| a.to_ascii_lowercase()),
+            lease_id: header_value(&req.bytes, "x-ms-lease-id"),
+            fault: fault.kind(),
+        });
         match fault {
+            Fault::Answer503RetryAfter(secs) => {
+                shared.hit(fault);
+                if client.stream.write_all(&retry_after(secs)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::RefuseVersion if rng.bool() => {
+                shared.hit(fault);
+                let version = header_value(&req.bytes, "x-ms-version").unwrap_or_default();
+                if client
+                    .stream
+                    .write_all(&refuse_version(&version, req.is_head))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             Fault::Blackhole => {
                 shared.hit(fault);
                 return client.swallow().await;
@@ -170,7 +260,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
         };
         shared.forwarded.fetch_add(1, Ordering::Relaxed);
         let answer = match fault {
-            Fault::Healthy => answer,
+            Fault::Healthy | Fault::RefuseVersion => answer,
             Fault::DropAnswers => {
                 shared.hit(fault);
                 return client.swallow().await;
@@ -188,7 +278,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
                 shared.hit(fault);
                 canned(500)
             }
-            Fault::Blackhole | Fault::Answer500 | Fault::Answer503 => unreachable!(),
+            Fault::Blackhole | Fault::Answer500 | Fault::Answer503 | Fault::Answer503RetryAfter(_) => unreachable!(),
         };
         if shared.current() == Fault::Blackhole {
             shared.hit(Fault::Blackhole);
