@@ -598,8 +598,8 @@ fn launch(rng: &mut fastrand::Rng) -> (&'static str, &'static [&'static str]) {
 }
 
 /// Whether (and how) the harness stalls a CLI run's stderr: from `.0` after the start, for
-/// `.1` (`None`: until `azmutex` exits). One run in four; those run with `-vv`, and their pipe
-/// is full before `azmutex` starts.
+/// `.1` (`None`: until `azmutex` exits). One run in four; those run with `-vv`, and the harness
+/// fills the pipe when the stall begins (a whole-run stall: before `azmutex` starts).
 fn stall(rng: &mut fastrand::Rng) -> Option<(Duration, Option<Duration>)> {
     if rng.u8(..4) != 0 {
         return None;
@@ -613,30 +613,33 @@ fn stall(rng: &mut fastrand::Rng) -> Option<(Duration, Option<Duration>)> {
     }
 }
 
-/// A pipe for `azmutex run`'s stderr: (the harness's read end, the child's write end). When
-/// `fill`, the pipe is filled up first (with empty lines), so that the child's first write
-/// finds it full.
-fn stderr_pipe(fill: bool) -> (OwnedFd, OwnedFd) {
+/// A pipe for `azmutex run`'s stderr: (the harness's read end, the child's write end).
+fn stderr_pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills in two new descriptors, which we then own.
     let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
     assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
     // SAFETY: both descriptors are fresh and owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    if fill {
-        let fd = write.as_raw_fd();
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Fills the pipe whose read end is `read` (with empty lines) until a write would block,
+/// through a write end of its own (opened from /proc, with O_NONBLOCK on that open file
+/// description only: the child's stderr stays blocking).
+fn fill_pipe(read: &impl AsRawFd) {
+    let path = format!("/proc/self/fd/{}\0", read.as_raw_fd());
+    // SAFETY: open/write/close on a descriptor we open and close here.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        );
+        assert!(fd >= 0, "open {path}: {}", std::io::Error::last_os_error());
         let chunk = [b'\n'; 4096];
-        // SAFETY: fcntl/write on our own descriptor; the blocking mode is restored before the
-        // child inherits it (O_NONBLOCK belongs to the open file description).
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-            while libc::write(fd, chunk.as_ptr().cast(), 1) > 0 {}
-            libc::fcntl(fd, libc::F_SETFL, flags);
-        }
+        while libc::write(fd, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        while libc::write(fd, chunk.as_ptr().cast(), 1) > 0 {}
+        libc::close(fd);
     }
-    (read, write)
 }
 
 /// A CLI client: `azmutex run` processes one after another, through `proxy`.
@@ -654,7 +657,11 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
         let ignore_term = rng.u8(..4) == 0;
         let (launch_name, prefix) = launch(&mut rng);
         let stall = stall(&mut rng);
-        let (stderr_read, stderr_write) = stderr_pipe(stall.is_some());
+        let (stderr_read, stderr_write) = stderr_pipe();
+        if stall.is_some_and(|(after, _)| after.is_zero()) {
+            // Full before azmutex writes its first line.
+            fill_pipe(&stderr_read);
+        }
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -750,13 +757,16 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
                 let from = tokio::time::Instant::now() + after;
                 loop {
                     tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep_until(from) => break,
                         line = lines.next_line() => match line {
                             Ok(Some(line)) => record(line),
                             _ => return,
                         },
-                        _ = tokio::time::sleep_until(from) => break,
                     }
                 }
+                // Full from now on: azmutex's next line finds no room.
+                fill_pipe(lines.get_ref().get_ref());
                 match len {
                     Some(len) => tokio::time::sleep(len).await,
                     None => {
