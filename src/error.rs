@@ -5,6 +5,7 @@
 //! Error codes: [Blob service error codes](https://learn.microsoft.com/en-us/rest/api/storageservices/blob-service-error-codes).
 
 use std::fmt;
+use std::time::Duration;
 
 /// What the service said when a request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,6 +293,8 @@ pub enum Error {
         attempts: u32,
         /// The last answer.
         service: ServiceError,
+        /// How long the service asked to wait before the next try (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
     },
     /// Network failures, timeouts or transient server errors until the call's deadline.
     #[error("storage unreachable or failing; gave up after {attempts} attempts ({cause})")]
@@ -300,6 +303,8 @@ pub enum Error {
         attempts: u32,
         /// The last failure.
         cause: TransientCause,
+        /// How long the service asked to wait before the next try (`Retry-After`), if it did.
+        retry_after: Option<Duration>,
     },
     /// The lock's fencing counter reached the end of its range: no larger token can be handed
     /// out, so no lease is kept. Reset it by deleting the lock blob (a new one starts from the
@@ -365,5 +370,14 @@ impl Error {
     /// Whether trying again later may succeed (throttling, network, transient server errors).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Throttled { .. } | Error::Transient { .. })
+    }
+
+    /// How long the service asked to wait before trying again (`Retry-After` on the last
+    /// answer of a throttled or transiently failing call), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Throttled { retry_after, .. } | Error::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 }

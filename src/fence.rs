@@ -73,11 +73,21 @@ pub(crate) fn next_counter(lock: &LockName, previous: Option<&str>) -> Result<u6
     next_token(lock, previous, u64::MAX)
 }
 
-/// The token and new ETag from the answer to a sequence-number update that proposed
-/// `proposed`. The service must have stored at least that (it takes the maximum), within the
-/// limit: a store that cannot hold the number (Azurite keeps it as a JavaScript double, exact
-/// only up to 2^53) would otherwise repeat tokens.
-pub(crate) fn advanced(lock: &LockName, proposed: u64, resp: &RestResponse) -> Result<(u64, Option<String>), Error> {
+/// What a sequence-number update did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Advanced {
+    /// Stored exactly the proposed token; the new ETag.
+    To(u64, Option<String>),
+    /// The blob already held a larger number (written by someone after we read it). That number
+    /// may have been handed out to another holder, so it is never ours: read again.
+    Overtaken(u64),
+}
+
+/// The outcome of a sequence-number update (`max`) that proposed `proposed`. The service must
+/// have stored exactly that: less means a store that cannot hold the number (Azurite keeps it
+/// as a JavaScript double, exact only up to 2^53), which would repeat tokens; more means
+/// someone else's number, possibly already handed out.
+pub(crate) fn advanced(lock: &LockName, proposed: u64, resp: &RestResponse) -> Result<Advanced, Error> {
     let n = resp
         .header("x-ms-blob-sequence-number")
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -89,7 +99,11 @@ pub(crate) fn advanced(lock: &LockName, proposed: u64, resp: &RestResponse) -> R
         tracing::warn!(lock = %lock, proposed, stored = n, "the service did not store the fencing token");
         return Err(Error::FencingExhausted { lock: lock.to_string() });
     }
-    Ok((n, resp.header("etag").map(str::to_string)))
+    if n > proposed {
+        tracing::info!(lock = %lock, proposed, stored = n, "fencing counter moved past our proposal; reading it again");
+        return Ok(Advanced::Overtaken(n));
+    }
+    Ok(Advanced::To(n, resp.header("etag").map(str::to_string)))
 }
 
 /// Whether a failed write's error code is about the lease (ours lost), as opposed to the blob
@@ -207,6 +221,46 @@ mod tests {
         );
         // A page blob recreated by someone else starts at 0 or 1: the clock takes over.
         assert!(next_token(&l, Some(1), MAX_SEQUENCE_NUMBER).unwrap() >= seed);
+    }
+
+    fn answer(sequence_number: &str) -> RestResponse {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-ms-blob-sequence-number", sequence_number.parse().unwrap());
+        headers.insert("etag", "\"e\"".parse().unwrap());
+        RestResponse {
+            status: 200,
+            headers,
+            sent_at: std::time::Instant::now(),
+            sent_at_wall: SystemTime::now(),
+            attempts: 1,
+            earlier_outcome_unknown: false,
+            body: Vec::new(),
+        }
+    }
+
+    /// Only the proposed number is ours: a larger one stored by someone else may have been
+    /// handed out already (main 5136815 returned it as our token).
+    #[test]
+    fn only_the_proposed_sequence_number_is_ours() {
+        let l = lock(0);
+        assert_eq!(
+            advanced(&l, 1000, &answer("1000")).unwrap(),
+            Advanced::To(1000, Some("\"e\"".into()))
+        );
+        assert_eq!(advanced(&l, 1000, &answer("1001")).unwrap(), Advanced::Overtaken(1001));
+        assert!(matches!(
+            advanced(&l, 1000, &answer("999")),
+            Err(Error::FencingExhausted { .. })
+        ));
+        let beyond = (MAX_SEQUENCE_NUMBER + 1).to_string();
+        assert!(matches!(
+            advanced(&l, 1000, &answer(&beyond)),
+            Err(Error::FencingExhausted { .. })
+        ));
+        assert!(matches!(
+            advanced(&l, 1000, &answer("x")),
+            Err(Error::Unexpected { .. })
+        ));
     }
 
     #[test]

@@ -119,6 +119,14 @@ pub const MIN_SAFETY_MARGIN: Duration = Duration::from_secs(1);
 /// The longest pause between attempts accepted in [`LockerOptions::poll_max`].
 const MAX_POLL: Duration = Duration::from_secs(3600);
 
+/// The shortest time between the starts of two renewal attempts of one lease after a failure:
+/// at most one renewal request per second per lease, however the service answers.
+pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
+
+/// When the service asks a renewal to wait (`Retry-After`) past the local deadline, one last
+/// attempt starts this long before the deadline instead of none.
+const FINAL_TRY_LEAD: Duration = Duration::from_secs(1);
+
 /// How long cancelling a wait may spend releasing a lease the abandoned attempt may have got.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -447,11 +455,26 @@ impl Waiter {
         let mut reported = false;
         let mut pause = self.options.poll_initial;
         let mut failing_since: Option<Instant> = None;
+        let mut attempts_made = 0u32;
+        // Whether the last attempt that got an answer found the lock busy: an attempt cut short
+        // by the wait's own limit then says nothing about storage (the wait timed out).
+        let mut last_answer_busy = false;
         loop {
             let attempt_started = Instant::now();
-            // No attempt runs past the caller's limit.
+            // The first attempt is a whole one, whatever the limit: it may run for one normal
+            // request timeout (a first acquire may take several requests: container, blob,
+            // fencing token), so that a wait of zero is "do not wait", not "fail". Later
+            // attempts do not run past the limit.
             let default = self.mutex.client().default_deadline();
-            let mut call_deadline = limit_deadline.map_or(default, |d| d.min(default));
+            let whole = attempt_started
+                .checked_add(self.mutex.client().options().request_timeout)
+                .unwrap_or(default)
+                .min(default);
+            let mut call_deadline = match limit_deadline {
+                Some(d) if attempts_made == 0 => d.max(whole).min(default),
+                Some(d) => d.min(default),
+                None => default,
+            };
             // With `give_up_after`, giving up (attempt and cleanup together) happens within it:
             // the attempt leaves a quarter of it (at most the cleanup timeout) for the cleanup.
             let patience = self.patience(failing_since.unwrap_or(attempt_started));
@@ -469,6 +492,8 @@ impl Waiter {
                     return Err(LockError::Cancelled { lock: self.lock.to_string() });
                 }
             };
+            attempts_made += 1;
+            let cut_by_limit = limit_deadline.is_some_and(|d| call_deadline >= d && Instant::now() >= d);
             let failure = match result {
                 Ok(lease) => {
                     // Hand out only a lease that is still valid with the margin in hand (the
@@ -485,6 +510,7 @@ impl Waiter {
                     None
                 }
                 Err(Error::Conflict { .. }) => {
+                    last_answer_busy = true;
                     if self.options.report_holder && !reported {
                         reported = true;
                         let left = call_deadline.saturating_duration_since(Instant::now());
@@ -498,7 +524,10 @@ impl Waiter {
                     None
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(lock = %self.lock, error = %e, "acquire failed; will retry");
+                    if !cut_by_limit {
+                        last_answer_busy = false;
+                        tracing::warn!(lock = %self.lock, error = %e, "acquire failed; will retry");
+                    }
                     Some(e)
                 }
                 // Lost between the acquire and its fencing/holder write (broken, taken,
@@ -549,10 +578,11 @@ impl Waiter {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 self.cleanup(id, maybe_granted, limit_deadline).await;
-                // Storage failing at the end is a storage error, not a busy lock.
+                // Storage failing at the end is a storage error, not a busy lock; an attempt cut
+                // short by the limit after a busy answer is the wait timing out.
                 return Err(match failure {
-                    Some(e) => e.into(),
-                    None => LockError::TimedOut {
+                    Some(e) if !(cut_by_limit && last_answer_busy) => e.into(),
+                    _ => LockError::TimedOut {
                         lock: self.lock.to_string(),
                         waited: started.elapsed(),
                         holder,
@@ -718,6 +748,34 @@ impl LockGuard {
         }
     }
 
+    /// The local deadline: until when the lock counts as held unless a renewal is confirmed
+    /// first (the lease's end counted from the *send* time of the last confirmed request, minus
+    /// the safety margin). It moves forward with every confirmed renewal; `None` once the lock
+    /// is lost or released. A supervisor that must stop work by the lease's end can arm its
+    /// own timer with it (see [`LockGuard::changed`]).
+    pub fn valid_until(&self) -> Option<Instant> {
+        if self.lost_reason().is_some() {
+            return None;
+        }
+        match *self.state.borrow() {
+            State::Held(v) => Some(v.until),
+            _ => None,
+        }
+    }
+
+    /// A future that completes at the guard's next change: a renewal confirmed (a new
+    /// [`valid_until`](LockGuard::valid_until)), the lock lost, or released. Changes before
+    /// this call do not count: call it, then read `valid_until`, then await it, and no change
+    /// is missed. It does not borrow the guard.
+    pub fn changed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut state = self.state.clone();
+        state.borrow_and_update();
+        async move {
+            // An ended renewal task is a change too (the lock counts as lost).
+            let _ = state.changed().await;
+        }
+    }
+
     /// A future that completes when the lock is lost, with the reason. It does not borrow the
     /// guard, so it can sit in a `tokio::select!` beside work that uses it. It never completes
     /// after a release.
@@ -860,13 +918,19 @@ impl Renewer {
 
     async fn run(mut self, mut commands: oneshot::Receiver<Command>) {
         let every = self.options.renew_interval();
+        // After a transient failure: when to try again, and how many failed in a row.
+        let mut retry_at: Option<Instant> = None;
+        let mut failures = 0u32;
         let command = loop {
             let current = *self.state.borrow();
             let State::Held(validity) = current else {
                 // Lost: wait for the owner to release or drop.
                 break (&mut commands).await.ok();
             };
-            let next = self.lease.grant().sent_at.checked_add(every).unwrap_or(validity.until);
+            let next = match retry_at {
+                Some(at) => at,
+                None => self.lease.grant().sent_at.checked_add(every).unwrap_or(validity.until),
+            };
             tokio::select! {
                 _ = sleep_until(next.min(validity.until).into()) => {}
                 c = &mut commands => break c.ok(),
@@ -879,6 +943,7 @@ impl Renewer {
                 continue;
             }
             // Renew; give up at the local deadline.
+            let attempt_started = Instant::now();
             let outcome = tokio::select! {
                 r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
@@ -891,14 +956,26 @@ impl Renewer {
             match outcome {
                 // A confirmation counts only if it came while the previous grant still held:
                 // otherwise `lost()` may already have fired.
-                Some(Ok(grant)) if in_time => self.publish(State::Held(Validity::of(grant, &self.options))),
+                Some(Ok(grant)) if in_time => {
+                    retry_at = None;
+                    failures = 0;
+                    self.publish(State::Held(Validity::of(grant, &self.options)));
+                }
                 Some(Ok(_)) | None => self.lose(
                     LostReason::Expired,
                     &"no renewal was confirmed before the local deadline",
                 ),
                 // Gave up early on a transient failure with time left: try again.
                 Some(Err(e)) if e.is_transient() && in_time => {
-                    tracing::debug!(lock = %self.lease.lock(), error = %e, "renewal failed; retrying");
+                    failures = failures.saturating_add(1);
+                    let at = self.retry_at(&e, failures, attempt_started, validity.until);
+                    tracing::debug!(
+                        lock = %self.lease.lock(),
+                        error = %e,
+                        retry_in_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "renewal failed; retrying"
+                    );
+                    retry_at = Some(at);
                 }
                 Some(Err(e)) => {
                     let reason = match &e {
@@ -921,6 +998,32 @@ impl Renewer {
             let _ = reply.send(result);
         } else if let Err(e) = result {
             tracing::warn!(lock = %self.lease.lock(), error = %e, "release on drop failed");
+        }
+    }
+
+    /// When to try renewing again after `failures` transient failures in a row, the last one
+    /// (`e`) of an attempt started at `attempt_started`, with the local deadline `until`.
+    ///
+    /// The wait is the retry policy's backoff, or what the service asked for (`Retry-After`) if
+    /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed attempt began: a
+    /// throttled account must not see a retry storm from every holder at once. A wait that would
+    /// run past the deadline is cut so that one last try starts [`FINAL_TRY_LEAD`] before it.
+    fn retry_at(&self, e: &Error, failures: u32, attempt_started: Instant, until: Instant) -> Instant {
+        let now = Instant::now();
+        let wait = self
+            .mutex
+            .client()
+            .options()
+            .retry
+            .backoff(failures)
+            .max(e.retry_after().unwrap_or_default());
+        let earliest = attempt_started.checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
+        let wanted = now.checked_add(wait).unwrap_or(until).max(earliest);
+        let last_try = until.checked_sub(FINAL_TRY_LEAD).unwrap_or(until);
+        if wanted > last_try {
+            last_try.max(earliest)
+        } else {
+            wanted
         }
     }
 

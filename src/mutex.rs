@@ -516,9 +516,12 @@ impl AzureMutex {
 
     /// [`AzureMutex::release`] with retries bounded by `deadline`.
     pub async fn release_until(&self, lease: &Lease, deadline: Instant) -> Result<Released, Error> {
+        // A release never waits behind version negotiation: it is often cleanup, due within a
+        // few seconds, after the very request that holds the negotiation gate was abandoned.
         let req = self
             .lease_request(&lease.lock, "release")
-            .header("x-ms-lease-id", lease.id.to_string());
+            .header("x-ms-lease-id", lease.id.to_string())
+            .bypassing_version_gate();
         let resp = self.inner.client.send(&req, deadline).await?;
         match resp.status {
             200 => Ok(Released::Confirmed),
@@ -721,18 +724,22 @@ impl AzureMutex {
                 let next = fence::next_token(lock, known.token, fence::MAX_SEQUENCE_NUMBER)?;
                 let resp = self.advance(lock, id, next, &known.content, deadline).await?;
                 match resp.status {
-                    200 => {
-                        let (token, etag) = fence::advanced(lock, next, &resp)?;
-                        if let Some(etag) = etag {
-                            let known = fence::Known {
-                                etag,
-                                token: Some(token),
-                                ..known
-                            };
-                            self.inner.pages.remember(lock, known);
+                    200 => match fence::advanced(lock, next, &resp)? {
+                        fence::Advanced::To(token, etag) => {
+                            if let Some(etag) = etag {
+                                let known = fence::Known {
+                                    etag,
+                                    token: Some(token),
+                                    ..known
+                                };
+                                self.inner.pages.remember(lock, known);
+                            }
+                            return Ok(Some(token));
                         }
-                        return Ok(Some(token));
-                    }
+                        // Someone wrote a larger number than we proposed: it may have been handed
+                        // out already. Forget what we knew and take the slow path.
+                        fence::Advanced::Overtaken(_) => self.inner.pages.forget(lock),
+                    },
                     // Not a page blob any more (deleted and recreated), or changed: forget it.
                     400 | 409 | 412 if !fence::is_lease_error(&resp) => self.inner.pages.forget(lock),
                     _ => {
@@ -763,7 +770,15 @@ impl AzureMutex {
                 if set.status != 200 {
                     return Err(self.classify(lock, &set, Op::Write));
                 }
-                let (n, new_etag) = fence::advanced(lock, next, &set)?;
+                let (n, new_etag) = match fence::advanced(lock, next, &set)? {
+                    fence::Advanced::To(n, etag) => (n, etag),
+                    // A larger number than ours was there already (written after our read): it
+                    // may have been handed out. Read again and propose past it.
+                    fence::Advanced::Overtaken(_) => {
+                        self.inner.pages.forget(lock);
+                        continue;
+                    }
+                };
                 token = Some(n);
                 if let (Some(new_etag), None) = (&new_etag, &self.inner.holder) {
                     let known = fence::Known {

@@ -158,6 +158,11 @@ pub struct RestRequest {
     pub body: Vec<u8>,
     /// A short name for logs, e.g. `acquire`.
     pub op: &'static str,
+    /// Send at once even while the service version is being negotiated, with the version
+    /// known so far, instead of waiting behind the request that is trying it. For cleanup
+    /// (releasing a lease that an abandoned attempt may have got): it must go out within its
+    /// own short deadline whatever else is in flight.
+    pub bypass_version_gate: bool,
 }
 
 impl RestRequest {
@@ -171,7 +176,14 @@ impl RestRequest {
             headers: Vec::new(),
             body: Vec::new(),
             op,
+            bypass_version_gate: false,
         }
+    }
+
+    /// Marks the request as cleanup: see [`RestRequest::bypass_version_gate`].
+    pub fn bypassing_version_gate(mut self) -> Self {
+        self.bypass_version_gate = true;
+        self
     }
 
     /// Adds a query parameter.
@@ -217,7 +229,7 @@ pub struct RestResponse {
     /// refused, 503 `ServerBusy`, 429) or there was none. A retry's answer must be read in that
     /// light: e.g. a release whose first attempt was applied gets "lease id mismatch" on retry.
     pub earlier_outcome_unknown: bool,
-    body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl RestResponse {
@@ -497,7 +509,7 @@ impl BlobClient {
             // call's deadline. A call whose deadline passes there sends nothing: an unsettled
             // version is only ever tried while holding the gate.
             let mut gate_closed = false;
-            let trying = if self.inner.settled.load(Ordering::Acquire) {
+            let trying = if req.bypass_version_gate || self.inner.settled.load(Ordering::Acquire) {
                 None
             } else {
                 let guard = tokio::time::timeout_at(deadline.into(), self.inner.negotiation.lock())
@@ -567,8 +579,16 @@ impl BlobClient {
             if wake.is_none_or(|w| w >= deadline) {
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
                 return Err(match throttled {
-                    Some(service) => Error::Throttled { attempts, service },
-                    None => Error::Transient { attempts, cause },
+                    Some(service) => Error::Throttled {
+                        attempts,
+                        service,
+                        retry_after,
+                    },
+                    None => Error::Transient {
+                        attempts,
+                        cause,
+                        retry_after,
+                    },
                 });
             }
             tracing::debug!(op = req.op, attempts, cause = %cause, wait_ms = wait.as_millis() as u64, "retrying");
@@ -578,9 +598,16 @@ impl BlobClient {
 
     /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as
     /// Azure Stack Hub and Azurite answer) and this client stepped down to an older version
-    /// for it. A pinned version is never changed; concurrent refusals step down once.
+    /// for it. A pinned version is never changed; concurrent refusals step down once; and once
+    /// the endpoint has answered a version (settled), a stray refusal is only that request's
+    /// error: one odd answer (a misrouted request, a proxy's hiccup) must not downgrade the
+    /// client and its clones for life.
     fn step_down(&self, resp: &RestResponse, version: &str, head: bool) -> bool {
-        if self.inner.options.api_version.is_some() || resp.status != 400 || !refuses_version(resp, head) {
+        if self.inner.options.api_version.is_some()
+            || self.inner.settled.load(Ordering::Acquire)
+            || resp.status != 400
+            || !refuses_version(resp, head)
+        {
             return false;
         }
         let Some(from) = API_VERSIONS.iter().position(|v| *v == version) else {

@@ -399,3 +399,60 @@ fn an_acquire_without_our_id_runs_nothing() {
     assert_ne!(state(&c), LeaseState::Leased);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Item 3 of issue 16: on main 5136815 `azmutex release` exited 0 when its first attempt got a
+/// 500 (applied, answer lost) and the retry a 409 mismatch: `Released::Unconfirmed` was mapped
+/// to success, while `run` says 70 for the same case. Success means confirmed.
+#[test]
+fn release_exits_70_when_the_release_cannot_be_confirmed() {
+    let c = common::unique("unconfirmed");
+    let rt = rt();
+    let lease = rt
+        .block_on(common::mutex(&c).acquire("job", LeaseDuration::seconds(30).unwrap()))
+        .unwrap();
+    let proxy = HttpProxy::start(common::azurite_addr());
+    proxy.add(
+        Match::LeaseAction("release"),
+        Action::ForwardThenRespond(500, "InternalError"),
+        Some(1),
+    );
+    let mut cmd = azmutex_with(&c, &connection_via(proxy.addr));
+    cmd.args(["release", "job", "--lease-id", &lease.id().to_string()]);
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(proxy.count("release"), 2, "{stderr}");
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains("lost (") && stderr.contains("answer was lost"),
+        "{stderr}"
+    );
+}
+
+/// Item 5 of issue 16: on main 5136815 `run --wait 0` on a free lock exited 69 ("storage
+/// unreachable ... request timed out"), and 69 instead of 75 on a busy one. `--wait 0` is
+/// `--no-wait`, as `flock -w 0` is.
+#[test]
+fn wait_zero_means_do_not_wait() {
+    let c = common::unique("waitzero");
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--wait", "0", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let rt = rt();
+    let m = common::mutex(&c);
+    let lease = rt
+        .block_on(m.acquire("job", LeaseDuration::seconds(30).unwrap()))
+        .unwrap();
+    for wait in ["0", "0s", "1ms"] {
+        let mut cmd = azmutex(&c);
+        cmd.args(["run", "job", "--wait", wait, "--", "true"]);
+        let out = output(cmd);
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "--wait {wait}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    rt.block_on(m.release(&lease)).unwrap();
+}

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use azmutex::{BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions};
+use azmutex::{
+    BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions, LostReason, Released,
+};
 use clap::Args;
 
 use super::output::{json_str, out, parse_duration, printable, rfc3339, say, wall_clock};
@@ -127,10 +129,23 @@ pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Exits 0 only when the service confirmed the release (the lease was ours until then). An
+/// unconfirmed release (an earlier attempt's answer was lost and the retry found the lease
+/// gone: most likely released by that attempt, but possibly broken and taken by another client
+/// meanwhile) exits 70, with the message `run` prints for the same case.
 pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     let lease = resume(&args)?;
-    ctx.mutex(false, None)?.release(&lease).await?;
-    Ok(0)
+    match ctx.mutex(false, None)?.release(&lease).await? {
+        Released::Confirmed => Ok(0),
+        Released::Unconfirmed => Err(Failure::new(
+            super::exit::LOST,
+            format!(
+                "lock {:?} lost ({}): the release's answer was lost and its retry found the lease gone",
+                args.lock,
+                LostReason::Unconfirmed
+            ),
+        )),
+    }
 }
 
 fn resume(args: &LeaseArgs) -> Result<Lease, Failure> {

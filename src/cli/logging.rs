@@ -3,7 +3,6 @@
 //! regex-based filter directives, no colours).
 
 use std::fmt::{self, Write as _};
-use std::io::Write as _;
 use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
@@ -12,7 +11,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use super::output::{rfc3339, say};
+use super::output::{emit, rfc3339, say};
 
 /// What `AZMUTEX_LOG` accepts, for its error message and `--help`.
 pub const SYNTAX: &str = "error|warn|info|debug|trace|off, or azmutex=<level>";
@@ -132,9 +131,8 @@ impl Subscriber for StderrLog {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let line = format_event(SystemTime::now(), event);
-        // One write per line, so that lines from several threads do not interleave.
-        let _ = std::io::stderr().write_all(line.as_bytes());
+        // One line per write, queued: a log line never blocks (see `output::emit`).
+        emit(format_event(SystemTime::now(), event));
     }
 
     fn enter(&self, _: &Id) {}

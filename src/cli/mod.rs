@@ -281,8 +281,10 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            say(format_args!("azmutex: cannot start the async runtime: {e}"));
-            return ExitCode::from(exit::OTHER);
+            return finish(Err(Failure::new(
+                exit::OTHER,
+                format!("cannot start the async runtime: {e}"),
+            )));
         }
     };
     finish(runtime.block_on(dispatch(cli)))
@@ -290,13 +292,17 @@ pub fn main() -> ExitCode {
 
 /// The exit code of a command's result, with its message on stderr if it failed.
 fn finish(result: Result<u8, Failure>) -> ExitCode {
-    match result {
+    let code = match result {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
             say(format_args!("azmutex: {}", f.message));
             ExitCode::from(f.code)
         }
-    }
+    };
+    // Everything is settled (the command is dead, the lease released): give stderr a moment
+    // to take the last lines, but never wait on a stderr that is not being read.
+    output::flush_stderr(Duration::from_secs(1));
+    code
 }
 
 /// Whether a command-line word may be a secret: a connection string or SAS, or a long run of

@@ -107,11 +107,80 @@ pub fn out(args: std::fmt::Arguments<'_>) -> bool {
     writeln!(stdout, "{args}").and_then(|()| stdout.flush()).is_ok()
 }
 
-/// Writes a line to stderr. A closed or failing stderr must never stop azmutex (`eprintln!`
-/// panics on EPIPE).
+/// Writes a line to stderr without ever blocking: see [`emit`].
 pub fn say(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{args}");
+    emit(format!("{args}\n"));
+}
+
+/// How many lines may wait for stderr before new ones are dropped.
+const STDERR_QUEUE: usize = 256;
+
+/// The queue to the stderr writer thread, and the lines written and dropped.
+struct StderrQueue {
+    tx: Option<std::sync::mpsc::SyncSender<String>>,
+    pending: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+fn queue() -> &'static StderrQueue {
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
+    static QUEUE: std::sync::OnceLock<StderrQueue> = std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(STDERR_QUEUE);
+        let spawned = std::thread::Builder::new()
+            .name("azmutex-stderr".into())
+            .spawn(move || {
+                use std::io::Write;
+                for line in rx {
+                    // A closed or failing stderr must never stop azmutex: the error is ignored.
+                    let _ = std::io::stderr().write_all(line.as_bytes());
+                    queue().pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        StderrQueue {
+            tx: spawned.is_ok().then_some(tx),
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    })
+}
+
+/// Queues `line` (one or more whole lines) for stderr and returns at once. A thread of its own
+/// writes the queue out; when stderr is not being read (a full pipe: a hung log shipper, a
+/// caller that stopped reading) and [`STDERR_QUEUE`] lines wait already, the line is dropped
+/// (and counted) rather than waited for: while a command runs under a lock, nothing — not its
+/// "lock lost" line, not a log line — may hold back stopping it. Used for every line azmutex
+/// writes to stderr once it has parsed its arguments, log lines included.
+pub fn emit(line: String) {
+    use std::sync::atomic::Ordering;
+    let q = queue();
+    let Some(tx) = &q.tx else {
+        // No writer thread could be started: drop rather than risk blocking.
+        q.dropped.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
+    q.pending.fetch_add(1, Ordering::SeqCst);
+    if tx.try_send(line).is_err() {
+        q.pending.fetch_sub(1, Ordering::SeqCst);
+        q.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// At exit: waits until the queued lines are written, at most `limit` (stderr may never drain),
+/// and says how many lines were dropped, if any.
+pub fn flush_stderr(limit: std::time::Duration) {
+    use std::sync::atomic::Ordering;
+    let q = queue();
+    let dropped = q.dropped.swap(0, Ordering::SeqCst);
+    if dropped > 0 {
+        emit(format!(
+            "azmutex: {dropped} line(s) of stderr output dropped: stderr was not being read\n"
+        ));
+    }
+    let started = std::time::Instant::now();
+    while q.pending.load(Ordering::SeqCst) > 0 && started.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 #[cfg(test)]

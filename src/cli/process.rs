@@ -1,11 +1,21 @@
-//! The command's process group: `azmutex run` puts the command in a group of its own, signals
-//! the whole group (so grandchildren stop too), hands it the terminal when azmutex has one, and
-//! makes the command die with azmutex (Linux: `PR_SET_PDEATHSIG`).
+//! The command's processes: `azmutex run` puts the command in a group of its own, hands it the
+//! terminal when azmutex has one, and makes the command die with azmutex (Linux:
+//! `PR_SET_PDEATHSIG`). azmutex is a subreaper (Linux: `PR_SET_CHILD_SUBREAPER`), so every
+//! descendant stays one even after it leaves the group (`setsid`, `setpgid`, a double fork):
+//! signals go to the group *and* to every descendant found by a walk of `/proc`
+//! ([`descendants`]).
 //!
-//! Unix only. Processes that leave the group on purpose (`setsid`, daemons) are out of reach.
+//! A watchdog process (see [`Group::start_watchdog`]) enforces the kill deadline on its own: it
+//! kills every descendant when the deadline passes, whatever azmutex is doing (blocked on a full
+//! stderr, starved, stopped, or dead).
+//!
+//! Unix only; the descendant walk and the watchdog's deadline are Linux only. Out of reach:
+//! processes started on the command's behalf by someone else (a service manager, `at`, a
+//! container engine, a remote shell), which were never azmutex's descendants.
 
 use std::os::fd::RawFd;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
@@ -62,11 +72,13 @@ pub fn own_group(command: &mut Command, terminal: Option<RawFd>) {
     }
 }
 
-/// The command's process group.
+/// The command's process group, and every other descendant of azmutex.
 pub struct Group {
     pgid: libc::pid_t,
     terminal: Option<RawFd>,
     watchdog: Option<libc::pid_t>,
+    /// The kill deadline shared with the watchdog (see [`Group::set_kill_deadline`]).
+    kill_at: &'static AtomicI64,
 }
 
 impl Group {
@@ -87,32 +99,50 @@ impl Group {
             pgid,
             terminal,
             watchdog: None,
+            kill_at: shared_deadline(),
         }
     }
 
-    /// Sends `sig` to every process of the group.
+    /// Sends `sig` to every process of the group and to every other descendant of azmutex
+    /// (those that left the group), except the watchdog.
     pub fn signal(&self, sig: libc::c_int) {
         if self.pgid > 0 {
             // SAFETY: kill(2) on our command's process group (negative pid).
             unsafe { libc::kill(-self.pgid, sig) };
         }
+        let mut table = Vec::new();
+        signal_descendants(&mut table, own_pid(), self.exclude(), sig);
     }
 
-    /// Whether any process of the group is left. Reaps those that were reparented to us.
-    /// Call only after the command itself was waited for.
+    /// Whether any process of the group, or any other descendant of azmutex but the watchdog,
+    /// is left (zombies do not count). Reaps those that were reparented to us. Call only after
+    /// the command itself was waited for.
     pub fn alive(&self) -> bool {
         if self.pgid <= 0 {
             return false;
         }
-        // SAFETY: waitpid on our own process group with WNOHANG, and kill with signal 0 (a probe).
-        unsafe {
+        // SAFETY: waitpid with WNOHANG on our own process group and on our own children; kill
+        // with signal 0 (a probe).
+        let group_alive = unsafe {
             let mut status = 0;
             while libc::waitpid(-self.pgid, &mut status, libc::WNOHANG) > 0 {}
             libc::kill(-self.pgid, 0) == 0
+        };
+        let mut table = Vec::new();
+        let mut others = false;
+        for e in descendants(&mut table, own_pid(), self.exclude()) {
+            if e.ppid == own_pid() && e.zombie {
+                // An orphan reparented to us that has exited: reap it.
+                // SAFETY: waitpid on one of our own children, WNOHANG.
+                unsafe { libc::waitpid(e.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            } else if !e.zombie {
+                others = true;
+            }
         }
+        group_alive || others
     }
 
-    /// Waits until the group is empty, at most `limit`.
+    /// Waits until the group and every other descendant are gone, at most `limit`.
     pub async fn wait_gone(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         while self.alive() && tokio::time::Instant::now() < deadline {
@@ -120,12 +150,37 @@ impl Group {
         }
     }
 
-    /// SIGKILL to the group, then waits (briefly) until it is gone.
+    /// SIGKILL to the group and every descendant, again until none is left (a process may fork
+    /// between a walk and its kill), then waits (briefly) until they are reaped.
     pub async fn kill_and_reap(&self) {
-        if self.alive() {
+        for _ in 0..50 {
+            if !self.alive() {
+                return;
+            }
             self.signal(libc::SIGKILL);
-            self.wait_gone(Duration::from_secs(2)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.wait_gone(Duration::from_secs(2)).await;
+    }
+
+    /// Processes the descendant walk leaves alone: the watchdog.
+    fn exclude(&self) -> libc::pid_t {
+        self.watchdog.unwrap_or(0)
+    }
+
+    /// Tells the watchdog when to kill every descendant if azmutex has not made them stop by
+    /// then (`None`: no deadline). Cheap: one atomic store in memory shared with the watchdog.
+    pub fn set_kill_deadline(&self, at: Option<Instant>) {
+        let value = match at {
+            None => NO_DEADLINE,
+            Some(at) => {
+                let now = Instant::now();
+                let ahead = at.saturating_duration_since(now);
+                let ahead = i64::try_from(ahead.as_nanos()).unwrap_or(NO_DEADLINE);
+                boottime_ns().saturating_add(ahead)
+            }
+        };
+        self.kill_at.store(value, Ordering::SeqCst);
     }
 
     /// Gives the terminal back to azmutex's own group.
@@ -194,29 +249,38 @@ impl Group {
     }
 
     /// Starts the watchdog: a copy of azmutex forked (without exec) into a process group of its
-    /// own. Every 50 ms it looks at azmutex: stopped (SIGSTOP, a debugger) → it stops the
-    /// command's group, so that the command never runs on while its supervisor cannot renew or
-    /// stop it (azmutex continues the group, or kills it if the lease ran out meanwhile); gone
-    /// (even by SIGKILL, even while stopped) → it kills the command's group and exits. Being
-    /// outside that group, it is never stopped by its own signal and never counted as a
-    /// process the command left behind.
+    /// own. Every 50 ms it looks at azmutex and the clock:
+    /// - the kill deadline ([`Group::set_kill_deadline`]) has passed → it SIGKILLs the group and
+    ///   every descendant of azmutex, again at every tick: nothing azmutex does (a write blocked
+    ///   on a full stderr, a starved runtime) can hold the kill back;
+    /// - azmutex is stopped (SIGSTOP, a debugger) → it stops the group and every descendant, so
+    ///   that nothing runs on while its supervisor cannot renew or stop it (azmutex continues
+    ///   them, or kills them if the lease ran out meanwhile);
+    /// - azmutex is gone (even by SIGKILL, even while stopped) → it kills the group and every
+    ///   descendant it last saw (and what those started since), and exits.
+    ///
+    /// Being outside that group, it is never stopped by its own signal; the descendant walks
+    /// leave it out.
     pub fn start_watchdog(&mut self) {
         if self.pgid <= 0 {
             return;
         }
-        // SAFETY: getpid is a plain syscall.
-        let parent = unsafe { libc::getpid() };
+        let parent = own_pid();
         // Everything the child needs is made before fork: after it, only async-signal-safe
         // calls (no allocation, no locks), as fork in a threaded process requires.
         let Ok(path) = std::ffi::CString::new(format!("/proc/{parent}/stat")) else {
             return;
         };
+        let mut table = vec![ProcEntry::default(); WATCHDOG_TABLE];
+        let mut known = vec![0 as libc::pid_t; WATCHDOG_KNOWN];
         let pgid = self.pgid;
+        let kill_at = self.kill_at;
         // SAFETY: the child branch below only makes async-signal-safe syscalls and never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            // SAFETY: see above; `path` was allocated before fork and is only read.
-            unsafe { watchdog(parent, pgid, path.as_ptr()) }
+            // SAFETY: see above; `path`, `table` and `known` were allocated before fork and are
+            // only read and written in place.
+            unsafe { watchdog(parent, pgid, path.as_ptr(), kill_at, &mut table, &mut known) }
         }
         if pid > 0 {
             self.watchdog = Some(pid);
@@ -236,11 +300,288 @@ impl Group {
     }
 }
 
+/// How many processes the watchdog's walk can see at once (larger tables are cut short; the
+/// walk in azmutex itself has no limit).
+const WATCHDOG_TABLE: usize = 1 << 15;
+
+/// How many descendants the watchdog remembers for the case that azmutex dies.
+const WATCHDOG_KNOWN: usize = 1 << 12;
+
+/// "No deadline" in the shared kill deadline.
+const NO_DEADLINE: i64 = i64::MAX;
+
+/// The kill deadline shared with the watchdog: `CLOCK_BOOTTIME` nanoseconds (a clock that keeps
+/// counting while the machine sleeps, as the lease does on the server), in a page mapped shared
+/// before fork. One per process, made on first use and never unmapped.
+fn shared_deadline() -> &'static AtomicI64 {
+    static SHARED: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    static FALLBACK: AtomicI64 = AtomicI64::new(NO_DEADLINE);
+    let addr = *SHARED.get_or_init(|| {
+        // SAFETY: an anonymous shared mapping of one page; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return 0;
+        }
+        // SAFETY: the page is fresh, aligned, writable and lives as long as the process.
+        unsafe { (*(p as *const AtomicI64)).store(NO_DEADLINE, Ordering::SeqCst) };
+        p as usize
+    });
+    if addr == 0 {
+        // Without shared memory the watchdog cannot see the deadline: azmutex enforces it alone.
+        return &FALLBACK;
+    }
+    // SAFETY: `addr` is the page mapped above, initialised, never unmapped.
+    unsafe { &*(addr as *const AtomicI64) }
+}
+
+/// `CLOCK_BOOTTIME` in nanoseconds. Async-signal-safe.
+fn boottime_ns() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    #[cfg(target_os = "linux")]
+    let clock = libc::CLOCK_BOOTTIME;
+    #[cfg(not(target_os = "linux"))]
+    let clock = libc::CLOCK_MONOTONIC;
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec)
+}
+
+fn own_pid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// One process as `/proc/<pid>/stat` shows it.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ProcEntry {
+    /// Its pid.
+    pub pid: libc::pid_t,
+    /// Its parent's pid.
+    pub ppid: libc::pid_t,
+    /// Whether it has exited and waits to be reaped.
+    pub zombie: bool,
+    /// Whether the walk found it to descend from the root.
+    mark: bool,
+}
+
+/// Calls `each` for every process listed in `/proc`. Async-signal-safe (raw syscalls, stack
+/// buffers, no allocation), so that the watchdog can use it after fork.
+fn scan_proc(mut each: impl FnMut(ProcEntry)) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: open/getdents64/read/close on buffers owned here; the records are parsed within
+    // the byte count the kernel returned.
+    unsafe {
+        let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return;
+        }
+        let mut buf = [0u8; 8192];
+        loop {
+            let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if got <= 0 {
+                break;
+            }
+            let got = got as usize;
+            let mut off = 0;
+            // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+            while off + 19 < got {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 || off + reclen > got {
+                    break;
+                }
+                if let Some(pid) = parse_pid(&buf[off + 19..off + reclen]) {
+                    if let Some(entry) = read_stat(pid) {
+                        each(entry);
+                    }
+                }
+                off += reclen;
+            }
+        }
+        libc::close(dir);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = &mut each;
+}
+
+/// A NUL-terminated all-digit name as a pid.
+fn parse_pid(name: &[u8]) -> Option<libc::pid_t> {
+    let mut pid: libc::pid_t = 0;
+    let mut digits = 0;
+    for &b in name {
+        match b {
+            0 => break,
+            b'0'..=b'9' => {
+                pid = pid.checked_mul(10)?.checked_add((b - b'0') as libc::pid_t)?;
+                digits += 1;
+            }
+            _ => return None,
+        }
+    }
+    (digits > 0 && pid > 0).then_some(pid)
+}
+
+/// Reads `/proc/<pid>/stat`: parent and state. Async-signal-safe.
+fn read_stat(pid: libc::pid_t) -> Option<ProcEntry> {
+    let mut path = [0u8; 32];
+    let mut len = 0;
+    for &b in b"/proc/" {
+        path[len] = b;
+        len += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let mut n = pid;
+    while n > 0 && d < digits.len() {
+        digits[d] = b'0' + (n % 10) as u8;
+        n /= 10;
+        d += 1;
+    }
+    while d > 0 {
+        d -= 1;
+        path[len] = digits[d];
+        len += 1;
+    }
+    for &b in b"/stat\0" {
+        path[len] = b;
+        len += 1;
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: `path` is NUL-terminated; read into a buffer we own.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    let text = &buf[..n as usize];
+    // `pid (comm) S ppid ...`: the state follows the last ')'.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let state = *text.get(close + 2)?;
+    let mut ppid: libc::pid_t = 0;
+    let mut seen = false;
+    for &b in text.get(close + 4..)? {
+        match b {
+            b'0'..=b'9' => {
+                ppid = ppid.checked_mul(10)?.checked_add((b - b'0') as libc::pid_t)?;
+                seen = true;
+            }
+            _ => break,
+        }
+    }
+    seen.then_some(ProcEntry {
+        pid,
+        ppid,
+        zombie: state == b'Z' || state == b'X',
+        mark: false,
+    })
+}
+
+/// Marks in `table` every process that descends from `root`, leaving out `exclude` and what
+/// descends from it. Allocation-free. Returns how many are marked.
+fn mark_descendants(table: &mut [ProcEntry], root: libc::pid_t, exclude: libc::pid_t) -> usize {
+    let mut marked = 0;
+    for e in table.iter_mut() {
+        e.mark = e.ppid == root && e.pid != exclude && e.pid != root;
+        marked += usize::from(e.mark);
+    }
+    // Each pass marks one more generation; stops when a pass marks nothing.
+    loop {
+        let mut more = 0;
+        for i in 0..table.len() {
+            if table[i].mark || table[i].pid == exclude || table[i].pid == root {
+                continue;
+            }
+            let parent = table[i].ppid;
+            if table.iter().any(|p| p.mark && p.pid == parent) {
+                table[i].mark = true;
+                more += 1;
+            }
+        }
+        if more == 0 {
+            return marked;
+        }
+        marked += more;
+    }
+}
+
+/// Every living or zombie descendant of `root` but `exclude` (and what descends from it).
+pub fn descendants(
+    table: &mut Vec<ProcEntry>,
+    root: libc::pid_t,
+    exclude: libc::pid_t,
+) -> impl Iterator<Item = &ProcEntry> {
+    table.clear();
+    scan_proc(|e| table.push(e));
+    mark_descendants(table, root, exclude);
+    table.iter().filter(|e| e.mark)
+}
+
+/// Sends `sig` to every living descendant of `root` but `exclude`; returns how many it signalled.
+fn signal_descendants(table: &mut Vec<ProcEntry>, root: libc::pid_t, exclude: libc::pid_t, sig: libc::c_int) -> usize {
+    let mut n = 0;
+    for e in descendants(table, root, exclude) {
+        if !e.zombie {
+            // SAFETY: kill(2) on a descendant of ours.
+            unsafe { libc::kill(e.pid, sig) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// [`signal_descendants`] on a fixed table (the watchdog's: no allocation after fork).
+fn signal_descendants_in(table: &mut [ProcEntry], root: libc::pid_t, exclude: libc::pid_t, sig: libc::c_int) {
+    let n = fill(table);
+    mark_descendants(&mut table[..n], root, exclude);
+    for e in &table[..n] {
+        if e.mark && !e.zombie {
+            // SAFETY: kill(2) on a descendant of azmutex.
+            unsafe { libc::kill(e.pid, sig) };
+        }
+    }
+}
+
+/// Fills `table` from `/proc` (as much as fits); returns how many entries it holds.
+fn fill(table: &mut [ProcEntry]) -> usize {
+    let mut n = 0;
+    scan_proc(|e| {
+        if n < table.len() {
+            table[n] = e;
+            n += 1;
+        }
+    });
+    n
+}
+
 /// The watchdog's loop (see [`Group::start_watchdog`]). Async-signal-safe calls only.
 ///
 /// # Safety
 /// Call only in a freshly forked child; `path` must be a NUL-terminated `/proc/<pid>/stat`.
-unsafe fn watchdog(parent: libc::pid_t, pgid: libc::pid_t, path: *const libc::c_char) -> ! {
+unsafe fn watchdog(
+    parent: libc::pid_t,
+    pgid: libc::pid_t,
+    path: *const libc::c_char,
+    kill_at: &AtomicI64,
+    table: &mut [ProcEntry],
+    known: &mut [libc::pid_t],
+) -> ! {
     libc::setpgid(0, 0);
     // Signals forwarded to the group are for the command; the watchdog stays until killed.
     for sig in [
@@ -258,30 +599,81 @@ unsafe fn watchdog(parent: libc::pid_t, pgid: libc::pid_t, path: *const libc::c_
     for fd in 0..1024 {
         libc::close(fd);
     }
-    let pause = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 50_000_000,
-    };
+    let me = libc::getpid();
+    let mut known_len = 0usize;
+    let mut tick = 0u64;
     let mut buf = [0u8; 512];
     loop {
         if libc::getppid() != parent {
+            // azmutex is gone: its children were reparented away, so the walk from it finds
+            // nothing. Kill the group, what was last seen to descend from it, and (a few
+            // rounds) whatever those started since.
             libc::kill(-pgid, libc::SIGKILL);
+            for _ in 0..5 {
+                for &pid in &known[..known_len] {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                let n = fill(table);
+                for e in &table[..n] {
+                    if e.pid != me && known[..known_len].contains(&e.ppid) && !known[..known_len].contains(&e.pid) {
+                        libc::kill(e.pid, libc::SIGKILL);
+                        if known_len < known.len() {
+                            known[known_len] = e.pid;
+                            known_len += 1;
+                        }
+                    }
+                }
+            }
             libc::_exit(0);
         }
-        let fd = libc::open(path, libc::O_RDONLY);
-        if fd >= 0 {
-            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-            libc::close(fd);
-            if n > 0 {
-                let text = &buf[..n as usize];
-                // `pid (comm) S ...`: the state follows the last ')'.
-                if let Some(close) = text.iter().rposition(|&b| b == b')') {
-                    if matches!(text.get(close + 2), Some(b'T') | Some(b't')) {
-                        libc::kill(-pgid, libc::SIGSTOP);
+        let deadline = kill_at.load(Ordering::SeqCst);
+        let now = boottime_ns();
+        if now >= deadline {
+            // Past the kill deadline: nothing of the command's may run, whatever azmutex does.
+            libc::kill(-pgid, libc::SIGKILL);
+            signal_descendants_in(table, parent, me, libc::SIGKILL);
+        } else {
+            let mut stopped = false;
+            let fd = libc::open(path, libc::O_RDONLY);
+            if fd >= 0 {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(fd);
+                if n > 0 {
+                    let text = &buf[..n as usize];
+                    // `pid (comm) S ...`: the state follows the last ')'.
+                    if let Some(close) = text.iter().rposition(|&b| b == b')') {
+                        stopped = matches!(text.get(close + 2), Some(b'T') | Some(b't'));
+                    }
+                }
+            }
+            if stopped {
+                libc::kill(-pgid, libc::SIGSTOP);
+                signal_descendants_in(table, parent, me, libc::SIGSTOP);
+            } else if tick % 5 == 0 {
+                // Remember who descends from azmutex, for the case that it dies.
+                let n = fill(table);
+                mark_descendants(&mut table[..n], parent, me);
+                known_len = 0;
+                for e in &table[..n] {
+                    if e.mark && !e.zombie && known_len < known.len() {
+                        known[known_len] = e.pid;
+                        known_len += 1;
                     }
                 }
             }
         }
+        tick += 1;
+        // Sleep 50 ms, or less when the deadline comes sooner.
+        let left = deadline.saturating_sub(boottime_ns());
+        let left = if left <= 0 {
+            50_000_000
+        } else {
+            left.clamp(1_000_000, 50_000_000)
+        };
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: left as libc::c_long,
+        };
         libc::nanosleep(&pause, std::ptr::null_mut());
     }
 }

@@ -191,7 +191,12 @@ fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Fa
     Ok(options)
 }
 
-pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
+pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
+    // `--wait 0` means "do not wait", as `flock -w 0` does.
+    if args.wait.is_some_and(|w| w.is_zero()) {
+        args.wait = None;
+        args.no_wait = true;
+    }
     let options = locker_options(&args, ctx.conn.timeout)?;
     // The default owner is the program's name only: its arguments may hold secrets, and the
     // owner is shown to every other user of the lock.
@@ -297,6 +302,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
         }
     };
     let mut group = process::Group::new(&child, terminal);
+    // The watchdog kills everything at the deadline even if azmutex cannot (see supervise).
+    group.set_kill_deadline(kill_deadline(&guard, args.kill_grace));
     group.start_watchdog();
     let outcome = supervise(ctx, &args, child, &mut group, &mut guard, &mut signals).await;
     group.stop_watchdog();
@@ -304,8 +311,19 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Result<u8, Failure> {
     outcome
 }
 
-/// Waits for the command while the lock is held; stops it (and its whole process group) when
-/// the lock may be lost; forwards signals to the group once.
+/// When the command and everything it started must be dead: the local deadline (when `lost()`
+/// fires and SIGTERM goes out) plus the kill grace, which is the lease's end counted from the
+/// send time of the last confirmed request minus the 2 s safety margin. Now, if the lock is
+/// already lost.
+fn kill_deadline(guard: &LockGuard, grace: Duration) -> Option<Instant> {
+    let until = guard.valid_until().unwrap_or_else(Instant::now);
+    Some(until.checked_add(grace).unwrap_or(until))
+}
+
+/// Waits for the command while the lock is held; stops it (its process group and every other
+/// descendant) when the lock may be lost; forwards signals to them once. Each confirmed renewal
+/// moves the watchdog's kill deadline; a loss leaves the last one in force, so the SIGKILL
+/// comes on time even if this task is held up.
 async fn supervise(
     ctx: &Context,
     args: &RunArgs,
@@ -316,9 +334,19 @@ async fn supervise(
 ) -> Result<u8, Failure> {
     let lost = guard.lost();
     tokio::pin!(lost);
+    let mut changed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(guard.changed());
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            () = &mut changed => {
+                changed = Box::pin(guard.changed());
+                if guard.valid_until().is_some() {
+                    group.set_kill_deadline(kill_deadline(guard, args.kill_grace));
+                } else {
+                    // Lost or ended: the last deadline stays in force; `lost` handles the rest.
+                    changed = Box::pin(std::future::pending());
+                }
+            }
             reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason, args.kill_grace).await,
             event = signals.event() => match event {
                 Event::Forward(sig) => group.signal(sig),
@@ -359,8 +387,8 @@ async fn supervise(
         }
     };
     let status = status.map_err(|e| Failure::new(exit::OTHER, format!("waiting for the command failed: {e}")))?;
-    // Whatever the command left behind in its group runs under the lock too: stop it first.
-    group.stop_watchdog();
+    // Whatever the command left behind (in its group, or outside it after `setsid`) runs
+    // under the lock too: stop it first. The watchdog keeps watching meanwhile.
     if group.alive() {
         if !ctx.quiet {
             say(format_args!(
@@ -374,6 +402,7 @@ async fn supervise(
         }
         group.kill_and_reap().await;
     }
+    group.stop_watchdog();
     if let Some(reason) = guard.lost_reason() {
         let _ = guard.release().await;
         say(format_args!(

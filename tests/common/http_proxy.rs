@@ -26,11 +26,31 @@ pub enum Match {
     VersionNewerThan(&'static str),
 }
 
+/// The most requests with lease action `action` in any window of `window` among `seen`.
+pub fn peak_rate(seen: &[Seen], action: &str, window: Duration) -> usize {
+    let times: Vec<std::time::Instant> = seen
+        .iter()
+        .filter(|s| s.lease_action.as_deref() == Some(action))
+        .map(|s| s.at)
+        .collect();
+    let mut best = 0;
+    for (i, start) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|t| t.duration_since(*start) < window)
+            .count();
+        best = best.max(n);
+    }
+    best
+}
+
 /// What to do with a matching request.
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Answer `status` with `x-ms-error-code: code` without forwarding.
     Respond(u16, &'static str),
+    /// As `Respond`, with `Retry-After: <seconds>` (a throttling answer that asks to wait).
+    RespondRetryAfter(u16, &'static str, u64),
     /// Forward, then throw the answer away and answer `status` (the request was applied).
     ForwardThenRespond(u16, &'static str),
     /// Forward, and hold the answer back this long.
@@ -61,6 +81,8 @@ pub struct Seen {
     pub action: Option<Action>,
     /// The request's `x-ms-version`.
     pub version: Option<String>,
+    /// When the proxy read it.
+    pub at: std::time::Instant,
 }
 
 pub struct HttpProxy {
@@ -194,6 +216,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
         lease_action,
         action: action.clone(),
         version: version.clone(),
+        at: std::time::Instant::now(),
     });
     let error = |status: u16, code: &str| {
         format!("HTTP/1.1 {status} Fault\r\nx-ms-error-code: {code}\r\nx-ms-request-id: fault-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -201,6 +224,13 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
     match &action {
         Some(Action::Respond(status, code)) => {
             let _ = conn.write_all(error(*status, code).as_bytes()).await;
+            return;
+        }
+        Some(Action::RespondRetryAfter(status, code, secs)) => {
+            let answer = format!(
+                "HTTP/1.1 {status} Fault\r\nx-ms-error-code: {code}\r\nRetry-After: {secs}\r\nx-ms-request-id: fault-proxy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
             return;
         }
         Some(Action::RefuseVersion) => {

@@ -1,0 +1,94 @@
+//! Waiting for a lock: a wait of zero is "do not wait", every wait makes at least one whole
+//! attempt, a busy lock is a timeout (never a storage error), and a cancelled wait leaves no
+//! lease behind even while the service version is still being negotiated. Against Azurite,
+//! behind `common::http_proxy` where an answer must be slow or lost.
+
+mod common;
+
+use std::time::Duration;
+
+use azmutex::{LeaseState, LockError, Locker};
+use common::http_proxy::{Action, HttpProxy, Match};
+use common::secs;
+
+/// Item 5 of issue 16: on main 5136815 `lock_timeout(Duration::ZERO)` (and 1 ms, 10 ms) on a
+/// *free* lock failed with "storage unreachable ... 1 attempts (request timed out)", and on a
+/// busy lock with the same storage error instead of a timeout.
+#[tokio::test]
+async fn short_waits_make_one_whole_attempt() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    // Every acquire answer takes 300 ms, as a first acquire on real Azure may.
+    proxy.add(
+        Match::LeaseAction("acquire"),
+        Action::Delay(Duration::from_millis(300)),
+        None,
+    );
+    let container = common::unique("shortwait");
+    let locker = Locker::with_options(
+        common::via(proxy.addr, &container, true),
+        "job",
+        common::locker_options(secs(15)),
+    )
+    .unwrap();
+    for wait in [Duration::ZERO, Duration::from_millis(1), Duration::from_millis(10)] {
+        let mut guard = locker
+            .lock_timeout(wait)
+            .await
+            .unwrap_or_else(|e| panic!("a free lock with a {wait:?} wait: {e}"));
+        let other = Locker::with_options(
+            common::via(proxy.addr, &container, true),
+            "job",
+            common::locker_options(secs(15)),
+        )
+        .unwrap();
+        match other.lock_timeout(wait).await {
+            Err(LockError::TimedOut { .. }) => {}
+            other => panic!("a busy lock with a {wait:?} wait: {other:?}"),
+        }
+        guard.release().await.unwrap();
+    }
+}
+
+/// Item 4 of issue 16: on main 5136815, cancelling a wait while the first acquire's answer was
+/// lost (the version not settled yet) left the lease behind: the cleanup release waited at the
+/// version gate behind the lost request and was never sent within its 5 s.
+#[tokio::test]
+async fn a_cancelled_first_acquire_leaves_no_lease_while_the_version_is_unsettled() {
+    let container = common::unique("gate");
+    // The lock blob exists, so the client's very first request is the acquire.
+    let direct = common::mutex(&container);
+    let lease = direct.acquire("job", secs(15)).await.unwrap();
+    direct.release(&lease).await.unwrap();
+
+    let proxy = HttpProxy::start(common::azurite_addr());
+    // Applied, answer held back for 20 s (longer than the cleanup's 5 s).
+    proxy.add(
+        Match::LeaseAction("acquire"),
+        Action::Delay(Duration::from_secs(20)),
+        Some(1),
+    );
+    let locker = Locker::with_options(
+        common::via(proxy.addr, &container, false),
+        "job",
+        common::locker_options(secs(60)),
+    )
+    .unwrap();
+    let cancel = tokio::time::sleep(Duration::from_millis(800));
+    let started = std::time::Instant::now();
+    match locker.lock_until(None, cancel).await {
+        Err(LockError::Cancelled { .. }) => {}
+        other => panic!("expected a cancelled wait: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "cleanup took {:?}",
+        started.elapsed()
+    );
+    let info = direct.inspect("job").await.unwrap();
+    assert_ne!(
+        info.state,
+        LeaseState::Leased,
+        "the cancelled wait left its lease behind (releases seen: {})",
+        proxy.count("release")
+    );
+}
