@@ -60,7 +60,7 @@ const LAG_NOTE: Duration = Duration::from_millis(100);
 const ARRIVAL_SLACK: Duration = Duration::from_millis(250);
 /// Whether "at most one renewal per second of one lease while the service answers 503 with
 /// Retry-After" is a checked property (rule 7), or only reported.
-const RENEWAL_RATE_CHECKED: bool = false;
+const RENEWAL_RATE_CHECKED: bool = true;
 
 // ---------------------------------------------------------------------------------------------
 // One clock for all processes
