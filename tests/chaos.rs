@@ -1,8 +1,8 @@
-//! The chaos checker: several clients — `azmutex run` processes and `Locker` tasks — take turns
-//! on ONE lock in one Azurite, each through its own fault proxy, while the harness pauses CLI
-//! processes (SIGSTOP/SIGCONT) and breaks the lease from outside. Every critical section writes
-//! to a protected resource (a loopback server here) that checks fencing tokens. At the end a
-//! checker asserts:
+//! The chaos checker: several clients — `azmutex run` processes and `Locker` clients, each
+//! in a process of its own — take turns on ONE lock in one Azurite, each through its own fault
+//! proxy, while the harness pauses CLI processes (SIGSTOP/SIGCONT) and breaks the lease from
+//! outside. Every critical section writes to a protected resource (a loopback server here)
+//! that checks fencing tokens. At the end a checker asserts:
 //!
 //! 1. no two sections of unpaused holders overlapped in real time (server-side arrival times);
 //! 2. the resource never accepted a lower token after a higher one, tokens never repeat and
@@ -13,14 +13,32 @@
 //!    command and all its descendants);
 //! 4. once faults and clients stop, the lock is free again within one lease duration;
 //! 5. a client that reported success (`run` exited 0, a clean release) held the lock to the end
-//!    of its section: no other client acquired meanwhile.
+//!    of its section: no other client acquired meanwhile;
+//! 6. no write reaches the resource from a holder's worker (however it was started: in the
+//!    command's group, under `sh`, `setsid`, a daemonizing double fork, `timeout`) after another
+//!    client acquired, and the worker is dead by then; and none after its `azmutex run` exited
+//!    (or its `Locker` release returned);
+//! 7. while a proxy answers 503 with `Retry-After`, a holder renews one lease at most once a
+//!    second.
 //!
-//! Outside the clients, the harness also breaks the lease (at once, or when it runs out) and
-//! now and then removes the lock blob (break at once, then delete), as an operator might.
+//! Faults at the proxies: partitions, lost answers, delays, resets, 500 and 503 (also with
+//! `Retry-After: 1..=30`) before or after forwarding, and Azure Stack Hub's refusal of
+//! `x-ms-version` (400 `InvalidHeaderValue`). One CLI run in four has its stderr stalled (a
+//! full pipe nobody reads, with `-vv`): its loss line arrives late or never, so rule 6, not
+//! rule 3, judges it. Outside the clients, the harness also breaks the lease (at once, or when
+//! it runs out) and now and then removes the lock blob (break at once, then delete), as an
+//! operator might.
+//!
+//! Timer lag: the harness and every Locker worker process run a monitor that sleeps 50–100 ms
+//! in a loop and records how late it woke. A section during which its observer's timers ran
+//! more than the safety margin (2 s) late is exempt from the real-time checks like a paused
+//! one (and counted in the summary), so that a violation means a defect, not a starved runtime.
 //!
 //! The seed is printed first; `AZMUTEX_CHAOS_SEED=<n>` replays the same schedule.
 //! `AZMUTEX_CHAOS_MINUTES` (default 1), `AZMUTEX_CHAOS_CLI` (2) and `AZMUTEX_CHAOS_LOCKERS` (2)
-//! size the run; `scripts/chaos` wraps them.
+//! size the run; `AZMUTEX_CHAOS_ENTRA=1` adds a Locker client authenticating with Entra ID
+//! whose token endpoint goes down now and then (the run then uses an HTTPS Azurite; see
+//! [`entra`]); `scripts/chaos` wraps them.
 
 mod common;
 
@@ -118,6 +136,8 @@ struct Settings {
     chaos: Duration,
     cli: usize,
     lockers: usize,
+    /// One more Locker client, authenticating with Entra ID (see [`entra`]).
+    entra: bool,
 }
 
 impl Settings {
@@ -137,11 +157,13 @@ impl Settings {
             chaos: Duration::from_secs_f64((minutes * 60.0).max(10.0)),
             cli: count("AZMUTEX_CHAOS_CLI", 2),
             lockers: count("AZMUTEX_CHAOS_LOCKERS", 2),
+            entra: var("AZMUTEX_CHAOS_ENTRA").is_some_and(|v| v.trim() == "1"),
         }
     }
 
+    /// Every client: CLI clients first, then Locker clients, then the Entra client.
     fn clients(&self) -> usize {
-        self.cli + self.lockers
+        self.cli + self.lockers + usize::from(self.entra)
     }
 }
 
@@ -163,6 +185,8 @@ enum Action {
     Break(bool),
     /// An operator removes the lock: breaks the lease at once and deletes the lock blob.
     Delete,
+    /// The Entra client's token endpoint hangs (`true`) or fails (`false`) for `.1`.
+    TokenOutage(bool, Duration),
 }
 
 /// A random fault and its length; `long` episodes are long enough to outlast a lease.
@@ -244,6 +268,14 @@ fn schedule(s: &Settings) -> Vec<(Duration, Action)> {
         };
         plan.push((t, action));
         t += secs(&mut rng, 8.0, 25.0);
+    }
+    if s.entra {
+        let mut t = secs(&mut rng, 10.0, 40.0);
+        while t < end {
+            let len = secs(&mut rng, 5.0, 60.0).min(end - t);
+            plan.push((t, Action::TokenOutage(rng.bool(), len)));
+            t += len + secs(&mut rng, 20.0, 90.0);
+        }
     }
     plan.sort_by_key(|(t, _)| *t);
     plan
@@ -823,9 +855,17 @@ async fn cli_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, 
 /// A library client: a worker process of its own (this test binary re-executed as the ignored
 /// test `chaos_locker`) runs a `Locker` loop through `proxy` and reports its events on stdout,
 /// timestamped with CLOCK_MONOTONIC. Closing its stdin tells it to stop.
-async fn locker_client(ctx: Arc<Ctx>, client: usize, proxy: SocketAddr, seed: u64, stop: watch::Receiver<bool>) {
+async fn locker_client(
+    ctx: Arc<Ctx>,
+    client: usize,
+    proxy: SocketAddr,
+    seed: u64,
+    env: Vec<(&'static str, String)>,
+    stop: watch::Receiver<bool>,
+) {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = tokio::process::Command::new(&exe);
+    cmd.envs(env);
     cmd.args([
         "--exact",
         "chaos_locker",
@@ -960,7 +1000,9 @@ fn chaos_locker() {
             }
             max = max.max(lag);
         }));
-        locker_loop(resource, proxy, &container, client, seed, stop_rx).await;
+        // The Entra client talks to an HTTPS Azurite directly; the others through their proxy.
+        let (config, client_options) = entra::worker_config().unwrap_or_else(|| (common::config_via(proxy), options()));
+        locker_loop(resource, config, client_options, &container, client, seed, stop_rx).await;
         monitor.abort();
     });
 }
@@ -969,16 +1011,17 @@ fn chaos_locker() {
 /// inside `tokio::select!` with `guard.lost()`; events go to stdout for the harness.
 async fn locker_loop(
     resource: SocketAddr,
-    proxy: SocketAddr,
+    config: azmutex::StorageConfig,
+    client_options: ClientOptions,
     container: &str,
     client: usize,
     seed: u64,
     stop: watch::Receiver<bool>,
 ) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mutex = AzureMutex::builder(common::config_via(proxy), container)
+    let mutex = AzureMutex::builder(config, container)
         .fencing(true)
-        .client_options(options())
+        .client_options(client_options)
         .build()
         .unwrap();
     let lockopts = LockerOptions {
@@ -1144,6 +1187,152 @@ async fn break_lease(ctx: Arc<Ctx>, breaker: AzureMutex, now: bool, delete: bool
         tokens,
         outcome,
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Entra ID client (AZMUTEX_CHAOS_ENTRA=1)
+
+/// With `AZMUTEX_CHAOS_ENTRA=1` one more Locker client authenticates with Entra ID (a client
+/// secret, tokens from a local token endpoint that the schedule takes down now and then: it
+/// hangs or fails). Azurite checks bearer tokens only over HTTPS (`--oauth basic`), so the
+/// whole run then uses an HTTPS Azurite: the fault proxies speak TLS to it (clients still
+/// speak plain HTTP and SharedKey to their proxies), and the Entra client, whose tokens must
+/// travel over HTTPS, talks to Azurite directly: its faults are the token endpoint's.
+#[cfg(feature = "entra")]
+#[path = "common/token_server.rs"]
+mod token_server;
+
+#[cfg(feature = "entra")]
+mod entra {
+    use super::token_server::{Mode, TokenServer, CLIENT_ID, SECRET, TENANT};
+    use super::*;
+    use azmutex::auth::entra::EntraCredential;
+    use azmutex::{Credential, StorageConfig};
+
+    /// Lifetime of the Entra client's tokens: refreshed after half of it, handed out until 10 s
+    /// before expiry, so outages of 20 s or more around a refresh leave it without a token.
+    const TOKEN_LIFETIME: u64 = 60;
+
+    pub struct Setup {
+        pub endpoint: String,
+        pub connection_string: String,
+        pub ca_pem: String,
+        ca_path: std::path::PathBuf,
+        token: Arc<TokenServer>,
+    }
+
+    pub async fn start() -> Setup {
+        let (pki, service) = token_server::https_oauth_azurite();
+        let token = TokenServer::start(Some((&pki.cert_pem, &pki.key_pem)), TOKEN_LIFETIME).await;
+        Setup {
+            endpoint: service.endpoint.clone(),
+            connection_string: service.connection_string.clone(),
+            ca_pem: pki.ca_pem.clone(),
+            ca_path: pki.dir.join("ca.pem"),
+            token,
+        }
+    }
+
+    impl Setup {
+        /// The Entra worker process's environment.
+        pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+            vec![
+                ("AZMUTEX_CHAOS_ENTRA_ENDPOINT", self.endpoint.clone()),
+                ("AZMUTEX_CHAOS_ENTRA_CA", self.ca_path.display().to_string()),
+                ("AZMUTEX_CHAOS_ENTRA_AUTHORITY", self.token.base.clone()),
+            ]
+        }
+
+        /// Takes the token endpoint down (`Some(true)`: it hangs, `Some(false)`: it fails) or
+        /// brings it back (`None`).
+        pub fn outage(&self, hang: Option<bool>) {
+            self.token.set_mode(match hang {
+                Some(true) => Mode::Hang,
+                Some(false) => Mode::Fail,
+                None => Mode::Normal,
+            });
+        }
+
+        pub fn token_requests(&self) -> u64 {
+            self.token.requests()
+        }
+    }
+
+    /// In the Entra worker process: its storage configuration and client options, from the
+    /// environment `worker_env` set.
+    pub fn worker_config() -> Option<(StorageConfig, ClientOptions)> {
+        let endpoint = std::env::var("AZMUTEX_CHAOS_ENTRA_ENDPOINT").ok()?;
+        let ca = std::fs::read(std::env::var("AZMUTEX_CHAOS_ENTRA_CA").unwrap()).unwrap();
+        let authority = std::env::var("AZMUTEX_CHAOS_ENTRA_AUTHORITY").unwrap();
+        let mut o = options();
+        o.ca_certificates_pem.push(ca);
+        let vars: HashMap<&str, String> = [
+            ("AZURE_TENANT_ID", TENANT.to_string()),
+            ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+            ("AZURE_CLIENT_SECRET", SECRET.to_string()),
+            ("AZURE_AUTHORITY_HOST", authority),
+        ]
+        .into_iter()
+        .collect();
+        let credential = EntraCredential::builder()
+            .client_options(&o)
+            .vars(move |name| vars.get(name).cloned())
+            .client_secret_credential()
+            .unwrap();
+        let config = StorageConfig::new(&endpoint, Credential::Bearer(Arc::new(credential))).unwrap();
+        Some((config, o))
+    }
+}
+
+#[cfg(not(feature = "entra"))]
+mod entra {
+    use super::*;
+
+    pub struct Setup {
+        pub endpoint: String,
+        pub connection_string: String,
+        pub ca_pem: String,
+    }
+
+    pub async fn start() -> Setup {
+        panic!("AZMUTEX_CHAOS_ENTRA=1 needs the `entra` feature");
+    }
+
+    impl Setup {
+        pub fn worker_env(&self) -> Vec<(&'static str, String)> {
+            Vec::new()
+        }
+
+        pub fn outage(&self, _hang: Option<bool>) {}
+
+        pub fn token_requests(&self) -> u64 {
+            0
+        }
+    }
+
+    pub fn worker_config() -> Option<(azmutex::StorageConfig, ClientOptions)> {
+        None
+    }
+}
+
+/// TLS from the fault proxies to an HTTPS Azurite whose certificate (for `localhost`) the
+/// test CA `ca_pem` signed.
+fn upstream_tls(ca_pem: &str) -> common::faults::UpstreamTls {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1577,29 +1766,63 @@ fn rates(requests: &[common::faults::RequestRecord]) -> Rates {
 async fn chaos() {
     let settings = Settings::from_env();
     println!(
-        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients)",
-        settings.seed, settings.chaos, settings.cli, settings.lockers
+        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients{})",
+        settings.seed,
+        settings.chaos,
+        settings.cli,
+        settings.lockers,
+        if settings.entra { " + 1 Entra Locker client" } else { "" }
     );
-    let service = common::service();
-    let target: SocketAddr = service
-        .endpoint
+    let entra = if settings.entra {
+        Some(entra::start().await)
+    } else {
+        None
+    };
+    let (endpoint, connection_string) = match &entra {
+        Some(e) => (e.endpoint.clone(), e.connection_string.clone()),
+        None => {
+            let service = common::service();
+            (service.endpoint.clone(), service.connection_string.clone())
+        }
+    };
+    let target: SocketAddr = endpoint
         .trim_start_matches("http://")
+        .trim_start_matches("https://localhost:")
         .split('/')
         .next()
+        .map(|t| {
+            if t.contains(':') {
+                t.to_string()
+            } else {
+                format!("127.0.0.1:{t}")
+            }
+        })
         .unwrap()
         .parse()
         .expect("the chaos checker needs a loopback Azurite (AZMUTEX_TEST_CONNECTION_STRING is not supported)");
     let container = common::unique("chaos");
     let records: Shared = Arc::default();
     let resource = start_resource(records.clone());
+    let tls = entra.as_ref().map(|e| upstream_tls(&e.ca_pem));
     let proxies: Vec<Arc<FaultProxy>> = (0..settings.clients())
-        .map(|i| Arc::new(FaultProxy::start(target, settings.seed ^ (0x5eed_0000 + i as u64))))
+        .map(|i| {
+            let seed = settings.seed ^ (0x5eed_0000 + i as u64);
+            Arc::new(FaultProxy::start_with(target, seed, tls.clone()))
+        })
         .collect();
-    let breaker = AzureMutex::builder(common::config(), container.as_str())
-        .fencing(true)
-        .client_options(options())
-        .build()
-        .unwrap();
+    let mut breaker_options = options();
+    if let Some(e) = &entra {
+        breaker_options.ca_certificates_pem.push(e.ca_pem.clone().into_bytes());
+    }
+    let breaker = AzureMutex::builder(
+        azmutex::StorageConfig::parse_connection_string(&connection_string).unwrap(),
+        container.as_str(),
+    )
+    .fencing(true)
+    .client_options(breaker_options)
+    .build()
+    .unwrap();
+    let entra = entra.map(Arc::new);
     let ctx = Arc::new(Ctx {
         records: records.clone(),
         resource,
@@ -1624,7 +1847,11 @@ async fn chaos() {
         let task = if i < settings.cli {
             tokio::spawn(cli_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
         } else {
-            tokio::spawn(locker_client(ctx.clone(), i, proxy.addr, seed, stop_rx.clone()))
+            let env = match &entra {
+                Some(e) if i == settings.cli + settings.lockers => e.worker_env(),
+                _ => Vec::new(),
+            };
+            tokio::spawn(locker_client(ctx.clone(), i, proxy.addr, seed, env, stop_rx.clone()))
         };
         clients.push(task);
     }
@@ -1673,6 +1900,21 @@ async fn chaos() {
             }
             Action::Delete => {
                 side.spawn(break_lease(ctx.clone(), breaker.clone(), true, true));
+            }
+            Action::TokenOutage(hang, len) => {
+                if let Some(e) = entra.clone() {
+                    *records
+                        .lock()
+                        .unwrap()
+                        .episodes
+                        .entry(if hang { "token-hang" } else { "token-fail" })
+                        .or_default() += 1;
+                    e.outage(Some(hang));
+                    side.spawn(async move {
+                        tokio::time::sleep(len).await;
+                        e.outage(None);
+                    });
+                }
             }
         }
     }
@@ -1858,6 +2100,16 @@ async fn chaos() {
             .join(", ")
     );
     let kind_hits = |kind: &str| Fault::KINDS.iter().position(|k| *k == kind).map_or(0, |i| hits[i]);
+    if let Some(e) = &entra {
+        let _ = writeln!(
+            out,
+            "  Entra client {}: token endpoint outages: {} hanging, {} failing; token requests: {}",
+            settings.cli + settings.lockers,
+            r.episodes.get("token-hang").copied().unwrap_or(0),
+            r.episodes.get("token-fail").copied().unwrap_or(0),
+            e.token_requests()
+        );
+    }
     let _ = writeln!(
         out,
         "  version refusals injected: {}; 503 Retry-After answers: {}",
@@ -1876,9 +2128,14 @@ async fn chaos() {
     );
     let _ = writeln!(
         out,
-        "  renewals under 503 Retry-After: {} in all; most of one lease in any 1 s: {} (client {worst_client}; per client: {}) — goal ≤ 1, {}",
+        "  renewals under 503 Retry-After: {} in all; most of one lease in any 1 s: {}{} (per client: {}) — goal ≤ 1, {}",
         client_rates.iter().map(|q| q.renewals_retry_after).sum::<usize>(),
         worst.max_renewals_retry_after,
+        if worst.max_renewals_retry_after > 0 {
+            format!(" by client {worst_client}")
+        } else {
+            String::new()
+        },
         client_rates
             .iter()
             .map(|q| q.max_renewals_retry_after.to_string())

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What the proxy does to the requests that arrive while it is set.
@@ -107,6 +107,9 @@ impl Shared {
     }
 }
 
+/// TLS towards the target: the connector and the name the target's certificate must show.
+pub type UpstreamTls = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+
 /// A loopback proxy to one target whose behaviour is switched with [`FaultProxy::set`].
 /// It runs on a thread and runtime of its own, so that it outlives any test runtime.
 pub struct FaultProxy {
@@ -119,13 +122,19 @@ impl FaultProxy {
     /// Starts a healthy proxy to `target`. `seed` drives its own random choices (reset before or
     /// after forwarding).
     pub fn start(target: SocketAddr, seed: u64) -> FaultProxy {
+        FaultProxy::start_with(target, seed, None)
+    }
+
+    /// Like [`FaultProxy::start`], but speaking TLS to the target when `tls` is given (clients
+    /// still speak plain HTTP to the proxy).
+    pub fn start_with(target: SocketAddr, seed: u64, tls: Option<UpstreamTls>) -> FaultProxy {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         let rng = Mutex::new(fastrand::Rng::with_seed(seed));
         let addr = super::proxy::serve(move |conn| {
             let _ = conn.set_nodelay(true);
             let conn_seed = rng.lock().unwrap().u64(..);
-            handle(conn, target, state.clone(), conn_seed)
+            handle(conn, target, tls.clone(), state.clone(), conn_seed)
         });
         FaultProxy { addr, shared }
     }
@@ -197,10 +206,10 @@ fn header_value(bytes: &[u8], name: &str) -> Option<String> {
     })
 }
 
-async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed: u64) {
+async fn handle(client: TcpStream, target: SocketAddr, tls: Option<UpstreamTls>, shared: Arc<Shared>, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut client = Conn::new(client);
-    let mut server: Option<Conn> = None;
+    let mut server: Option<Conn<Box<dyn Io>>> = None;
     loop {
         let Ok(Some(req)) = read_message(&mut client, None).await else {
             return;
@@ -251,7 +260,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
             }
             _ => {}
         }
-        let answer = match exchange(&mut server, target, &req).await {
+        let answer = match exchange(&mut server, target, tls.as_ref(), &req).await {
             Ok(a) => a,
             Err(_) => {
                 // The server closed or failed mid-answer: the client sees a reset.
@@ -291,14 +300,23 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
 }
 
 /// Sends `req` on the (re)connected server connection and reads the whole answer.
-async fn exchange(server: &mut Option<Conn>, target: SocketAddr, req: &Message) -> std::io::Result<Vec<u8>> {
+async fn exchange(
+    server: &mut Option<Conn<Box<dyn Io>>>,
+    target: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    req: &Message,
+) -> std::io::Result<Vec<u8>> {
     // A pooled server connection may have been closed by the server while idle: on a failure
     // before any answer byte, retry once on a fresh connection.
     for fresh in [false, true] {
         if server.is_none() || fresh {
             let s = TcpStream::connect(target).await?;
             let _ = s.set_nodelay(true);
-            *server = Some(Conn::new(s));
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(s),
+                Some((connector, name)) => Box::new(connector.connect(name.clone(), s).await?),
+            };
+            *server = Some(Conn::new(stream));
         }
         let conn = server.as_mut().unwrap();
         if conn.stream.write_all(&req.bytes).await.is_err() {
@@ -322,8 +340,12 @@ async fn exchange(server: &mut Option<Conn>, target: SocketAddr, req: &Message) 
     Err(std::io::ErrorKind::UnexpectedEof.into())
 }
 
-struct Conn {
-    stream: TcpStream,
+/// A byte stream towards the target: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conn<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -334,8 +356,8 @@ struct Message {
     close: bool,
 }
 
-impl Conn {
-    fn new(stream: TcpStream) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S) -> Self {
         Conn {
             stream,
             buf: Vec::new(),
@@ -369,7 +391,9 @@ impl Conn {
             }
         }
     }
+}
 
+impl Conn<TcpStream> {
     /// Reads and discards everything until the peer closes: a connection nobody answers.
     async fn swallow(mut self) {
         while let Ok(true) = self.fill().await {
@@ -386,7 +410,10 @@ impl Conn {
 
 /// Reads one HTTP/1.1 message: a request (`answer_to_head` None) or an answer (to a HEAD
 /// request or not). `Ok(None)` on a clean EOF before the first byte.
-async fn read_message(conn: &mut Conn, answer_to_head: Option<bool>) -> std::io::Result<Option<Message>> {
+async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    answer_to_head: Option<bool>,
+) -> std::io::Result<Option<Message>> {
     let head_end = loop {
         if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
