@@ -2056,6 +2056,36 @@ async fn chaos() {
         *exits.entry(h.outcome.as_deref().unwrap_or("-")).or_default() += 1;
     }
     let _ = writeln!(out, "  client outcomes: {exits:?}");
+    // What `azmutex run` said when it failed otherwise than by losing the lock or being stopped.
+    let mut failures: Vec<(String, usize)> = Vec::new();
+    for h in r.holdings.iter().filter(|h| h.cli) {
+        let code = h.outcome.as_deref().unwrap_or("-");
+        if ["exit status: 0", "exit status: 70", "exit status: 143"].contains(&code) {
+            continue;
+        }
+        let said = h
+            .stderr
+            .iter()
+            .rev()
+            .find(|(_, l)| l.starts_with("azmutex: "))
+            .map_or("(no azmutex: line)", |(_, l)| l.as_str());
+        // Request ids and times differ from run to run: keep the message's start.
+        let said: String = said.chars().take(140).collect();
+        let key = format!("{code}: {said}");
+        match failures.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => failures.push((key, 1)),
+        }
+    }
+    failures.sort_by_key(|f| std::cmp::Reverse(f.1));
+    let _ = writeln!(
+        out,
+        "  CLI runs that failed (other than exit 0, 70 or 143): {}",
+        failures.iter().map(|(_, n)| n).sum::<usize>()
+    );
+    for (said, n) in failures.iter().take(6) {
+        let _ = writeln!(out, "    {n}× {said}");
+    }
     let lag_of = |c: Option<usize>| r.max_lag.get(&c).copied().unwrap_or_default().as_secs_f64();
     let workers: Vec<String> = (settings.cli..settings.clients())
         .map(|c| format!("client {c} {:.3}s", lag_of(Some(c))))

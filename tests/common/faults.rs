@@ -37,9 +37,10 @@ pub enum Fault {
     /// The proxy answers `503 ServerBusy` with `Retry-After: <seconds>` itself; the server never
     /// sees the request.
     Answer503RetryAfter(u32),
-    /// About half the requests (drawn per request) get the answer Azure Stack Hub gives an
-    /// `x-ms-version` it does not support: `400 InvalidHeaderValue` naming `x-ms-version`, not
-    /// forwarded. The others are forwarded.
+    /// About half the requests with an `x-ms-version` newer than [`OLDEST_VERSION`] (drawn per
+    /// request) get the answer Azure Stack Hub gives a version it does not support:
+    /// `400 InvalidHeaderValue` naming `x-ms-version`, not forwarded, as from one node of a
+    /// service that does not know the newer version yet. The others are forwarded.
     RefuseVersion,
 }
 
@@ -73,6 +74,9 @@ impl Fault {
         "refuse-version",
     ];
 }
+
+/// The version [`Fault::RefuseVersion`] never refuses (the one azmutex steps down to).
+pub const OLDEST_VERSION: &str = "2017-11-09";
 
 /// One request as it fully arrived at the proxy.
 #[derive(Debug, Clone)]
@@ -229,7 +233,10 @@ async fn handle(client: TcpStream, target: SocketAddr, tls: Option<UpstreamTls>,
                 }
                 continue;
             }
-            Fault::RefuseVersion if rng.bool() => {
+            Fault::RefuseVersion
+                if header_value(&req.bytes, "x-ms-version").is_none_or(|v| v.as_str() > OLDEST_VERSION)
+                    && rng.bool() =>
+            {
                 shared.hit(fault);
                 let version = header_value(&req.bytes, "x-ms-version").unwrap_or_default();
                 if client
