@@ -119,9 +119,7 @@ pub const MIN_SAFETY_MARGIN: Duration = Duration::from_secs(1);
 /// The longest pause between attempts accepted in [`LockerOptions::poll_max`].
 const MAX_POLL: Duration = Duration::from_secs(3600);
 
-/// The shortest time between the starts of two renewal attempts of one lease after a failure:
-/// at most one renewal request per second per lease, however the service answers.
-pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
+pub use crate::mutex::MIN_RENEWAL_GAP;
 
 /// When the service asks a renewal to wait (`Retry-After`) past the local deadline, one last
 /// attempt starts this long before the deadline instead of none.
@@ -1005,7 +1003,7 @@ impl Renewer {
     /// (`e`) of an attempt started at `attempt_started`, with the local deadline `until`.
     ///
     /// The wait is the retry policy's backoff, or what the service asked for (`Retry-After`) if
-    /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed attempt began: a
+    /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed call's last request: a
     /// throttled account must not see a retry storm from every holder at once. A wait that would
     /// run past the deadline is cut so that one last try starts [`FINAL_TRY_LEAD`] before it.
     fn retry_at(&self, e: &Error, failures: u32, attempt_started: Instant, until: Instant) -> Instant {
@@ -1017,7 +1015,9 @@ impl Renewer {
             .retry
             .backoff(failures)
             .max(e.retry_after().unwrap_or_default());
-        let earliest = attempt_started.checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
+        // The call may have made several requests (its own retries); the last one started no
+        // later than now.
+        let earliest = now.max(attempt_started).checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
         let wanted = now.checked_add(wait).unwrap_or(until).max(earliest);
         let last_try = until.checked_sub(FINAL_TRY_LEAD).unwrap_or(until);
         if wanted > last_try {

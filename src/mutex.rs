@@ -15,6 +15,12 @@ use crate::fence;
 use crate::rest::{BlobClient, ClientOptions, RestRequest, RestResponse};
 use crate::types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
+/// The shortest time between the starts of two renewal requests of one lease after a failure,
+/// inside one call ([`AzureMutex::renew_until`] retries no faster) and between calls (a
+/// `LockGuard`'s renewer waits at least this long): at most one renewal request per second per
+/// lease, however the service answers.
+pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
+
 /// Metadata names this crate writes on a lock blob (lower-case letters only: they sort the same
 /// under the service's collation and byte order).
 const META_FENCE: &str = "azmutexfence";
@@ -473,7 +479,8 @@ impl AzureMutex {
     pub async fn renew_until(&self, lease: &mut Lease, deadline: Instant) -> Result<Grant, Error> {
         let req = self
             .lease_request(&lease.lock, "renew")
-            .header("x-ms-lease-id", lease.id.to_string());
+            .header("x-ms-lease-id", lease.id.to_string())
+            .min_retry_gap(MIN_RENEWAL_GAP);
         let resp = self.inner.client.send(&req, deadline).await?;
         if resp.status != 200 {
             return Err(self.classify(&lease.lock, &resp, Op::Renew));

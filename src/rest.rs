@@ -163,6 +163,10 @@ pub struct RestRequest {
     /// (releasing a lease that an abandoned attempt may have got): it must go out within its
     /// own short deadline whatever else is in flight.
     pub bypass_version_gate: bool,
+    /// The least time between this request's retries (default zero: the retry policy alone
+    /// decides). Renewals use one second, so that one lease never costs a throttled account more
+    /// than one request a second.
+    pub min_retry_gap: Duration,
 }
 
 impl RestRequest {
@@ -177,7 +181,14 @@ impl RestRequest {
             body: Vec::new(),
             op,
             bypass_version_gate: false,
+            min_retry_gap: Duration::ZERO,
         }
+    }
+
+    /// Sets [`RestRequest::min_retry_gap`].
+    pub fn min_retry_gap(mut self, gap: Duration) -> Self {
+        self.min_retry_gap = gap;
+        self
     }
 
     /// Marks the request as cleanup: see [`RestRequest::bypass_version_gate`].
@@ -574,7 +585,8 @@ impl BlobClient {
                 .options
                 .retry
                 .backoff(attempts)
-                .max(retry_after.unwrap_or_default());
+                .max(retry_after.unwrap_or_default())
+                .max(req.min_retry_gap);
             let wake = Instant::now().checked_add(wait);
             if wake.is_none_or(|w| w >= deadline) {
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");

@@ -69,10 +69,11 @@ async fn renewals_failing_fast_back_off() {
     ] {
         let (renewals, peak, took, _) = renewals_under(answer.clone()).await;
         eprintln!("measured: {answer:?}: {renewals} renewals in {took:.1?}, at most {peak} in any 1 s");
-        // Inside one call the client's own retries follow the retry policy; between calls the
-        // renewer waits at least a second.
-        let limit = 3 * (took.as_secs() as usize + 2);
+        // Inside one call the client's own retries, and between calls the renewer, wait at
+        // least a second. (The peak allows 2: the proxy timestamps arrivals, which jitter.)
+        let limit = took.as_secs() as usize + 2;
         assert!(renewals <= limit, "{answer:?}: {renewals} renewals in {took:?}");
+        assert!(peak <= 2, "{answer:?}: {peak} renewals within one second");
     }
 }
 

@@ -180,6 +180,31 @@ async fn workload_identity_rereads_the_rotated_token_file() {
     assert_eq!(checking.expired.load(Ordering::Relaxed), 0);
 }
 
+/// A federated token file that is a FIFO (or a device) is refused, never opened: the read
+/// happens on a runtime worker, and on main 5136815 `open` blocked it for ever (no writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_as_the_federated_token_file_is_refused_not_waited_on() {
+    let e = endpoints(3600).await;
+    let dir = std::env::temp_dir().join(common::unique("azmutex-wi-fifo"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("token");
+    let path = std::ffi::CString::new(fifo.display().to_string()).unwrap();
+    // SAFETY: mkfifo with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut vars = entra_vars(&e);
+    vars.push(("AZURE_FEDERATED_TOKEN_FILE", fifo.display().to_string()));
+    let cred = builder(&vars).workload_identity().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(20), cred.token()).await;
+    let err = match got {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => panic!("a token from a FIFO"),
+        Err(_) => panic!("reading a FIFO as the federated token file hung"),
+    };
+    assert!(err.contains("not a regular file"), "{err}");
+    assert_eq!(e.entra.requests(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn managed_identity_on_a_vm_user_assigned_three_ways() {
     let e = endpoints(3600).await;

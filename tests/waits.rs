@@ -50,8 +50,10 @@ async fn short_waits_make_one_whole_attempt() {
 }
 
 /// Item 4 of issue 16: on main 5136815, cancelling a wait while the first acquire's answer was
-/// lost (the version not settled yet) left the lease behind: the cleanup release waited at the
-/// version gate behind the lost request and was never sent within its 5 s.
+/// lost (the version not settled yet) left the lease behind. The acquire held the version gate;
+/// a status read started meanwhile (as `azmutex run` makes one after 300 ms to say who holds the
+/// lock) queued at the gate first, took it when the acquire was abandoned, and held it for its
+/// own lost answer; the cleanup release, queued behind it, was never sent within its 5 s.
 #[tokio::test]
 async fn a_cancelled_first_acquire_leaves_no_lease_while_the_version_is_unsettled() {
     let container = common::unique("gate");
@@ -61,19 +63,16 @@ async fn a_cancelled_first_acquire_leaves_no_lease_while_the_version_is_unsettle
     direct.release(&lease).await.unwrap();
 
     let proxy = HttpProxy::start(common::azurite_addr());
-    // Applied, answer held back for 20 s (longer than the cleanup's 5 s).
-    proxy.add(
-        Match::LeaseAction("acquire"),
-        Action::Delay(Duration::from_secs(20)),
-        Some(1),
-    );
-    let locker = Locker::with_options(
-        common::via(proxy.addr, &container, false),
-        "job",
-        common::locker_options(secs(60)),
-    )
-    .unwrap();
-    let cancel = tokio::time::sleep(Duration::from_millis(800));
+    // The acquire and the status read are applied, their answers held back for 20 s (longer
+    // than any request timeout).
+    proxy.add(Match::Any, Action::Delay(Duration::from_secs(20)), Some(2));
+    let mutex = common::via(proxy.addr, &container, false);
+    let locker = Locker::with_options(mutex.clone(), "job", common::locker_options(secs(60))).unwrap();
+    let status = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = mutex.inspect("job").await;
+    });
+    let cancel = tokio::time::sleep(Duration::from_millis(1000));
     let started = std::time::Instant::now();
     match locker.lock_until(None, cancel).await {
         Err(LockError::Cancelled { .. }) => {}
@@ -84,6 +83,7 @@ async fn a_cancelled_first_acquire_leaves_no_lease_while_the_version_is_unsettle
         "cleanup took {:?}",
         started.elapsed()
     );
+    status.abort();
     let info = direct.inspect("job").await.unwrap();
     assert_ne!(
         info.state,

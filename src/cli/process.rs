@@ -352,9 +352,7 @@ fn boottime_ns() -> i64 {
     let clock = libc::CLOCK_MONOTONIC;
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec)
+    ts.tv_sec.saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec)
 }
 
 fn own_pid() -> libc::pid_t {

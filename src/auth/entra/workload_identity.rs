@@ -40,6 +40,13 @@ impl WorkloadIdentity {
     fn assertion(&self) -> Result<String, EntraError> {
         let bad = |why: String| EntraError::InvalidConfig { kind: KIND, why };
         let name = self.file.display();
+        // Read on a runtime worker, so it must not block: a FIFO (or device) here would hang
+        // the open or the read for ever. Only a regular file is read (at most 64 KiB).
+        let meta = std::fs::metadata(&self.file)
+            .map_err(|e| bad(format!("cannot read the federated token file {name}: {e}")))?;
+        if !meta.is_file() {
+            return Err(bad(format!("the federated token file {name} is not a regular file")));
+        }
         let file = std::fs::File::open(&self.file)
             .map_err(|e| bad(format!("cannot read the federated token file {name}: {e}")))?;
         let mut text = String::new();
