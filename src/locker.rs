@@ -941,7 +941,6 @@ impl Renewer {
                 continue;
             }
             // Renew; give up at the local deadline.
-            let attempt_started = Instant::now();
             let outcome = tokio::select! {
                 r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
@@ -966,7 +965,7 @@ impl Renewer {
                 // Gave up early on a transient failure with time left: try again.
                 Some(Err(e)) if e.is_transient() && in_time => {
                     failures = failures.saturating_add(1);
-                    let at = self.retry_at(&e, failures, attempt_started, validity.until);
+                    let at = self.retry_at(&e, failures, validity.until);
                     tracing::debug!(
                         lock = %self.lease.lock(),
                         error = %e,
@@ -1000,13 +999,13 @@ impl Renewer {
     }
 
     /// When to try renewing again after `failures` transient failures in a row, the last one
-    /// (`e`) of an attempt started at `attempt_started`, with the local deadline `until`.
+    /// `e` (a call that just ended), with the local deadline `until`.
     ///
     /// The wait is the retry policy's backoff, or what the service asked for (`Retry-After`) if
     /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed call's last request: a
     /// throttled account must not see a retry storm from every holder at once. A wait that would
     /// run past the deadline is cut so that one last try starts [`FINAL_TRY_LEAD`] before it.
-    fn retry_at(&self, e: &Error, failures: u32, attempt_started: Instant, until: Instant) -> Instant {
+    fn retry_at(&self, e: &Error, failures: u32, until: Instant) -> Instant {
         let now = Instant::now();
         let wait = self
             .mutex
@@ -1017,7 +1016,7 @@ impl Renewer {
             .max(e.retry_after().unwrap_or_default());
         // The call may have made several requests (its own retries); the last one started no
         // later than now.
-        let earliest = now.max(attempt_started).checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
+        let earliest = now.checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
         let wanted = now.checked_add(wait).unwrap_or(until).max(earliest);
         let last_try = until.checked_sub(FINAL_TRY_LEAD).unwrap_or(until);
         if wanted > last_try {

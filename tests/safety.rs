@@ -314,3 +314,29 @@ async fn a_loss_while_acquiring_is_waited_out() {
     );
     guard.release().await.unwrap();
 }
+
+/// Item 8 of issue 16: the page blob's sequence number is set with `max`, so an answer may
+/// carry a number *larger* than the one proposed: someone else's, possibly handed out already.
+/// On main 5136815 that number was taken as our token (a repeat). It must be read again and
+/// passed.
+#[tokio::test]
+async fn a_sequence_number_larger_than_proposed_is_never_our_token() {
+    let c = common::unique("overtaken");
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let m = via(proxy.addr, &c, true);
+    let first = m.acquire("job", secs(15)).await.unwrap();
+    let first_token = first.fencing_token().unwrap();
+    m.release(&first).await.unwrap();
+    // The next sequence-number answer says a much larger number is stored.
+    let foreign: u64 = 5_000_000_000_000_000;
+    proxy.add(
+        Match::Comp("properties"),
+        Action::RewriteHeader("x-ms-blob-sequence-number", Some(foreign.to_string())),
+        Some(1),
+    );
+    let second = m.acquire("job", secs(15)).await.unwrap();
+    let token = second.fencing_token().unwrap();
+    assert_ne!(token, foreign, "someone else's number was taken as ours");
+    assert!(token > first_token, "{token} after {first_token}");
+    m.release(&second).await.unwrap();
+}
