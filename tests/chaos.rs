@@ -1641,8 +1641,12 @@ fn check(r: &Records, t0: Instant, end_of_run: Instant) -> Verdict {
                 v.min_margin = Some((
                     margin,
                     format!(
-                        "client {} run {} → client {} run {}",
-                        s.client, s.run, other.client, other.run
+                        "client {} run {} → client {} run {}; {}",
+                        s.client,
+                        s.run,
+                        other.client,
+                        other.run,
+                        h.lost_reason.as_deref().unwrap_or("?")
                     ),
                 ));
             }
