@@ -15,7 +15,7 @@ use azmutex::{AzureMutex, Holder, LeaseDuration, Locker, LockerOptions, StorageC
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = StorageConfig::from_env()?.unwrap_or_else(StorageConfig::development);
     let me = format!("candidate-{}", std::process::id());
-    let mutex = AzureMutex::builder(config, "azmutex")
+    let mutex = AzureMutex::builder(config, azmutex::DEFAULT_CONTAINER)
         .fencing(true)
         .holder(Holder {
             owner: Some(me.clone()),

@@ -242,6 +242,16 @@ pub enum InvalidInput {
     },
 }
 
+/// `; <detail>` when an `Auth` error has both a service answer and more to say (e.g. a clock
+/// off by minutes).
+fn auth_detail(service: &Option<ServiceError>, detail: &str) -> String {
+    if service.is_some() && !detail.is_empty() {
+        format!("; {detail}")
+    } else {
+        String::new()
+    }
+}
+
 /// An error of the lease layer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -276,7 +286,7 @@ pub enum Error {
     /// Authentication failed or permission was refused (403, 401). Not retried: check the key,
     /// SAS permissions and expiry, or the client's clock (Azure refuses requests dated more than
     /// 15 minutes off).
-    #[error("authentication or permission refused ({})", match .service { Some(s) => s.to_string(), None => .detail.clone() })]
+    #[error("authentication or permission refused ({}){}", match .service { Some(s) => s.to_string(), None => .detail.clone() }, auth_detail(.service, .detail))]
     Auth {
         /// The service's answer (none when the token provider failed).
         service: Option<ServiceError>,
@@ -370,6 +380,20 @@ impl Error {
     /// Whether trying again later may succeed (throttling, network, transient server errors).
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Throttled { .. } | Error::Transient { .. })
+    }
+
+    /// Whether this error says the lease is lost: [`Error::LeaseLost`], whatever the reason
+    /// (one way to ask across [`Error`], [`crate::LockError`] and [`LostReason`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost_reason().is_some()
+    }
+
+    /// Why the lease was lost, if this error says it was.
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        match self {
+            Error::LeaseLost { reason, .. } => Some(*reason),
+            _ => None,
+        }
     }
 
     /// How long the service asked to wait before trying again (`Retry-After` on the last

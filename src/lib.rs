@@ -20,7 +20,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // `UseDevelopmentStorage=true` (Azurite) unless AZURE_STORAGE_* variables say otherwise.
 //! let config = StorageConfig::from_env()?.unwrap_or_else(StorageConfig::development);
-//! let mutex = AzureMutex::builder(config, "locks").fencing(true).build()?;
+//! let mutex = AzureMutex::builder(config, azmutex::DEFAULT_CONTAINER).fencing(true).build()?;
 //! let locker = Locker::new(mutex, "nightly-report")?;
 //!
 //! let mut guard = locker.lock().await?;
@@ -66,7 +66,6 @@
 pub mod auth;
 pub mod config;
 pub mod error;
-mod fence;
 pub mod locker;
 pub mod mutex;
 pub mod rest;
@@ -87,6 +86,10 @@ pub use mutex::{
 };
 pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
+
+/// The container the `azmutex` CLI uses unless told otherwise (`--container`). Use it in
+/// programs too, so that `azmutex status NAME` finds the locks they take.
+pub const DEFAULT_CONTAINER: &str = "azmutex";
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../README.md")]

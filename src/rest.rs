@@ -395,6 +395,9 @@ struct Inner {
     /// Until the version is settled, one request at a time tries it, so that a refusal costs
     /// one extra request per client however many calls start together.
     negotiation: tokio::sync::Mutex<()>,
+    /// Whether the endpoint has answered a version with anything but a refusal: a refusal
+    /// after that is a stray, retried (see [`BlobClient::send`]).
+    answered: AtomicBool,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -434,6 +437,7 @@ impl BlobClient {
                 version: AtomicUsize::new(0),
                 settled: AtomicBool::new(options.api_version.is_some()),
                 negotiation: tokio::sync::Mutex::new(()),
+                answered: AtomicBool::new(false),
                 options,
             }),
         })
@@ -556,15 +560,31 @@ impl BlobClient {
                     attempts -= 1;
                     continue;
                 }
+                // A refusal after the endpoint has answered this client's version: a stray (a
+                // node behind the endpoint that does not know the version yet, a proxy's
+                // hiccup). Refused at the door, so retried like a transient failure, never a
+                // downgrade and never a permanent error.
+                Attempt::Done(resp)
+                    if self.inner.options.api_version.is_none()
+                        && self.inner.answered.load(Ordering::Acquire)
+                        && resp.status == 400
+                        && refuses_version(&resp, req.method == Method::HEAD) =>
+                {
+                    tracing::info!(op = req.op, version = %version, "a stray x-ms-version refusal; retrying");
+                    (TransientCause::Service(resp.error()), None, None)
+                }
                 Attempt::Done(mut resp) => {
                     // The endpoint answered this version: it is the one from now on.
                     self.inner.settled.store(true, Ordering::Release);
+                    if !(resp.status == 400 && refuses_version(&resp, req.method == Method::HEAD)) {
+                        self.inner.answered.store(true, Ordering::Release);
+                    }
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
                         return Err(Error::Auth {
                             service: Some(resp.error()),
-                            detail: String::new(),
+                            detail: clock_skew(&resp, SystemTime::now()).unwrap_or_default(),
                         });
                     }
                     return Ok(resp);
@@ -840,6 +860,28 @@ impl BlobClient {
         }
     }
 }
+
+/// How far apart the service's clock (its `Date` header) and ours are, if more than
+/// [`SKEW_WORTH_SAYING`]: a refusal then most likely comes from the clock, since Shared Key and
+/// SAS requests dated more than 15 minutes off are refused (users meet it as a bare
+/// `AuthenticationFailed`).
+fn clock_skew(resp: &RestResponse, now: SystemTime) -> Option<String> {
+    let server = httpdate::parse_http_date(resp.header("date")?).ok()?;
+    let (ahead, secs) = match now.duration_since(server) {
+        Ok(d) => (true, d.as_secs()),
+        Err(e) => (false, e.duration().as_secs()),
+    };
+    (secs > SKEW_WORTH_SAYING.as_secs()).then(|| {
+        format!(
+            "this machine's clock is {secs} s {} the service's (its Date header); requests dated more \
+             than 15 minutes off are refused: fix the clock (NTP)",
+            if ahead { "ahead of" } else { "behind" }
+        )
+    })
+}
+
+/// A clock difference below this is not mentioned in an authentication error.
+const SKEW_WORTH_SAYING: Duration = Duration::from_secs(300);
 
 /// The proxy refused the request for want of (valid) credentials: not transient.
 fn proxy_refused() -> Error {

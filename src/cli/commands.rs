@@ -21,12 +21,17 @@ pub struct AcquireArgs {
     /// An infinite lease (until released or broken).
     #[arg(long)]
     pub infinite: bool,
-    /// Wait at most this long for the lock (default: do not wait).
+    /// Wait at most this long for the lock (default: do not wait), e.g. 30s, 5m, 1h30m; a
+    /// bare number is seconds.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<std::time::Duration>,
     /// Print JSON: lease id, fencing token, deadline.
     #[arg(long)]
     pub json: bool,
+    /// Who holds the lock, as shown by `azmutex status` and to waiting clients (default: none;
+    /// the host is recorded, the pid of this short-lived process is not).
+    #[arg(long)]
+    pub owner: Option<String>,
 }
 
 /// `renew` / `release` options.
@@ -40,6 +45,9 @@ pub struct LeaseArgs {
     /// The lease duration in seconds (for the printed deadline).
     #[arg(long, default_value_t = 60)]
     pub lease: u64,
+    /// `renew`: print JSON (lock, lease id, deadline) instead of the deadline alone.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `status` options.
@@ -57,8 +65,11 @@ pub struct StatusArgs {
 pub struct BreakArgs {
     /// The lock's name.
     pub lock: String,
-    /// Seconds (0-60) the broken lease keeps locking; default: a fixed lease runs out, an
-    /// infinite one breaks at once.
+    /// Seconds (0-60) the broken lease keeps locking. Default: a fixed lease runs out (nobody
+    /// overlaps with the old holder), an infinite one breaks at once. `--period 0` frees the
+    /// lock at once, while the old holder may still act until its next renewal (up to a third
+    /// of its lease): writes it makes meanwhile are refused only by resources that check the
+    /// fencing token.
     #[arg(long)]
     pub period: Option<u64>,
 }
@@ -92,9 +103,26 @@ fn print_lease(lease: &Lease, json: bool) -> bool {
 pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
     let lease_duration = duration(args.lease, args.infinite)?;
     let lock = LockName::new(args.lock)?;
-    let mutex = ctx.mutex(true, Some(super::run::holder(None)))?;
+    // This process exits right after printing the lease id: its pid would name a process that
+    // is gone, so only the owner and the host are recorded.
+    let holder = azmutex::Holder {
+        pid: None,
+        ..super::run::holder(args.owner.clone())
+    };
+    let mutex = ctx.mutex(true, Some(holder))?;
     let lease = match args.wait {
-        None => mutex.acquire(&lock, lease_duration).await?,
+        None => match mutex.acquire(&lock, lease_duration).await {
+            Ok(lease) => lease,
+            Err(azmutex::Error::Conflict { .. }) => {
+                let info = mutex.inspect(&lock).await.ok();
+                let who = info.as_ref().map(super::run::describe_holder).unwrap_or_default();
+                return Err(Failure::new(
+                    super::exit::BUSY,
+                    format!("lock {:?} is busy{who}", lock.as_str()),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        },
         Some(wait) => {
             let options = LockerOptions {
                 lease: lease_duration,
@@ -123,10 +151,38 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Renews and prints the new deadline (RFC 3339, counted from the renewal's send time), or
+/// JSON with `--json`.
 pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     let mut lease = resume(&args)?;
-    ctx.mutex(false, None)?.renew(&mut lease).await?;
+    match ctx.mutex(false, None)?.renew(&mut lease).await {
+        Ok(_) => {}
+        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args, reason)),
+        Err(e) => return Err(e.into()),
+    }
+    let deadline = lease.deadline().map(|d| rfc3339(wall_clock(d)));
+    if args.json {
+        out(format_args!(
+            "{{\"lock\":{},\"lease_id\":\"{}\",\"deadline\":{}}}",
+            json_str(lease.lock().as_str()),
+            lease.id(),
+            deadline.as_deref().map_or("null".to_string(), json_str)
+        ));
+    } else {
+        out(format_args!("{}", deadline.as_deref().unwrap_or("infinite")));
+    }
     Ok(0)
+}
+
+/// A renew or release that found the lease not (or no longer) ours.
+fn not_ours(args: &LeaseArgs, reason: LostReason) -> Failure {
+    Failure::new(
+        super::exit::LOST,
+        format!(
+            "lock {:?} is not leased with this id (already released, expired or broken; {reason})",
+            args.lock
+        ),
+    )
 }
 
 /// Exits 0 only when the service confirmed the release (the lease was ours until then). An
@@ -135,7 +191,12 @@ pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
 /// meanwhile) exits 70, with the message `run` prints for the same case.
 pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     let lease = resume(&args)?;
-    match ctx.mutex(false, None)?.release(&lease).await? {
+    let released = match ctx.mutex(false, None)?.release(&lease).await {
+        Ok(r) => r,
+        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args, reason)),
+        Err(e) => return Err(e.into()),
+    };
+    match released {
         Released::Confirmed => Ok(0),
         Released::Unconfirmed => Err(Failure::new(
             super::exit::LOST,
@@ -177,14 +238,16 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
             None => "null".into(),
         };
         out(format_args!(
-            "{{\"lock\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{}}}",
+            "{{\"lock\":{},\"locked\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{}}}",
             json_str(info.lock.as_str()),
+            info.locked,
             info.state.as_str(),
             opt(duration.map(str::to_string)),
             info.fencing_token.map_or("null".into(), |t| t.to_string()),
         ));
     } else {
         out(format_args!("lock:          {}", info.lock));
+        out(format_args!("locked:        {}", info.locked));
         out(format_args!("state:         {} ({status})", info.state.as_str()));
         if let Some(d) = duration {
             out(format_args!("duration:      {d}"));
@@ -221,7 +284,20 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
 
 pub async fn break_lease(ctx: &Context, args: BreakArgs) -> Result<u8, Failure> {
     let period = args.period.map(BreakPeriod::seconds).transpose()?;
-    let left = ctx.mutex(false, None)?.break_lease(args.lock.as_str(), period).await?;
+    let left = match ctx.mutex(false, None)?.break_lease(args.lock.as_str(), period).await {
+        Ok(left) => left,
+        // Nothing to break: the lock was never acquired (or its blob was deleted).
+        Err(azmutex::Error::NotFound { .. }) => {
+            if !ctx.quiet {
+                say(format_args!(
+                    "azmutex: lock {:?} does not exist (never acquired): nothing to break",
+                    args.lock
+                ));
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !ctx.quiet {
         if left == Duration::ZERO {
             say(format_args!("azmutex: lock {:?} is free now", args.lock));

@@ -62,7 +62,9 @@ pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>, std::io::Error> {
             .manual("User Commands");
         let mut text = Vec::new();
         man.render(&mut text)?;
-        pages.push((man.get_filename(), text));
+        let name = man.get_filename();
+        text.extend_from_slice(extra_sections(&name).as_bytes());
+        pages.push((name, text));
     }
     Ok(pages)
 }
@@ -114,4 +116,135 @@ fn write_stdout(bytes: &[u8]) -> Result<u8, Failure> {
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     std::fs::write(path, bytes).map_err(|e| Failure::new(exit::OTHER, format!("cannot write {}: {e}", path.display())))
+}
+
+/// ENVIRONMENT, EXIT STATUS and EXAMPLES for a man page (roff), after clap's own sections.
+fn extra_sections(page: &str) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, items: &[(&str, &str)]| {
+        out.push_str(&format!(".SH \"{title}\"\n"));
+        for (term, text) in items {
+            out.push_str(&format!(".TP\n{}\n{}\n", roff_escape(term), roff_escape(text)));
+        }
+    };
+    let storage_env: &[(&str, &str)] = &[
+        (
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "The storage account's connection string (--connection-string).",
+        ),
+        (
+            "AZURE_STORAGE_ACCOUNT",
+            "The account name (--account-name); with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, or else Entra ID.",
+        ),
+        (
+            "AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN",
+            "An account key or a SAS token (--account-key, --sas-token).",
+        ),
+        (
+            "AZURE_STORAGE_SERVICE_ENDPOINT",
+            "The Blob endpoint URL (--account-url).",
+        ),
+        (
+            "AZMUTEX_AUTH",
+            "How to authorize (--auth): auto, key, sas, client-secret, workload-identity, managed-identity, azure-cli.",
+        ),
+        (
+            "AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_FEDERATED_TOKEN_FILE, AZURE_AUTHORITY_HOST",
+            "Entra ID, as the Azure SDKs read them.",
+        ),
+        ("AZMUTEX_API_VERSION", "Pin the Blob service version (--api-version)."),
+        (
+            "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY",
+            "Proxies, unless --proxy is given.",
+        ),
+        (
+            "AZMUTEX_LOG",
+            "Log level on stderr: error, warn, info, debug, trace, off, or azmutex=<level>.",
+        ),
+    ];
+    let exit_status: &[(&str, &str)] = &[
+        (
+            "0",
+            "Success (run: the command's own exit code; 128+N if it was killed by signal N).",
+        ),
+        (
+            "75",
+            "The lock is busy, or the wait timed out (run: --conflict-exit-code).",
+        ),
+        (
+            "70",
+            "The lock was lost while the command ran, or a release could not confirm that it was ours.",
+        ),
+        ("69", "Storage unreachable after retries."),
+        ("77", "Authentication or permission refused."),
+        ("78", "Invalid configuration, or a TLS certificate problem."),
+        ("126, 127", "run: the command cannot be executed, or was not found."),
+        ("2", "Usage error."),
+    ];
+    match page {
+        "azmutex-run.1" => {
+            section(
+                "ENVIRONMENT",
+                &[
+                    ("AZMUTEX_LOCK", "Given to the command: the lock's name."),
+                    ("AZMUTEX_LEASE_ID", "Given to the command: the lease id."),
+                    ("AZMUTEX_FENCING_TOKEN", "Given to the command: a number larger than any earlier holder's, for resources that refuse stale writers."),
+                ],
+            );
+            section("EXIT STATUS", exit_status);
+            section(
+                "EXAMPLES",
+                &[
+                    (
+                        "azmutex run nightly-report -- ./make-report.sh",
+                        "Wait for the lock, run the report, release.",
+                    ),
+                    (
+                        "azmutex run deploy --wait 10m --lease 60 -- ./deploy.sh",
+                        "Wait at most ten minutes; renew a 60 s lease every 20 s.",
+                    ),
+                    (
+                        "azmutex run backup --no-wait -- ./backup.sh",
+                        "Exit 75 at once if another backup holds the lock.",
+                    ),
+                ],
+            );
+        }
+        "azmutex.1" => {
+            section("ENVIRONMENT", storage_env);
+            section("EXIT STATUS", exit_status);
+            section(
+                "EXAMPLES",
+                &[
+                    (
+                        "azmutex run nightly-report -- ./make-report.sh",
+                        "Run a command while holding the lock.",
+                    ),
+                    (
+                        "id=$(azmutex acquire job --lease 60); azmutex release job --lease-id \"$id\"",
+                        "Manage a lease from a script.",
+                    ),
+                    (
+                        "azmutex status job --json",
+                        "Who holds the lock, and its fencing token.",
+                    ),
+                ],
+            );
+        }
+        _ => {
+            section("ENVIRONMENT", storage_env);
+            section("EXIT STATUS", exit_status);
+        }
+    }
+    out
+}
+
+/// Text for a roff line: backslashes and leading dots or quotes made literal, dashes as `\-`.
+fn roff_escape(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
 }

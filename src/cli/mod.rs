@@ -6,8 +6,10 @@ mod docs;
 mod logging;
 mod output;
 use output::say;
+mod descendants;
 mod process;
 mod run;
+mod watchdog;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,11 +82,11 @@ pub struct Cli {
     #[command(flatten)]
     pub conn: Connection,
     /// Say less: no waiting line, no development-storage notice.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Output")]
     pub quiet: bool,
     /// Log more (-v info, -vv debug) to stderr; or set AZMUTEX_LOG to error, warn, info, debug,
     /// trace or off (every source), or azmutex=<level> (azmutex's own logs only).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Output")]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
@@ -92,6 +94,7 @@ pub struct Cli {
 
 /// Where the storage account is and how to authorize.
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Connection and authentication")]
 pub struct Connection {
     /// Azure Storage connection string.
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true, global = true)]
@@ -109,7 +112,7 @@ pub struct Connection {
     #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true, global = true)]
     pub sas_token: Option<String>,
     /// Container holding the lock blobs (created if missing).
-    #[arg(long, default_value = "azmutex", global = true)]
+    #[arg(long, default_value = azmutex::DEFAULT_CONTAINER, global = true)]
     pub container: String,
     /// Trust the certificate(s) in this PEM file (a bundle is fine; repeatable): CAs of a
     /// private PKI, or the server's own self-signed certificate, which is then pinned. System
@@ -258,6 +261,9 @@ pub fn main() -> ExitCode {
                 let text = redact_typed_secrets(&e.render().to_string(), &args);
                 use std::io::Write;
                 let _ = write!(std::io::stderr(), "{text}");
+                if let Some(hint) = run::usage_hint(&args) {
+                    let _ = write!(std::io::stderr(), "{hint}");
+                }
                 return ExitCode::from(exit::USAGE);
             }
             let _ = e.print();
@@ -349,7 +355,15 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Man(args) => return docs::man(args),
         _ => {}
     }
-    let config = storage_config(&cli.conn, cli.quiet)?;
+    let (config, development) = storage_config(&cli.conn, cli.quiet)?;
+    if development && !development_storage_listens().await {
+        return Err(Failure::new(
+            exit::CONFIG,
+            "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
+             storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
+             Entra ID, or start Azurite (scripts/demo starts one)",
+        ));
+    }
     let ctx = Context {
         config,
         conn: cli.conn,
@@ -364,6 +378,14 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Break(args) => commands::break_lease(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
+}
+
+/// Whether anything accepts connections on the development storage port: with nothing
+/// configured and no Azurite running, fail at once instead of after `--timeout` of retries.
+async fn development_storage_listens() -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", 10000));
+    // Refused at once on loopback; the timeout only guards against a filtered port.
+    matches!(tokio::time::timeout(Duration::from_secs(1), connect).await, Ok(Ok(_)))
 }
 
 /// Everything a command needs to talk to storage.
@@ -430,7 +452,8 @@ fn option_failure(e: InvalidInput, flag: &str) -> Failure {
 /// The storage configuration from the flags, which clap has already merged with their
 /// environment variables: the same rules as [`StorageConfig::from_vars`], else development
 /// storage. A flag or variable that is given but empty is an error, not "nothing configured".
-fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failure> {
+/// The second value says whether it is the development storage fallback (nothing configured).
+fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool), Failure> {
     let choice = auth::choice(conn.auth)?;
     let options = client_options(conn)?;
     let vars = |name: &str| {
@@ -463,7 +486,7 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
                 f
             })?;
     match config {
-        Some(config) => Ok(config),
+        Some(config) => Ok((config, false)),
         None => {
             if !quiet {
                 say(format_args!(
@@ -471,7 +494,7 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<StorageConfig, Failu
                      (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
                 ));
             }
-            Ok(StorageConfig::development())
+            Ok((StorageConfig::development(), true))
         }
     }
 }

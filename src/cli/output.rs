@@ -2,21 +2,43 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Parses `500ms`, `30s`, `5m`, `2h` or a bare number of seconds.
+/// Parses a duration: a bare number of seconds (`30`, `1.5`), or numbers with units `ms`, `s`,
+/// `m`, `h`, several in a row (`500ms`, `30s`, `5m`, `1h30m`, `2m30s`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
-    };
+    let bad = || format!("{s:?} is not a duration (e.g. 500ms, 30s, 5m, 1h30m; a bare number is seconds)");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut secs = 0.0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let n: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            // A bare number only on its own: `1h30` is a typo, not 1 h 30 s.
+            "" if rest.len() == s.len() => 1.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(bad()),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in {s:?} (use ms, s, m or h; a bare number is seconds)"
+                ))
+            }
+        };
+        secs += n * scale;
+        rest = tail;
+    }
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("{s:?} is out of range"));
     }
@@ -195,6 +217,14 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2m30s").unwrap(), Duration::from_secs(150));
+        assert_eq!(parse_duration("1s500ms").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("1e3").is_err());
         assert!(parse_timeout("0").is_err());
         assert!(parse_timeout("0ms").is_err());
         assert_eq!(parse_timeout("1ms").unwrap(), Duration::from_millis(1));

@@ -13,12 +13,37 @@ use super::output::{parse_duration, printable, rfc3339, say};
 use super::process;
 use super::{exit, Context, Failure};
 
+/// What `run --help` and azmutex-run(1) add after the options.
+pub const RUN_AFTER_HELP: &str = "\
+The command gets:
+  AZMUTEX_LOCK            the lock's name
+  AZMUTEX_LEASE_ID        the lease id
+  AZMUTEX_FENCING_TOKEN   a number larger than any earlier holder's: pass it to resources
+                          that can refuse stale writers
+
+The command runs in a process group of its own; when the lock may be lost, it and every other
+descendant (also those that left the group: setsid, daemons) get SIGTERM, then SIGKILL 2 s
+before the lease can end.
+
+Exit codes:
+  the command's own (128+N if killed by signal N); 75 busy or wait timed out
+  (--conflict-exit-code); 70 lock lost while the command ran, or the release could not confirm
+  it was ours; 69 storage unreachable; 77 auth refused; 78 bad configuration; 126/127 the
+  command cannot be run / was not found; 2 usage error
+
+Examples:
+  azmutex run nightly-report -- ./make-report.sh
+  azmutex run deploy --wait 10m --lease 60 -- sh -c 'terraform apply -auto-approve'
+  azmutex run backup --no-wait -- ./backup.sh || echo \"another backup is running\"";
+
 /// `run` options.
 #[derive(Args, Debug)]
+#[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
     /// The lock's name (a blob name in the container).
     pub lock: String,
-    /// Wait at most this long for the lock (default: forever).
+    /// Wait at most this long for the lock (default: forever), e.g. 30s, 5m, 1h30m; a bare
+    /// number is seconds. 0 is --no-wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "no_wait")]
     pub wait: Option<Duration>,
     /// Do not wait: exit 75 (or --conflict-exit-code) at once if the lock is busy.
@@ -42,6 +67,15 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// A hint for a usage error of `run`: the command given without `--` before it (clap then
+/// sees `./job.sh` as an unexpected argument, or misses the command).
+pub fn usage_hint(args: &[String]) -> Option<&'static str> {
+    let run = args.iter().skip(1).position(|a| a == "run")?;
+    let dashed = args.iter().skip(run + 2).any(|a| a == "--");
+    (!dashed)
+        .then_some("  hint: put `--` between the lock name and the command: azmutex run LOCK -- COMMAND [ARGS...]\n")
 }
 
 /// This process as a lock holder.
@@ -119,7 +153,8 @@ impl Signals {
     }
 }
 
-fn describe_holder(info: &azmutex::LockInfo) -> String {
+/// ` (held by …)` for a busy line: the recorded holder, printed inert and short.
+pub fn describe_holder(info: &azmutex::LockInfo) -> String {
     let Some(h) = &info.holder else {
         return if info.locked {
             " (holder not recorded)".into()

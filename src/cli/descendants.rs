@@ -1,0 +1,287 @@
+//! The descendants of a process, found by a walk of `/proc` (Linux): azmutex is a subreaper, so
+//! every process its command starts stays its descendant, even after `setsid` or a double fork.
+//! The walk is async-signal-safe (raw syscalls, stack buffers, no allocation but in the caller's
+//! table), so that the watchdog can use it after fork.
+
+/// One process as `/proc/<pid>/stat` shows it.
+#[derive(Clone, Copy, Default, Debug)]
+pub(super) struct ProcEntry {
+    /// Its pid.
+    pub pid: libc::pid_t,
+    /// Its parent's pid.
+    pub ppid: libc::pid_t,
+    /// Whether it has exited and waits to be reaped.
+    pub zombie: bool,
+    /// Whether the walk found it to descend from the root.
+    pub mark: bool,
+}
+
+/// Calls `each` for every process listed in `/proc`. Async-signal-safe (raw syscalls, stack
+/// buffers, no allocation), so that the watchdog can use it after fork.
+fn scan_proc(mut each: impl FnMut(ProcEntry)) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: open/getdents64/read/close on buffers owned here; the records are parsed within
+    // the byte count the kernel returned.
+    unsafe {
+        let dir = libc::open(c"/proc".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return;
+        }
+        let mut buf = [0u8; 8192];
+        loop {
+            let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if got <= 0 {
+                break;
+            }
+            let got = got as usize;
+            let mut off = 0;
+            // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+            while off + 19 < got {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 || off + reclen > got {
+                    break;
+                }
+                if let Some(pid) = parse_pid(&buf[off + 19..off + reclen]) {
+                    if let Some(entry) = read_stat(pid) {
+                        each(entry);
+                    }
+                }
+                off += reclen;
+            }
+        }
+        libc::close(dir);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = &mut each;
+}
+
+/// A NUL-terminated all-digit name as a pid.
+fn parse_pid(name: &[u8]) -> Option<libc::pid_t> {
+    let mut pid: libc::pid_t = 0;
+    let mut digits = 0;
+    for &b in name {
+        match b {
+            0 => break,
+            b'0'..=b'9' => {
+                pid = pid.checked_mul(10)?.checked_add((b - b'0') as libc::pid_t)?;
+                digits += 1;
+            }
+            _ => return None,
+        }
+    }
+    (digits > 0 && pid > 0).then_some(pid)
+}
+
+/// Reads `/proc/<pid>/stat`: parent and state. Async-signal-safe.
+fn read_stat(pid: libc::pid_t) -> Option<ProcEntry> {
+    let mut path = [0u8; 32];
+    let mut len = 0;
+    for &b in b"/proc/" {
+        path[len] = b;
+        len += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let mut n = pid;
+    while n > 0 && d < digits.len() {
+        digits[d] = b'0' + (n % 10) as u8;
+        n /= 10;
+        d += 1;
+    }
+    while d > 0 {
+        d -= 1;
+        path[len] = digits[d];
+        len += 1;
+    }
+    for &b in b"/stat\0" {
+        path[len] = b;
+        len += 1;
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: `path` is NUL-terminated; read into a buffer we own.
+    let n = unsafe {
+        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return None;
+    }
+    let text = &buf[..n as usize];
+    // `pid (comm) S ppid ...`: the state follows the last ')'.
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let state = *text.get(close + 2)?;
+    let mut ppid: libc::pid_t = 0;
+    let mut seen = false;
+    for &b in text.get(close + 4..)? {
+        match b {
+            b'0'..=b'9' => {
+                ppid = ppid.checked_mul(10)?.checked_add((b - b'0') as libc::pid_t)?;
+                seen = true;
+            }
+            _ => break,
+        }
+    }
+    seen.then_some(ProcEntry {
+        pid,
+        ppid,
+        zombie: state == b'Z' || state == b'X',
+        mark: false,
+    })
+}
+
+/// Marks in `table` every process that descends from `root`, leaving out `exclude` and what
+/// descends from it. Allocation-free. Returns how many are marked.
+pub(super) fn mark_descendants(table: &mut [ProcEntry], root: libc::pid_t, exclude: libc::pid_t) -> usize {
+    let mut marked = 0;
+    for e in table.iter_mut() {
+        e.mark = e.ppid == root && e.pid != exclude && e.pid != root;
+        marked += usize::from(e.mark);
+    }
+    // Each pass marks one more generation; stops when a pass marks nothing.
+    loop {
+        let mut more = 0;
+        for i in 0..table.len() {
+            if table[i].mark || table[i].pid == exclude || table[i].pid == root {
+                continue;
+            }
+            let parent = table[i].ppid;
+            if table.iter().any(|p| p.mark && p.pid == parent) {
+                table[i].mark = true;
+                more += 1;
+            }
+        }
+        if more == 0 {
+            return marked;
+        }
+        marked += more;
+    }
+}
+
+/// Every living or zombie descendant of `root` but `exclude` (and what descends from it).
+pub(super) fn descendants(
+    table: &mut Vec<ProcEntry>,
+    root: libc::pid_t,
+    exclude: libc::pid_t,
+) -> impl Iterator<Item = &ProcEntry> {
+    table.clear();
+    scan_proc(|e| table.push(e));
+    mark_descendants(table, root, exclude);
+    table.iter().filter(|e| e.mark)
+}
+
+/// Sends `sig` to every living descendant of `root` but `exclude`; returns how many it signalled.
+pub(super) fn signal_descendants(
+    table: &mut Vec<ProcEntry>,
+    root: libc::pid_t,
+    exclude: libc::pid_t,
+    sig: libc::c_int,
+) -> usize {
+    let mut n = 0;
+    for e in descendants(table, root, exclude) {
+        if !e.zombie {
+            // SAFETY: kill(2) on a descendant of ours.
+            unsafe { libc::kill(e.pid, sig) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// [`signal_descendants`] on a fixed table (the watchdog's: no allocation after fork).
+pub(super) fn signal_descendants_in(
+    table: &mut [ProcEntry],
+    root: libc::pid_t,
+    exclude: libc::pid_t,
+    sig: libc::c_int,
+) {
+    let n = fill(table);
+    mark_descendants(&mut table[..n], root, exclude);
+    for e in &table[..n] {
+        if e.mark && !e.zombie {
+            // SAFETY: kill(2) on a descendant of azmutex.
+            unsafe { libc::kill(e.pid, sig) };
+        }
+    }
+}
+
+/// Fills `table` from `/proc` (as much as fits); returns how many entries it holds.
+pub(super) fn fill(table: &mut [ProcEntry]) -> usize {
+    let mut n = 0;
+    scan_proc(|e| {
+        if n < table.len() {
+            table[n] = e;
+            n += 1;
+        }
+    });
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(pid: libc::pid_t, ppid: libc::pid_t) -> ProcEntry {
+        ProcEntry {
+            pid,
+            ppid,
+            zombie: false,
+            mark: false,
+        }
+    }
+
+    #[test]
+    fn descendants_are_found_through_every_generation_but_the_excluded_branch() {
+        // 10 is azmutex; 11 the watchdog (with a child 12); 20 the command, 21 its child,
+        // 22 a grandchild that left the group; 30 someone else's.
+        let mut table = vec![
+            entry(22, 21),
+            entry(10, 1),
+            entry(11, 10),
+            entry(12, 11),
+            entry(20, 10),
+            entry(21, 20),
+            entry(30, 1),
+        ];
+        assert_eq!(mark_descendants(&mut table, 10, 11), 3);
+        let mut found: Vec<_> = table.iter().filter(|e| e.mark).map(|e| e.pid).collect();
+        found.sort();
+        assert_eq!(found, [20, 21, 22]);
+    }
+
+    #[test]
+    fn proc_names_and_stat_lines_parse() {
+        assert_eq!(parse_pid(b"1234\0"), Some(1234));
+        assert_eq!(parse_pid(b"self\0"), None);
+        assert_eq!(parse_pid(b"\0"), None);
+        assert_eq!(parse_pid(b"99999999999999\0"), None);
+        // SAFETY: getpid/getppid have no preconditions.
+        let (me, parent) = unsafe { (libc::getpid(), libc::getppid()) };
+        let e = read_stat(me).expect("our own stat");
+        assert_eq!((e.pid, e.ppid, e.zombie), (me, parent, false));
+        let mut all = Vec::new();
+        scan_proc(|e| all.push(e.pid));
+        assert!(all.contains(&me));
+    }
+
+    #[test]
+    fn a_child_that_left_our_group_is_still_a_descendant() {
+        let mut child = std::process::Command::new("setsid")
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("setsid");
+        let pid = child.id() as libc::pid_t;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut table = Vec::new();
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let found = descendants(&mut table, me, 0).any(|e| e.pid == pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "the setsid child {pid} was not found");
+    }
+}

@@ -1,0 +1,191 @@
+//! The background task of a [`LockGuard`]: renewal, backoff, the verdict, release.
+
+use super::*;
+
+/// The background task of a [`LockGuard`]: the state machine of [`State`].
+pub(super) struct Renewer {
+    pub(super) mutex: AzureMutex,
+    pub(super) lease: Lease,
+    pub(super) state: watch::Sender<State>,
+    pub(super) options: LockerOptions,
+    pub(super) lapsed: Arc<AtomicBool>,
+}
+
+impl Renewer {
+    /// Publishes `next` unless the state is final for it (lost stays lost; released stays).
+    pub(super) fn publish(&self, next: State) {
+        self.state.send_if_modified(|current| {
+            let allowed = match (*current, next) {
+                (State::Released, _) => false,
+                (State::Lost(_), State::Released) => true,
+                (State::Lost(_), _) => false,
+                _ => true,
+            };
+            if allowed {
+                *current = next;
+            }
+            allowed
+        });
+    }
+
+    pub(super) fn lose(&self, reason: LostReason, why: &dyn fmt::Display) {
+        tracing::warn!(lock = %self.lease.lock(), %reason, "lock lost: {why}");
+        self.publish(State::Lost(reason));
+    }
+
+    pub(super) async fn run(mut self, mut commands: oneshot::Receiver<Command>) {
+        let every = self.options.renew_interval();
+        // After a transient failure: when to try again, and how many failed in a row.
+        let mut retry_at: Option<Instant> = None;
+        let mut failures = 0u32;
+        let command = loop {
+            let current = *self.state.borrow();
+            let State::Held(validity) = current else {
+                // Lost: wait for the owner to release or drop.
+                break (&mut commands).await.ok();
+            };
+            let next = match retry_at {
+                Some(at) => at,
+                None => self.lease.grant().sent_at.checked_add(every).unwrap_or(validity.until),
+            };
+            tokio::select! {
+                _ = sleep_until(next.min(validity.until).into()) => {}
+                c = &mut commands => break c.ok(),
+            }
+            // Slept through the deadline (machine suspended, runtime starved)? Then the lock
+            // may be gone. So it is if anyone saw the deadline pass.
+            if self.lapsed.load(Ordering::SeqCst) || !validity.holds(Instant::now(), SystemTime::now()) {
+                self.lapsed.store(true, Ordering::SeqCst);
+                self.lose(LostReason::Expired, &"the local deadline passed before renewal");
+                continue;
+            }
+            // Renew; give up at the local deadline.
+            let outcome = tokio::select! {
+                r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
+                _ = sleep_until(validity.until.into()) => None,
+                c = &mut commands => break c.ok(),
+            };
+            let in_time = !self.lapsed.load(Ordering::SeqCst) && validity.holds(Instant::now(), SystemTime::now());
+            if !in_time {
+                self.lapsed.store(true, Ordering::SeqCst);
+            }
+            match outcome {
+                // A confirmation counts only if it came while the previous grant still held:
+                // otherwise `lost()` may already have fired.
+                Some(Ok(grant)) if in_time => {
+                    tracing::info!(lock = %self.lease.lock(), "lease renewed");
+                    retry_at = None;
+                    failures = 0;
+                    self.publish(State::Held(Validity::of(grant, &self.options)));
+                }
+                Some(Ok(_)) | None => self.lose(
+                    LostReason::Expired,
+                    &"no renewal was confirmed before the local deadline",
+                ),
+                // Gave up early on a transient failure with time left: try again.
+                Some(Err(e)) if e.is_transient() && in_time => {
+                    failures = failures.saturating_add(1);
+                    let at = self.retry_at(&e, failures, validity.until);
+                    tracing::debug!(
+                        lock = %self.lease.lock(),
+                        error = %e,
+                        retry_in_ms = at.saturating_duration_since(Instant::now()).as_millis() as u64,
+                        "renewal failed; retrying"
+                    );
+                    retry_at = Some(at);
+                }
+                Some(Err(e)) => {
+                    let reason = match &e {
+                        Error::LeaseLost { reason, .. } => *reason,
+                        Error::NotFound { .. } => LostReason::Deleted,
+                        Error::Transient { .. } | Error::Throttled { .. } => LostReason::Expired,
+                        _ => LostReason::RenewalRefused,
+                    };
+                    self.lose(reason, &e);
+                }
+            }
+        };
+        let Some(Command::Release(reply)) = command else {
+            // The guard vanished without a word (cannot happen: Drop sends). Let it expire.
+            return;
+        };
+        let result = self.release().await;
+        if matches!(result, Ok(Released::Confirmed)) {
+            tracing::info!(lock = %self.lease.lock(), "lock released");
+        }
+        self.publish(State::Released);
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        } else if let Err(e) = result {
+            tracing::warn!(lock = %self.lease.lock(), error = %e, "release on drop failed");
+        }
+    }
+
+    /// When to try renewing again after `failures` transient failures in a row, the last one
+    /// `e` (a call that just ended), with the local deadline `until`.
+    ///
+    /// The wait is the retry policy's backoff, or what the service asked for (`Retry-After`) if
+    /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed call's last request: a
+    /// throttled account must not see a retry storm from every holder at once. A wait that would
+    /// run past the deadline is cut so that one last try starts [`FINAL_TRY_LEAD`] before it.
+    pub(super) fn retry_at(&self, e: &Error, failures: u32, until: Instant) -> Instant {
+        let now = Instant::now();
+        let wait = self
+            .mutex
+            .client()
+            .options()
+            .retry
+            .backoff(failures)
+            .max(e.retry_after().unwrap_or_default());
+        // The call may have made several requests (its own retries); the last one started no
+        // later than now.
+        let earliest = now.checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
+        let wanted = now.checked_add(wait).unwrap_or(until).max(earliest);
+        let last_try = until.checked_sub(FINAL_TRY_LEAD).unwrap_or(until);
+        if wanted > last_try {
+            last_try.max(earliest)
+        } else {
+            wanted
+        }
+    }
+
+    /// The release at the owner's request: a real one while held; after a loss a courtesy
+    /// (bounded by the lease's own end) that reports the loss.
+    pub(super) async fn release(&self) -> Result<Released, Error> {
+        let lost_error = |reason| Error::LeaseLost {
+            lock: self.lease.lock().to_string(),
+            reason,
+            service: None,
+        };
+        let now = Instant::now();
+        let (validity, lost) = match *self.state.borrow() {
+            State::Held(v) if v.holds(now, SystemTime::now()) => (v, None),
+            State::Held(v) => (v, Some(LostReason::Expired)),
+            State::Lost(r) => (Validity::of(self.lease.grant(), &self.options), Some(r)),
+            State::Released => return Ok(Released::Confirmed),
+        };
+        let default = self.mutex.client().default_deadline();
+        let deadline = validity.lease_end.map_or(default, |end| end.min(default));
+        let definitely_not_ours = matches!(
+            lost,
+            Some(LostReason::IdMismatch | LostReason::NotPresent | LostReason::Deleted | LostReason::ReturnedOtherId)
+        );
+        if definitely_not_ours || deadline <= now {
+            return Err(lost_error(lost.unwrap_or(LostReason::Expired)));
+        }
+        let result = self.mutex.release_until(&self.lease, deadline).await;
+        // At this layer `Ok` means "held to the end": an unconfirmed release cannot say so.
+        let result = match result {
+            Ok(Released::Unconfirmed) => Err(lost_error(LostReason::Unconfirmed)),
+            other => other,
+        };
+        match (result, lost) {
+            (Ok(_), Some(reason)) => Err(lost_error(reason)),
+            (Err(e), Some(reason)) => {
+                tracing::debug!(lock = %self.lease.lock(), error = %e, "courtesy release after loss failed");
+                Err(lost_error(reason))
+            }
+            (result, None) => result,
+        }
+    }
+}

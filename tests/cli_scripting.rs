@@ -1,0 +1,242 @@
+//! The script-facing commands say what a newcomer needs (issue 18): `acquire --owner` and the
+//! holder it records, `renew`'s new deadline, a second `release`, a busy `acquire`, `break` on a
+//! lock that never existed, `status`'s plain `locked:` line, compound durations, "did you mean"
+//! and the `--` hint, and `-v` showing the lock's life. Against the built binary and Azurite.
+
+#[path = "common/cli.rs"]
+mod cli;
+mod common;
+
+use cli::*;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn acquire_renew_release_status_and_break_speak_plainly() {
+    let c = common::unique("scripting");
+    // acquire --owner: recorded with the host, without the pid of a process about to exit.
+    let mut cmd = azmutex(&c);
+    cmd.args(["acquire", "job", "--lease", "30", "--owner", "nightly build"]);
+    let out = output(cmd);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lease_id = stdout.trim().to_string();
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job", "--json"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("\"owner\":\"nightly build\""), "{status}");
+    assert!(status.contains("\"pid\":null"), "{status}");
+    assert!(status.contains("\"locked\":true"), "{status}");
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("locked:        true"), "{status}");
+
+    // A busy acquire names the holder.
+    let mut cmd = azmutex(&c);
+    cmd.args(["acquire", "job", "--lease", "30"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("busy") && stderr.contains("nightly build"), "{stderr}");
+
+    // renew prints the new deadline; --json too.
+    let mut cmd = azmutex(&c);
+    cmd.args(["renew", "job", "--lease", "30", "--lease-id", &lease_id]);
+    let out = output(cmd);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.trim().ends_with('Z') && stdout.contains('T'), "{stdout}");
+    let mut cmd = azmutex(&c);
+    cmd.args(["renew", "job", "--lease", "30", "--json", "--lease-id", &lease_id]);
+    let (stdout, _) = text(&output(cmd));
+    assert!(
+        stdout.contains("\"deadline\":\"") && stdout.contains(&lease_id),
+        "{stdout}"
+    );
+
+    // release twice: the second says why it is not ours.
+    for (i, code) in [(0, 0), (1, 70)] {
+        let mut cmd = azmutex(&c);
+        cmd.args(["release", "job", "--lease-id", &lease_id]);
+        let out = output(cmd);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(code), "release {i}: {stderr}");
+        if i == 1 {
+            assert!(
+                stderr.contains("not leased with this id (already released, expired or broken"),
+                "{stderr}"
+            );
+        }
+    }
+    let mut cmd = azmutex(&c);
+    cmd.args(["status", "job"]);
+    let (status, _) = text(&output(cmd));
+    assert!(status.contains("locked:        false"), "{status}");
+
+    // break on a lock that never existed: said, not an error.
+    let mut cmd = azmutex(&c);
+    cmd.args(["break", "never-was"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
+
+#[test]
+fn durations_typos_and_the_missing_double_dash() {
+    let c = common::unique("usage");
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--wait", "1m30s", "--kill-grace", "1s500ms", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let mut cmd = azmutex(&c);
+    cmd.args(["runn", "job", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("similar subcommand exists: 'run'"),
+        "{}",
+        text(&out).1
+    );
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "./job.sh"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("put `--` between the lock name and the command"),
+        "{}",
+        text(&out).1
+    );
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--wait", "1h30", "--", "true"]);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("a bare number is seconds"), "{}", text(&out).1);
+}
+
+#[test]
+fn verbose_shows_the_lock_s_life() {
+    let c = common::unique("life");
+    let mut cmd = azmutex(&c);
+    cmd.args(["-v", "run", "job", "--lease", "15", "--", "sleep", "6"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for what in ["lock acquired", "lease renewed", "lock released"] {
+        assert!(stderr.contains(what), "no {what:?} at -v:\n{stderr}");
+    }
+}
+
+/// With nothing configured and nothing on the development storage port, `azmutex` says so at
+/// once (on 5136815: 28 s of retries, then "storage unreachable").
+#[test]
+fn nothing_configured_and_no_azurite_fails_fast() {
+    if std::net::TcpStream::connect("127.0.0.1:10000").is_ok() {
+        eprintln!("skipped: something listens on 127.0.0.1:10000 (a local Azurite?)");
+        return;
+    }
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["status", "job"]);
+    let started = std::time::Instant::now();
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("no storage configured") && stderr.contains("start Azurite"),
+        "{stderr}"
+    );
+    // A bound, not a speed figure: retries until --timeout would take 30 s.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A 403 from a service whose `Date` is an hour away from ours says the clock is off, with the
+/// offset (Azurite does not check dates: a fake server answers here).
+#[test]
+fn an_authentication_failure_names_a_clock_an_hour_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = common::proxy::serve(|mut conn| async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut seen = Vec::new();
+        loop {
+            let Ok(n) = conn.read(&mut buf).await else { return };
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                seen.drain(..end + 4);
+                let date = httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(3600));
+                let answer = format!(
+                    "HTTP/1.1 403 Server failed to authenticate the request.\r\nx-ms-error-code: AuthenticationFailed\r\nx-ms-request-id: skew-1\r\nDate: {date}\r\nContent-Length: 0\r\n\r\n"
+                );
+                if conn.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut cmd = azmutex_with(&common::unique("skew"), &connection_via(addr));
+    cmd.args(["status", "job"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(
+        stderr.contains("clock is 3600 s ahead of the service's")
+            || stderr.contains("clock is 3599 s ahead of the service's")
+            || stderr.contains("clock is 3601 s ahead of the service's"),
+        "{stderr}"
+    );
+}
+
+/// `run --help` puts run's own options first and the connection options under their own
+/// heading after them, and says what the command gets, the process-group rule, the exit codes
+/// and examples; the man pages have ENVIRONMENT, EXIT STATUS and EXAMPLES.
+#[test]
+fn run_help_and_man_pages_say_what_a_newcomer_needs() {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["run", "--help"]);
+    let (help, _) = text(&output(cmd));
+    let own = help.find("--kill-grace").expect("run's options");
+    let conn = help
+        .find("Connection and authentication:")
+        .expect("a connection heading");
+    let conn_flag = help.find("--connection-string").expect("connection options");
+    assert!(own < conn && conn < conn_flag, "{help}");
+    for needle in [
+        "AZMUTEX_LOCK",
+        "AZMUTEX_LEASE_ID",
+        "AZMUTEX_FENCING_TOKEN",
+        "process group of its own",
+        "Exit codes:",
+        "Examples:",
+        "a bare number is seconds",
+    ] {
+        assert!(help.contains(needle), "run --help lacks {needle:?}:\n{help}");
+    }
+    for page in [None, Some("run"), Some("status")] {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("man");
+        if let Some(p) = page {
+            cmd.arg(p);
+        }
+        let (man, _) = text(&output(cmd));
+        for section in [".SH \"ENVIRONMENT\"", ".SH \"EXIT STATUS\""] {
+            assert!(man.contains(section), "{page:?} lacks {section}");
+        }
+        if page != Some("status") {
+            assert!(man.contains(".SH \"EXAMPLES\""), "{page:?} lacks EXAMPLES");
+        }
+    }
+}
