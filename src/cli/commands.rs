@@ -190,8 +190,21 @@ fn not_ours(args: &LeaseArgs, reason: LostReason) -> Failure {
 /// gone: most likely released by that attempt, but possibly broken and taken by another client
 /// meanwhile) exits 70, with the message `run` prints for the same case.
 pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
-    let lease = resume(&args)?;
-    let released = match ctx.mutex(false, None)?.release(&lease).await {
+    let mut lease = resume(&args)?;
+    let mutex = ctx.mutex(false, None)?;
+    // A release is answered 200 on a broken lease too: a renewal first shows that the lease
+    // was still ours (not broken, not taken) when the script let go of it.
+    let mut probe = lease.clone();
+    if let Err(e) = mutex.renew(&mut probe).await {
+        // Free it anyway if it is still under our id (a broken lease is), then report.
+        let _ = mutex.release(&lease).await;
+        return Err(match e {
+            azmutex::Error::LeaseLost { reason, .. } => not_ours(&args, reason),
+            e => e.into(),
+        });
+    }
+    lease = probe;
+    let released = match mutex.release(&lease).await {
         Ok(r) => r,
         Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args, reason)),
         Err(e) => return Err(e.into()),

@@ -1,6 +1,7 @@
 //! Command-line interface: argument parsing, configuration, dispatch and exit codes.
 
 mod auth;
+mod cgroup;
 mod commands;
 mod docs;
 mod logging;

@@ -16,6 +16,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::cgroup::{move_self, Cgroup};
 use super::descendants::{descendants, signal_descendants, ProcEntry};
 use super::watchdog::{boottime_ns, shared_deadline, watchdog, NO_DEADLINE, WATCHDOG_KNOWN, WATCHDOG_TABLE};
 use std::time::{Duration, Instant};
@@ -33,7 +34,8 @@ pub fn foreground_terminal() -> Option<RawFd> {
 
 /// Sets `command` up to start in a new process group, in the foreground of `terminal` if
 /// given, and to be killed when azmutex dies.
-pub fn own_group(command: &mut Command, terminal: Option<RawFd>) {
+pub fn own_group(command: &mut Command, terminal: Option<RawFd>, cgroup: Option<&Cgroup>) {
+    let procs = cgroup.map(|c| c.procs_path().clone());
     // SAFETY: getpid/prctl/signal are plain syscalls.
     let parent = unsafe { libc::getpid() };
     #[cfg(target_os = "linux")]
@@ -54,6 +56,11 @@ pub fn own_group(command: &mut Command, terminal: Option<RawFd>) {
         command.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(procs) = &procs {
+                // Into the command's own cgroup before anything runs (the parent checks that
+                // it worked, and falls back to the /proc walk otherwise).
+                move_self(procs);
             }
             if let Some(fd) = terminal {
                 // SIGTTOU is ignored (inherited), so this works from the background.
@@ -82,11 +89,13 @@ pub struct Group {
     watchdog: Option<libc::pid_t>,
     /// The kill deadline shared with the watchdog (see [`Group::set_kill_deadline`]).
     kill_at: &'static AtomicI64,
+    /// The command's own cgroup, when the system allows one.
+    cgroup: Option<Cgroup>,
 }
 
 impl Group {
     /// The group led by `child` (set up by [`own_group`]).
-    pub fn new(child: &Child, terminal: Option<RawFd>) -> Self {
+    pub fn new(child: &Child, terminal: Option<RawFd>, cgroup: Option<Cgroup>) -> Self {
         let pgid = child.id().and_then(|id| libc::pid_t::try_from(id).ok()).unwrap_or(0);
         if pgid > 0 {
             // SAFETY: plain syscalls on our own child. Both sides set the group (the classic
@@ -98,11 +107,30 @@ impl Group {
                 }
             }
         }
+        // The command moved itself into the cgroup before exec; if it could not, the /proc
+        // walk alone finds its descendants.
+        let cgroup = cgroup.and_then(|cg| {
+            if pgid > 0 && cg.contains(pgid) {
+                tracing::debug!("the command runs in a cgroup of its own");
+                Some(cg)
+            } else {
+                cg.remove();
+                None
+            }
+        });
         Self {
             pgid,
             terminal,
             watchdog: None,
             kill_at: shared_deadline(),
+            cgroup,
+        }
+    }
+
+    /// Removes the command's cgroup (at the end of `run`, once everything in it is dead).
+    pub fn remove_cgroup(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
         }
     }
 
@@ -115,6 +143,12 @@ impl Group {
         }
         let mut table = Vec::new();
         signal_descendants(&mut table, own_pid(), self.exclude(), sig);
+        if let Some(cg) = &self.cgroup {
+            if sig == libc::SIGKILL {
+                // All at once: no fork can race it.
+                cg.kill();
+            }
+        }
     }
 
     /// Whether any process of the group, or any other descendant of azmutex but the watchdog,
@@ -142,7 +176,22 @@ impl Group {
                 others = true;
             }
         }
-        group_alive || others
+        group_alive || others || self.cgroup.as_ref().is_some_and(Cgroup::populated)
+    }
+
+    /// Reaps the orphans reparented to azmutex (the subreaper) that have exited, leaving the
+    /// command itself (tokio waits for it) and the watchdog alone: a command that starts many
+    /// short-lived background processes must not fill the process table with zombies while it
+    /// runs.
+    pub fn reap_orphans(&self) {
+        let me = own_pid();
+        let mut table = Vec::new();
+        for e in descendants(&mut table, me, self.exclude()) {
+            if e.ppid == me && e.zombie && e.pid != self.pgid {
+                // SAFETY: waitpid with WNOHANG on one of our own exited children.
+                unsafe { libc::waitpid(e.pid, std::ptr::null_mut(), libc::WNOHANG) };
+            }
+        }
     }
 
     /// Waits until the group and every other descendant are gone, at most `limit`.
@@ -278,12 +327,23 @@ impl Group {
         let mut known = vec![0 as libc::pid_t; WATCHDOG_KNOWN];
         let pgid = self.pgid;
         let kill_at = self.kill_at;
+        let cgroup = self.cgroup.as_ref().map(Cgroup::watchdog_paths);
         // SAFETY: the child branch below only makes async-signal-safe syscalls and never returns.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            // SAFETY: see above; `path`, `table` and `known` were allocated before fork and are
-            // only read and written in place.
-            unsafe { watchdog(parent, pgid, path.as_ptr(), kill_at, &mut table, &mut known) }
+            // SAFETY: see above; `path`, `table`, `known` and the cgroup paths were allocated
+            // before fork and are only read and written in place.
+            unsafe {
+                watchdog(
+                    parent,
+                    pgid,
+                    path.as_ptr(),
+                    kill_at,
+                    &mut table,
+                    &mut known,
+                    cgroup.as_ref(),
+                )
+            }
         }
         if pid > 0 {
             self.watchdog = Some(pid);

@@ -323,10 +323,14 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             "AZMUTEX_FENCING_TOKEN",
             guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
         );
-    process::own_group(&mut command, terminal);
+    let cgroup = super::cgroup::Cgroup::create();
+    process::own_group(&mut command, terminal, cgroup.as_ref());
     let child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
             let _ = guard.release().await;
             let code = if e.kind() == std::io::ErrorKind::NotFound {
                 127
@@ -336,13 +340,14 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             return Err(Failure::new(code, format!("cannot run {:?}: {e}", args.command[0])));
         }
     };
-    let mut group = process::Group::new(&child, terminal);
+    let mut group = process::Group::new(&child, terminal, cgroup);
     // The watchdog kills everything at the deadline even if azmutex cannot (see supervise).
     group.set_kill_deadline(kill_deadline(&guard, args.kill_grace));
     group.start_watchdog();
     let outcome = supervise(ctx, &args, child, &mut group, &mut guard, &mut signals).await;
     group.stop_watchdog();
     group.restore_terminal();
+    group.remove_cgroup();
     outcome
 }
 
@@ -387,7 +392,9 @@ async fn supervise(
                 Event::Forward(sig) => group.signal(sig),
                 // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
                 // stop azmutex's job with it, so that the shell sees a stopped job.
-                Event::Child => match group.leader_stopped() {
+                Event::Child => {
+                    group.reap_orphans();
+                    match group.leader_stopped() {
                     // Job control (Ctrl-Z, a terminal read in the background, a forwarded
                     // SIGTSTP): stop azmutex's job with the command, as a shell expects.
                     Some(libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) => {
@@ -409,7 +416,8 @@ async fn supervise(
                         group.resume();
                     }
                     None => {}
-                },
+                    }
+                }
                 // azmutex was stopped (the watchdog then stopped the command's group too) and
                 // is running again: continue the group only if the lock is still ours.
                 Event::Continued => {

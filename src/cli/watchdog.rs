@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use super::cgroup::WatchdogPaths;
 use super::descendants::{fill, mark_descendants, signal_descendants_in, ProcEntry};
 
 /// How many processes the watchdog's walk can see at once (larger tables are cut short; the
@@ -72,6 +73,7 @@ pub(super) unsafe fn watchdog(
     kill_at: &AtomicI64,
     table: &mut [ProcEntry],
     known: &mut [libc::pid_t],
+    cgroup: Option<&WatchdogPaths>,
 ) -> ! {
     libc::setpgid(0, 0);
     // Signals forwarded to the group are for the command; the watchdog stays until killed.
@@ -100,6 +102,10 @@ pub(super) unsafe fn watchdog(
             // nothing. Kill the group, what was last seen to descend from it, and (a few
             // rounds) whatever those started since.
             libc::kill(-pgid, libc::SIGKILL);
+            if let Some(cg) = cgroup {
+                // Everything in the cgroup, however it hopped, at once.
+                cg.kill();
+            }
             for _ in 0..5 {
                 for &pid in &known[..known_len] {
                     libc::kill(pid, libc::SIGKILL);
@@ -115,6 +121,9 @@ pub(super) unsafe fn watchdog(
                     }
                 }
             }
+            if let Some(cg) = cgroup {
+                cg.remove();
+            }
             libc::_exit(0);
         }
         let deadline = kill_at.load(Ordering::SeqCst);
@@ -122,6 +131,9 @@ pub(super) unsafe fn watchdog(
         if now >= deadline {
             // Past the kill deadline: nothing of the command's may run, whatever azmutex does.
             libc::kill(-pgid, libc::SIGKILL);
+            if let Some(cg) = cgroup {
+                cg.kill();
+            }
             signal_descendants_in(table, parent, me, libc::SIGKILL);
         } else {
             let mut stopped = false;

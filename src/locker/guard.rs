@@ -91,6 +91,7 @@ impl LockGuard {
             state: state_tx,
             options: options.clone(),
             lapsed: guard.lapsed.clone(),
+            last_attempt: None,
         };
         tokio::spawn(renewer.run(cmd_rx));
         guard

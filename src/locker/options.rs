@@ -104,9 +104,5 @@ pub(super) const MAX_POLL: Duration = Duration::from_secs(3600);
 
 pub use crate::mutex::MIN_RENEWAL_GAP;
 
-/// When the service asks a renewal to wait (`Retry-After`) past the local deadline, one last
-/// attempt starts this long before the deadline instead of none.
-pub(super) const FINAL_TRY_LEAD: Duration = Duration::from_secs(1);
-
 /// How long cancelling a wait may spend releasing a lease the abandoned attempt may have got.
 pub(super) const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);

@@ -9,6 +9,9 @@ pub(super) struct Renewer {
     pub(super) state: watch::Sender<State>,
     pub(super) options: LockerOptions,
     pub(super) lapsed: Arc<AtomicBool>,
+    /// When the last renewal request was started (the confirming renewal of a release keeps
+    /// its distance from it too).
+    pub(super) last_attempt: Option<Instant>,
 }
 
 impl Renewer {
@@ -60,6 +63,7 @@ impl Renewer {
                 continue;
             }
             // Renew; give up at the local deadline.
+            self.last_attempt = Some(Instant::now());
             let outcome = tokio::select! {
                 r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
@@ -125,9 +129,11 @@ impl Renewer {
     /// `e` (a call that just ended), with the local deadline `until`.
     ///
     /// The wait is the retry policy's backoff, or what the service asked for (`Retry-After`) if
-    /// longer, and never less than [`MIN_RENEWAL_GAP`] after the failed call's last request: a
-    /// throttled account must not see a retry storm from every holder at once. A wait that would
-    /// run past the deadline is cut so that one last try starts [`FINAL_TRY_LEAD`] before it.
+    /// longer, but never more than half the time left before the deadline (so that a long
+    /// `Retry-After` still leaves several tries, each further apart than the service's pace
+    /// would need, rather than one last try a moment before the deadline), and never less than
+    /// [`MIN_RENEWAL_GAP`] after the failed call's last request: a throttled account never sees
+    /// more than one renewal per second per lease.
     pub(super) fn retry_at(&self, e: &Error, failures: u32, until: Instant) -> Instant {
         let now = Instant::now();
         let wait = self
@@ -137,16 +143,9 @@ impl Renewer {
             .retry
             .backoff(failures)
             .max(e.retry_after().unwrap_or_default());
-        // The call may have made several requests (its own retries); the last one started no
-        // later than now.
-        let earliest = now.checked_add(MIN_RENEWAL_GAP).unwrap_or(until);
-        let wanted = now.checked_add(wait).unwrap_or(until).max(earliest);
-        let last_try = until.checked_sub(FINAL_TRY_LEAD).unwrap_or(until);
-        if wanted > last_try {
-            last_try.max(earliest)
-        } else {
-            wanted
-        }
+        let left = until.saturating_duration_since(now);
+        let wait = wait.min((left / 2).max(MIN_RENEWAL_GAP));
+        now.checked_add(wait.max(MIN_RENEWAL_GAP)).unwrap_or(until)
     }
 
     /// The release at the owner's request: a real one while held; after a loss a courtesy
@@ -171,6 +170,35 @@ impl Renewer {
             Some(LostReason::IdMismatch | LostReason::NotPresent | LostReason::Deleted | LostReason::ReturnedOtherId)
         );
         if definitely_not_ours || deadline <= now {
+            return Err(lost_error(lost.unwrap_or(LostReason::Expired)));
+        }
+        // A release is answered 200 on a *broken* lease too: only a renewal, sent after the
+        // owner's work ended, shows that the lease was still ours (not broken, not taken) by
+        // then. One request more per release; without it a break while the work ran would go
+        // unnoticed.
+        let lost = match lost {
+            Some(reason) => Some(reason),
+            None => {
+                // No faster than one renewal request a second, the confirming one included.
+                if let Some(gap_end) = self.last_attempt.and_then(|t| t.checked_add(MIN_RENEWAL_GAP)) {
+                    sleep_until(gap_end.min(validity.until).into()).await;
+                }
+                let mut probe = self.lease.clone();
+                match self.mutex.renew_until(&mut probe, validity.until).await {
+                    Ok(_) => None,
+                    Err(Error::LeaseLost { reason, .. }) => Some(reason),
+                    Err(Error::NotFound { .. }) => Some(LostReason::Deleted),
+                    Err(e) => {
+                        tracing::debug!(lock = %self.lease.lock(), error = %e, "the renewal before the release failed");
+                        Some(LostReason::Unconfirmed)
+                    }
+                }
+            }
+        };
+        if matches!(
+            lost,
+            Some(LostReason::IdMismatch | LostReason::NotPresent | LostReason::Deleted | LostReason::ReturnedOtherId)
+        ) {
             return Err(lost_error(lost.unwrap_or(LostReason::Expired)));
         }
         let result = self.mutex.release_until(&self.lease, deadline).await;

@@ -15,6 +15,7 @@ fn renewer(state: watch::Sender<State>) -> Renewer {
         state,
         options: LockerOptions::default(),
         lapsed: Arc::default(),
+        last_attempt: None,
     }
 }
 

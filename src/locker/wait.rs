@@ -120,8 +120,9 @@ impl Waiter {
             let result = tokio::select! {
                 r = attempt => r,
                 _ = tx.closed() => {
-                    // Abandoned in flight: the lease may be ours on the server.
-                    self.cleanup(id, true, limit_deadline).await;
+                    // Abandoned in flight: the lease may be ours on the server, or become ours
+                    // when a request still on its way arrives.
+                    self.cleanup_in_flight(id, attempt_started, limit_deadline).await;
                     return Err(LockError::Cancelled { lock: self.lock.to_string() });
                 }
             };
@@ -243,6 +244,27 @@ impl Waiter {
 
     /// After a failed attempt whose answer never came, the lease may exist on the server:
     /// release it under our id (a mismatch answer just means it never did). Bounded.
+    /// Cleanup after a wait abandoned while an attempt was in flight: release at once, and, if
+    /// the attempt's request may still be on its way (sent less than one request timeout ago:
+    /// held by a slow network or a proxy), release again once that window has passed, so that
+    /// an acquire arriving after the first release does not strand a lease nobody holds. Bounded
+    /// by the cleanup deadline.
+    pub(super) async fn cleanup_in_flight(&self, id: LeaseId, attempt_started: Instant, limit: Option<Instant>) {
+        let deadline = cleanup_deadline(&self.mutex, limit);
+        let lease = Lease::resume(self.lock.clone(), id, self.options.lease);
+        let _ = self.mutex.release_until(&lease, deadline).await;
+        let window_end = attempt_started
+            .checked_add(self.mutex.client().options().request_timeout)
+            .unwrap_or(attempt_started);
+        if Instant::now() < window_end {
+            // Leave room for the second release itself.
+            let room = Duration::from_millis(500);
+            let wake = window_end.min(deadline.checked_sub(room).unwrap_or(deadline));
+            tokio::time::sleep_until(wake.into()).await;
+            let _ = self.mutex.release_until(&lease, deadline).await;
+        }
+    }
+
     pub(super) async fn cleanup(&self, id: LeaseId, maybe_granted: bool, limit: Option<Instant>) {
         if maybe_granted {
             let lease = Lease::resume(self.lock.clone(), id, self.options.lease);

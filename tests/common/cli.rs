@@ -32,6 +32,10 @@ pub fn azmutex_with(container: &str, connection: &str) -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AZURE_STORAGE_CONNECTION_STRING", connection)
         .args(["--container", container]);
+    // `AZMUTEX_NO_CGROUP=1 cargo test` runs every CLI test on the /proc-walk fallback.
+    if let Some(v) = std::env::var_os("AZMUTEX_NO_CGROUP") {
+        c.env("AZMUTEX_NO_CGROUP", v);
+    }
     c
 }
 
