@@ -517,9 +517,17 @@ async fn serve_section(conn: tokio::net::TcpStream, start: Instant, records: Sha
 }
 
 /// The critical section's work: connect, introduce, write every 100 ms `writes` times, close.
-async fn protected_work(resource: SocketAddr, client: usize, run: u64, token: u64, writes: u64) {
+/// With `held`, asks it before each write and stops when it says no: then returns true.
+async fn protected_work(
+    resource: SocketAddr,
+    client: usize,
+    run: u64,
+    token: u64,
+    writes: u64,
+    held: Option<&(dyn Fn() -> bool + Sync)>,
+) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(resource).await else {
-        return;
+        return false;
     };
     let _ = s.set_nodelay(true);
     let pid = std::process::id();
@@ -527,14 +535,18 @@ async fn protected_work(resource: SocketAddr, client: usize, run: u64, token: u6
     let pgid = unsafe { libc::getpgrp() };
     let hello = format!("HELLO {client} {run} {token} {pid} {pid} {pgid}\n");
     if s.write_all(hello.as_bytes()).await.is_err() {
-        return;
+        return false;
     }
     for _ in 0..writes {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if held.is_some_and(|held| !held()) {
+            return true;
+        }
         if s.write_all(b"W\n").await.is_err() {
-            return;
+            return false;
         }
     }
+    false
 }
 
 /// The CLI clients' command: this test binary re-executed as this ignored test. Without the
@@ -1046,15 +1058,21 @@ async fn locker_loop(
         let token = guard.fencing_token().unwrap_or(0);
         println!("@chaos acq {run} {spawned} {} {token}", mono_ns());
         let writes = section_writes(&mut rng);
+        // Half the sections also ask `is_held()` before each write, as the README advises
+        // (it reads the clocks, so it stays right when the runtime runs `lost()` late).
+        let check_held = rng.bool();
+        let held = || guard.is_held();
         let lost = guard.lost();
         let lost = tokio::select! {
             biased;
-            reason = lost => Some(reason),
-            _ = protected_work(resource, client, run, token, writes) => None,
+            reason = lost => Some(reason.to_string()),
+            unheld = protected_work(resource, client, run, token, writes, check_held.then_some(&held)) => {
+                unheld.then(|| format!("is_held() said no before a write ({:?})", guard.lost_reason()))
+            }
             _ = stopped(stop.clone()) => None,
         };
         if let Some(reason) = &lost {
-            let reason = reason.to_string().replace('\n', " ");
+            let reason = reason.replace('\n', " ");
             println!("@chaos lost {run} {} {reason}", mono_ns());
         }
         let released = guard.release().await;
