@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// What the proxy does to the requests that arrive while it is set.
@@ -34,6 +34,14 @@ pub enum Fault {
     /// The request is applied by the server, but the client gets `500 InternalError` instead of
     /// the server's answer.
     Fail500AfterForward,
+    /// The proxy answers `503 ServerBusy` with `Retry-After: <seconds>` itself; the server never
+    /// sees the request.
+    Answer503RetryAfter(u32),
+    /// About half the requests with an `x-ms-version` newer than [`OLDEST_VERSION`] (drawn per
+    /// request) get the answer Azure Stack Hub gives a version it does not support:
+    /// `400 InvalidHeaderValue` naming `x-ms-version`, not forwarded, as from one node of a
+    /// service that does not know the newer version yet. The others are forwarded.
+    RefuseVersion,
 }
 
 impl Fault {
@@ -48,11 +56,13 @@ impl Fault {
             Fault::Answer500 => "answer-500",
             Fault::Answer503 => "answer-503",
             Fault::Fail500AfterForward => "500-after-forward",
+            Fault::Answer503RetryAfter(_) => "503-retry-after",
+            Fault::RefuseVersion => "refuse-version",
         }
     }
 
     /// Every faulty kind, in a fixed order (for summaries).
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "blackhole",
         "drop-answers",
         "delay",
@@ -60,15 +70,33 @@ impl Fault {
         "answer-500",
         "answer-503",
         "500-after-forward",
+        "503-retry-after",
+        "refuse-version",
     ];
+}
+
+/// The version [`Fault::RefuseVersion`] never refuses (the one azmutex steps down to).
+pub const OLDEST_VERSION: &str = "2017-11-09";
+
+/// One request as it fully arrived at the proxy.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub at: Instant,
+    /// `x-ms-lease-action`, lowercased.
+    pub lease_action: Option<String>,
+    /// `x-ms-lease-id`.
+    pub lease_id: Option<String>,
+    /// The fault in force when it arrived ([`Fault::kind`]; `healthy` when none).
+    pub fault: &'static str,
 }
 
 #[derive(Default)]
 struct Shared {
     fault: Mutex<Option<Fault>>,
     /// Requests affected, per index in [`Fault::KINDS`].
-    hits: [AtomicU64; 7],
+    hits: [AtomicU64; Fault::KINDS.len()],
     forwarded: AtomicU64,
+    requests: Mutex<Vec<RequestRecord>>,
 }
 
 impl Shared {
@@ -83,6 +111,9 @@ impl Shared {
     }
 }
 
+/// TLS towards the target: the connector and the name the target's certificate must show.
+pub type UpstreamTls = (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+
 /// A loopback proxy to one target whose behaviour is switched with [`FaultProxy::set`].
 /// It runs on a thread and runtime of its own, so that it outlives any test runtime.
 pub struct FaultProxy {
@@ -95,13 +126,19 @@ impl FaultProxy {
     /// Starts a healthy proxy to `target`. `seed` drives its own random choices (reset before or
     /// after forwarding).
     pub fn start(target: SocketAddr, seed: u64) -> FaultProxy {
+        FaultProxy::start_with(target, seed, None)
+    }
+
+    /// Like [`FaultProxy::start`], but speaking TLS to the target when `tls` is given (clients
+    /// still speak plain HTTP to the proxy).
+    pub fn start_with(target: SocketAddr, seed: u64, tls: Option<UpstreamTls>) -> FaultProxy {
         let shared = Arc::new(Shared::default());
         let state = shared.clone();
         let rng = Mutex::new(fastrand::Rng::with_seed(seed));
         let addr = super::proxy::serve(move |conn| {
             let _ = conn.set_nodelay(true);
             let conn_seed = rng.lock().unwrap().u64(..);
-            handle(conn, target, state.clone(), conn_seed)
+            handle(conn, target, tls.clone(), state.clone(), conn_seed)
         });
         FaultProxy { addr, shared }
     }
@@ -111,9 +148,14 @@ impl FaultProxy {
         *self.shared.fault.lock().unwrap() = Some(fault);
     }
 
+    /// Every request that fully arrived so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
     /// Requests affected so far, per kind in [`Fault::KINDS`] order, and requests forwarded.
-    pub fn stats(&self) -> ([u64; 7], u64) {
-        let mut out = [0; 7];
+    pub fn stats(&self) -> ([u64; Fault::KINDS.len()], u64) {
+        let mut out = [0; Fault::KINDS.len()];
         for (o, h) in out.iter_mut().zip(&self.shared.hits) {
             *o = h.load(Ordering::Relaxed);
         }
@@ -133,16 +175,80 @@ fn canned(status: u16) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed: u64) {
+fn retry_after(secs: u32) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nx-ms-error-code: ServerBusy\r\nRetry-After: {secs}\r\nx-ms-request-id: chaos-proxy\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Azure Stack Hub's answer to an `x-ms-version` it does not support (as
+/// [`super::http_proxy::Action::RefuseVersion`]); a HEAD answer has no body.
+fn refuse_version(version: &str, is_head: bool) -> Vec<u8> {
+    let body = if is_head {
+        String::new()
+    } else {
+        format!(
+            "\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>InvalidHeaderValue</Code><Message>The value for one of the HTTP headers is not in the correct format.\nRequestId:00000000-0000-0000-0000-000000000000\nTime:2026-11-23T00:00:00.0000000Z</Message><HeaderName>x-ms-version</HeaderName><HeaderValue>{version}</HeaderValue></Error>"
+        )
+    };
+    let mut out = format!(
+        "HTTP/1.1 400 The value for one of the HTTP headers is not in the correct format.\r\nContent-Type: application/xml\r\nx-ms-error-code: InvalidHeaderValue\r\nx-ms-request-id: chaos-proxy\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// A header's value in a raw HTTP head (names case-insensitive).
+fn header_value(bytes: &[u8], name: &str) -> Option<String> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+async fn handle(client: TcpStream, target: SocketAddr, tls: Option<UpstreamTls>, shared: Arc<Shared>, seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut client = Conn::new(client);
-    let mut server: Option<Conn> = None;
+    let mut server: Option<Conn<Box<dyn Io>>> = None;
     loop {
         let Ok(Some(req)) = read_message(&mut client, None).await else {
             return;
         };
         let fault = shared.current();
+        shared.requests.lock().unwrap().push(RequestRecord {
+            at: Instant::now(),
+            lease_action: header_value(&req.bytes, "x-ms-lease-action").map(|a| a.to_ascii_lowercase()),
+            lease_id: header_value(&req.bytes, "x-ms-lease-id"),
+            fault: fault.kind(),
+        });
         match fault {
+            Fault::Answer503RetryAfter(secs) => {
+                shared.hit(fault);
+                if client.stream.write_all(&retry_after(secs)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Fault::RefuseVersion
+                if header_value(&req.bytes, "x-ms-version").is_none_or(|v| v.as_str() > OLDEST_VERSION)
+                    && rng.bool() =>
+            {
+                shared.hit(fault);
+                let version = header_value(&req.bytes, "x-ms-version").unwrap_or_default();
+                if client
+                    .stream
+                    .write_all(&refuse_version(&version, req.is_head))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             Fault::Blackhole => {
                 shared.hit(fault);
                 return client.swallow().await;
@@ -161,7 +267,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
             }
             _ => {}
         }
-        let answer = match exchange(&mut server, target, &req).await {
+        let answer = match exchange(&mut server, target, tls.as_ref(), &req).await {
             Ok(a) => a,
             Err(_) => {
                 // The server closed or failed mid-answer: the client sees a reset.
@@ -170,7 +276,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
         };
         shared.forwarded.fetch_add(1, Ordering::Relaxed);
         let answer = match fault {
-            Fault::Healthy => answer,
+            Fault::Healthy | Fault::RefuseVersion => answer,
             Fault::DropAnswers => {
                 shared.hit(fault);
                 return client.swallow().await;
@@ -188,7 +294,7 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
                 shared.hit(fault);
                 canned(500)
             }
-            Fault::Blackhole | Fault::Answer500 | Fault::Answer503 => unreachable!(),
+            Fault::Blackhole | Fault::Answer500 | Fault::Answer503 | Fault::Answer503RetryAfter(_) => unreachable!(),
         };
         if shared.current() == Fault::Blackhole {
             shared.hit(Fault::Blackhole);
@@ -201,14 +307,23 @@ async fn handle(client: TcpStream, target: SocketAddr, shared: Arc<Shared>, seed
 }
 
 /// Sends `req` on the (re)connected server connection and reads the whole answer.
-async fn exchange(server: &mut Option<Conn>, target: SocketAddr, req: &Message) -> std::io::Result<Vec<u8>> {
+async fn exchange(
+    server: &mut Option<Conn<Box<dyn Io>>>,
+    target: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    req: &Message,
+) -> std::io::Result<Vec<u8>> {
     // A pooled server connection may have been closed by the server while idle: on a failure
     // before any answer byte, retry once on a fresh connection.
     for fresh in [false, true] {
         if server.is_none() || fresh {
             let s = TcpStream::connect(target).await?;
             let _ = s.set_nodelay(true);
-            *server = Some(Conn::new(s));
+            let stream: Box<dyn Io> = match tls {
+                None => Box::new(s),
+                Some((connector, name)) => Box::new(connector.connect(name.clone(), s).await?),
+            };
+            *server = Some(Conn::new(stream));
         }
         let conn = server.as_mut().unwrap();
         if conn.stream.write_all(&req.bytes).await.is_err() {
@@ -232,8 +347,12 @@ async fn exchange(server: &mut Option<Conn>, target: SocketAddr, req: &Message) 
     Err(std::io::ErrorKind::UnexpectedEof.into())
 }
 
-struct Conn {
-    stream: TcpStream,
+/// A byte stream towards the target: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+struct Conn<S = TcpStream> {
+    stream: S,
     buf: Vec<u8>,
 }
 
@@ -244,8 +363,8 @@ struct Message {
     close: bool,
 }
 
-impl Conn {
-    fn new(stream: TcpStream) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S) -> Self {
         Conn {
             stream,
             buf: Vec::new(),
@@ -279,7 +398,9 @@ impl Conn {
             }
         }
     }
+}
 
+impl Conn<TcpStream> {
     /// Reads and discards everything until the peer closes: a connection nobody answers.
     async fn swallow(mut self) {
         while let Ok(true) = self.fill().await {
@@ -296,7 +417,10 @@ impl Conn {
 
 /// Reads one HTTP/1.1 message: a request (`answer_to_head` None) or an answer (to a HEAD
 /// request or not). `Ok(None)` on a clean EOF before the first byte.
-async fn read_message(conn: &mut Conn, answer_to_head: Option<bool>) -> std::io::Result<Option<Message>> {
+async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    answer_to_head: Option<bool>,
+) -> std::io::Result<Option<Message>> {
     let head_end = loop {
         if let Some(i) = conn.buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
