@@ -151,6 +151,10 @@ pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Resul
         .http1_max_headers(MAX_RESPONSE_HEADERS)
         .pool_idle_timeout(Duration::from_secs(50))
         .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")))
+        // Never follow a redirect: Blob operations are never redirected, and a token request
+        // re-sent elsewhere would carry its client secret, assertion or identity header there.
+        // A 3xx comes back as an answer, and is refused by whoever reads it.
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls_config(&options.ca_certificates_pem)?)
         // Proxies are ours to choose (below), never reqwest's own reading of the environment.
         .no_proxy();

@@ -428,6 +428,19 @@ pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
 /// `secrets` are what the request carried that an endpoint might echo in its error text; they
 /// never reach the error (see [`scrub`]).
 pub(crate) fn token_from_answer(kind: EntraKind, secrets: &[&str], answer: &Answer) -> Result<Fetched, EntraError> {
+    if (300..400).contains(&answer.status) {
+        // Never followed (the request's secret would go wherever `Location` says).
+        return Err(EntraError::Refused {
+            kind,
+            status: Some(answer.status),
+            code: None,
+            description: format!(
+                "the token endpoint answered with a redirect (HTTP {}), which token requests never follow: \
+                 point the configuration at the real endpoint",
+                answer.status
+            ),
+        });
+    }
     let parsed = json::parse_object(&answer.body);
     if !(200..300).contains(&answer.status) {
         let members = parsed.unwrap_or_default();
