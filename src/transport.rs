@@ -129,6 +129,16 @@ fn parse_proxy_url(name: &'static str, value: &str) -> Result<Url, InvalidInput>
     if url.host_str().is_none_or(str::is_empty) {
         return Err(refuse("it has no host"));
     }
+    // A key, SAS or token given where the proxy belongs parses as a host name: refused here,
+    // before any log line or connection error can show that "host".
+    let after_scheme = with_scheme.split_once("://").map_or(with_scheme.as_str(), |(_, r)| r);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if crate::auth::scrub::looks_like_secret(host_port) || after_scheme.contains("sig=") {
+        return Err(refuse(
+            "its host looks like a key or token, not a host name (not shown)",
+        ));
+    }
     if url.path() != "/" && !url.path().is_empty() || url.query().is_some() || url.fragment().is_some() {
         return Err(refuse("it has something after the host and port"));
     }
@@ -245,7 +255,9 @@ pub const MAX_CERTIFICATE_FILE_BYTES: u64 = 10 * 1024 * 1024;
 /// says what is wrong with the file, never its contents.
 pub fn read_certificate_file(path: &std::path::Path) -> Result<Vec<u8>, InvalidInput> {
     use std::io::Read as _;
-    let refuse = |why: String| InvalidInput::CaCertificate(format!("{}: {why}", path.display()));
+    // A key or SAS typed where the file name belongs is described, never quoted.
+    let name = crate::auth::scrub::quote_or_describe(&path.to_string_lossy());
+    let refuse = |why: String| InvalidInput::CaCertificate(format!("{name}: {why}"));
     let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
     if !meta.is_file() {
         return Err(refuse("not a regular file".into()));

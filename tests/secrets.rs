@@ -372,3 +372,465 @@ async fn blob_requests_never_follow_redirects() {
     assert_eq!(resp.status, 307);
     assert!(sink.seen().is_empty(), "followed: {:?}", sink.seen());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Secrets never printed: the property test and named cases
+// ---------------------------------------------------------------------------------------------
+
+/// Every form of `secret` a program may print, lower-cased: as is, form- and percent-encoded
+/// (upper- and lower-case hex, RFC 3986), JSON-escaped, base64 and base64url at the three
+/// alignments. (Written independently of the library's scrubber.)
+fn encodings(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b = secret.as_bytes();
+    let pct = |keep: &dyn Fn(u8) -> bool, lower: bool| -> String {
+        b.iter()
+            .map(|&c| {
+                if keep(c) {
+                    (c as char).to_string()
+                } else if lower {
+                    format!("%{c:02x}")
+                } else {
+                    format!("%{c:02X}")
+                }
+            })
+            .collect()
+    };
+    let mut v = vec![
+        secret.to_string(),
+        url::form_urlencoded::byte_serialize(b).collect(),
+        pct(&|c: u8| c.is_ascii_alphanumeric(), false),
+        pct(&|c: u8| c.is_ascii_alphanumeric(), true),
+        pct(&|c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c), false),
+        pct(&|c: u8| c.is_ascii_alphanumeric() || b"-._~".contains(&c), true),
+        serde_json::to_string(secret).unwrap().trim_matches('"').to_string(),
+        secret.replace('/', "\\/"),
+    ];
+    for skip in 0..3 {
+        v.push(base64::engine::general_purpose::STANDARD.encode(&b[skip..]));
+        v.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&b[skip..]));
+    }
+    v.into_iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
+/// The first run of 12 characters `output` shares with any encoding of `secret` (ignoring
+/// ASCII case), if any. Base64 forms are trimmed of their last 4 characters (which depend on
+/// what follows the secret).
+fn leak(output: &str, secret: &str) -> Option<String> {
+    let out = output.to_ascii_lowercase();
+    for form in encodings(secret) {
+        let chars: Vec<char> = form.chars().collect();
+        if chars.len() < 12 {
+            continue;
+        }
+        for w in chars.windows(12) {
+            let w: String = w.iter().collect();
+            if out.contains(&w) {
+                return Some(w);
+            }
+        }
+    }
+    None
+}
+
+/// What a hostile endpoint echoes of a request: everything, in several encodings, and cut in
+/// half (as endpoints truncate).
+fn echo(request: &str) -> String {
+    use base64::Engine as _;
+    let half = &request[..request.len() / 2];
+    let decoded: String = url::form_urlencoded::parse(request.as_bytes())
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    let lower_pct: String = request
+        .bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02x}")
+            }
+        })
+        .collect();
+    format!(
+        "received: {request} | decoded: {decoded} | pct: {lower_pct} | b64: {} | cut: {half}",
+        base64::engine::general_purpose::STANDARD.encode(request)
+    )
+}
+
+/// The hostile endpoints of the property test: an Entra token endpoint refusing every request
+/// and quoting it back (JSON), a Blob endpoint doing the same (403, XML), and a proxy answering
+/// 407 with the request quoted.
+struct Hostile {
+    token: Arc<Scripted>,
+    storage: Arc<Scripted>,
+    proxy: Arc<Scripted>,
+}
+
+async fn hostile() -> Hostile {
+    let token = Scripted::start(true, |req| {
+        let client_id = req
+            .split("client_id=")
+            .nth(1)
+            .map(|r| r.split(['&', ' ']).next().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        let description = format!(
+            "AADSTS700016: Application with identifier '{}' was not found. {}",
+            url::form_urlencoded::parse(format!("x={client_id}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default(),
+            echo(req)
+        );
+        let body = format!(
+            r#"{{"error":"unauthorized_client","error_description":{},"message":{}}}"#,
+            serde_json::to_string(&description).unwrap(),
+            serde_json::to_string(&echo(req)).unwrap()
+        );
+        response(400, &[], &body)
+    })
+    .await;
+    let storage = Scripted::start(true, |req| {
+        let escaped = echo(req).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to authenticate the request. {escaped}</Message></Error>"
+        );
+        response(403, &[("x-ms-error-code", "AuthenticationFailed")], &body)
+    })
+    .await;
+    let proxy = Scripted::start(false, |req| {
+        response(407, &[("Proxy-Authenticate", "Basic realm=\"x\"")], &echo(req))
+    })
+    .await;
+    Hostile { token, storage, proxy }
+}
+
+/// A kind of secret: its name, the value a user types, and the part of it that is secret.
+struct Kind {
+    name: &'static str,
+    typed: String,
+    secret: String,
+}
+
+fn kinds(proxy_port: u16) -> Vec<Kind> {
+    let (bearer, _) = token_server::mint_jwt(3600);
+    let sig = "Kq3Zr7Wm2Xv9Yb4Tn6Lp1Hs8Dg5Fj0Qc7Ve2Nu4Rw9A%3D";
+    vec![
+        Kind {
+            name: "account key",
+            typed: "Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g5OQ==".into(),
+            secret: "Zm9vYmFyQmF6UXV4MTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJDREVGR0g5OQ==".into(),
+        },
+        Kind {
+            name: "SAS signature",
+            typed: format!("sv=2025-11-05&ss=b&srt=co&sp=rwdlac&se=2030-01-01T00:00:00Z&spr=https&sig={sig}"),
+            secret: "Kq3Zr7Wm2Xv9Yb4Tn6Lp1Hs8Dg5Fj0Qc7Ve2Nu4Rw9A=".into(),
+        },
+        Kind {
+            name: "client secret",
+            typed: "Q7x8Q~aBcD3.eFgH4_iJkL5-mNoP6qRsT7uVwX8yZ".into(),
+            secret: "Q7x8Q~aBcD3.eFgH4_iJkL5-mNoP6qRsT7uVwX8yZ".into(),
+        },
+        Kind {
+            name: "federated assertion",
+            typed: "eyJhbGciOiJSUzI1NiIsImtpZCI6IkZlZDEifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDp3b3JrbG9hZCJ9.U2lnbmF0dXJlT2ZUaGVGZWRlcmF0ZWRUb2tlbjEyMzQ"
+                .into(),
+            secret: "eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDp3b3JrbG9hZCJ9.U2lnbmF0dXJlT2ZUaGVGZWRlcmF0ZWRUb2tlbjEyMzQ"
+                .into(),
+        },
+        Kind {
+            name: "identity header",
+            typed: "c3f1A9e2-B7d4-4k8M-9pQ2-Z6x5W4v3U2t1".into(),
+            secret: "c3f1A9e2-B7d4-4k8M-9pQ2-Z6x5W4v3U2t1".into(),
+        },
+        Kind {
+            name: "proxy password",
+            typed: format!("http://ci-user:Pr0xyPassw0rd9xQ7zKm4@127.0.0.1:{proxy_port}"),
+            secret: "Pr0xyPassw0rd9xQ7zKm4".into(),
+        },
+        Kind {
+            name: "bearer token",
+            secret: bearer.split('.').nth(1).unwrap().to_string(),
+            typed: bearer,
+        },
+    ]
+}
+
+/// Where a user can put (or mistype) a value: a flag, a variable, a positional word. `auth`:
+/// the `--auth` that makes the value used (so that the run reaches the code reading it).
+struct Place {
+    name: &'static str,
+    flag: Option<&'static str>,
+    var: Option<&'static str>,
+    auth: &'static str,
+    /// A path place: the value is written into a file there (`file`), or given as the path
+    /// itself (the mistake).
+    file: bool,
+}
+
+const fn flag(name: &'static str, f: &'static str, auth: &'static str) -> Place {
+    Place {
+        name,
+        flag: Some(f),
+        var: None,
+        auth,
+        file: false,
+    }
+}
+
+const fn var(name: &'static str, v: &'static str, auth: &'static str) -> Place {
+    Place {
+        name,
+        flag: None,
+        var: Some(v),
+        auth,
+        file: false,
+    }
+}
+
+fn places() -> Vec<Place> {
+    vec![
+        flag("--connection-string", "--connection-string", "auto"),
+        var(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "auto",
+        ),
+        flag("--account-url", "--account-url", "auto"),
+        var(
+            "AZURE_STORAGE_SERVICE_ENDPOINT",
+            "AZURE_STORAGE_SERVICE_ENDPOINT",
+            "auto",
+        ),
+        flag("--account-name", "--account-name", "auto"),
+        var("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT", "auto"),
+        flag("--account-key", "--account-key", "key"),
+        var("AZURE_STORAGE_KEY", "AZURE_STORAGE_KEY", "key"),
+        flag("--sas-token", "--sas-token", "sas"),
+        var("AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_TOKEN", "sas"),
+        flag("--container", "--container", "client-secret"),
+        flag("--ca-cert", "--ca-cert", "client-secret"),
+        Place {
+            name: "--ca-cert file",
+            flag: Some("--ca-cert"),
+            var: None,
+            auth: "client-secret",
+            file: true,
+        },
+        flag("--proxy", "--proxy", "client-secret"),
+        flag("--api-version", "--api-version", "client-secret"),
+        var("AZMUTEX_API_VERSION", "AZMUTEX_API_VERSION", "client-secret"),
+        flag("--auth", "--auth", "client-secret"),
+        var("AZMUTEX_AUTH", "AZMUTEX_AUTH", "client-secret"),
+        flag("--client-id", "--client-id", "client-secret"),
+        var("AZURE_CLIENT_ID", "AZURE_CLIENT_ID", "client-secret"),
+        flag("--object-id", "--object-id", "managed-identity"),
+        flag("--resource-id", "--resource-id", "managed-identity"),
+        flag("--tenant-id", "--tenant-id", "client-secret"),
+        var("AZURE_TENANT_ID", "AZURE_TENANT_ID", "client-secret"),
+        flag("--authority-host", "--authority-host", "client-secret"),
+        var("AZURE_AUTHORITY_HOST", "AZURE_AUTHORITY_HOST", "client-secret"),
+        var("AZURE_CLIENT_SECRET", "AZURE_CLIENT_SECRET", "client-secret"),
+        var(
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "workload-identity",
+        ),
+        Place {
+            name: "AZURE_FEDERATED_TOKEN_FILE file",
+            flag: None,
+            var: Some("AZURE_FEDERATED_TOKEN_FILE"),
+            auth: "workload-identity",
+            file: true,
+        },
+        var("IDENTITY_ENDPOINT", "IDENTITY_ENDPOINT", "managed-identity"),
+        var("IDENTITY_HEADER", "IDENTITY_HEADER", "managed-identity"),
+        var(
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "managed-identity",
+        ),
+        var("HTTPS_PROXY", "HTTPS_PROXY", "client-secret"),
+        var("https_proxy", "https_proxy", "client-secret"),
+        var("ALL_PROXY", "ALL_PROXY", "client-secret"),
+        var("NO_PROXY", "NO_PROXY", "client-secret"),
+        var("SSL_CERT_FILE", "SSL_CERT_FILE", "client-secret"),
+        var("SSL_CERT_DIR", "SSL_CERT_DIR", "client-secret"),
+        var("AZMUTEX_LOG", "AZMUTEX_LOG", "client-secret"),
+        Place {
+            name: "lock name",
+            flag: None,
+            var: None,
+            auth: "client-secret",
+            file: false,
+        },
+        Place {
+            name: "stray word",
+            flag: Some(""),
+            var: None,
+            auth: "client-secret",
+            file: false,
+        },
+    ]
+}
+
+/// The log levels every combination runs at.
+const LEVELS: [&str; 4] = ["default", "-v", "-vv", "AZMUTEX_LOG=trace"];
+
+/// One run: `kind`'s value put at `place`, at `level`, against the hostile endpoints.
+fn combination(
+    h: &Hostile,
+    kind: &Kind,
+    place: &Place,
+    level: &str,
+    dir: &std::path::Path,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let ca = pki().dir.join("ca.pem").display().to_string();
+    let mut env: Vec<(String, String)> = vec![
+        (s("AZURE_TENANT_ID"), s(TENANT)),
+        (s("AZURE_CLIENT_ID"), s(CLIENT_ID)),
+        (s("AZURE_CLIENT_SECRET"), s("base-Secret~1234.abcdefGHIJ")),
+        (s("AZURE_AUTHORITY_HOST"), h.token.base.clone()),
+        (s("IDENTITY_ENDPOINT"), format!("{}/msi/token", h.token.base)),
+        (s("IDENTITY_HEADER"), s("base-header-0000")),
+    ];
+    if place.auth == "workload-identity" {
+        let file = dir.join("federated-token");
+        std::fs::write(&file, "base-assertion").unwrap();
+        env.push((s("AZURE_FEDERATED_TOKEN_FILE"), file.display().to_string()));
+    }
+    let mut front: Vec<String> = args(&["--timeout", "2s", "--auth", place.auth]);
+    let mut lock = s("job");
+    let mut ca_given = false;
+    let mut url_given = false;
+    let value = if place.file {
+        let file = dir.join("value");
+        std::fs::write(&file, &kind.typed).unwrap();
+        file.display().to_string()
+    } else {
+        kind.typed.clone()
+    };
+    match (place.flag, place.var) {
+        (Some(""), _) => front.push(value.clone()),
+        (Some(f), _) => {
+            ca_given |= f == "--ca-cert";
+            url_given |= f == "--account-url" || f == "--connection-string";
+            if f == "--auth" {
+                front.retain(|a| a != "--auth" && a != place.auth);
+            }
+            front.extend([s(f), value.clone()]);
+        }
+        (None, Some(v)) => {
+            env.retain(|(k, _)| k != v);
+            url_given |= v == "AZURE_STORAGE_SERVICE_ENDPOINT" || v == "AZURE_STORAGE_CONNECTION_STRING";
+            if v == "AZMUTEX_AUTH" {
+                front.retain(|a| a != "--auth" && a != place.auth);
+            }
+            env.push((s(v), value.clone()));
+        }
+        (None, None) => lock = value.clone(),
+    }
+    if !ca_given {
+        front.extend([s("--ca-cert"), ca]);
+    }
+    if !url_given {
+        front.extend([s("--account-url"), h.storage.base.clone()]);
+    }
+    if place.auth == "key" || place.auth == "sas" {
+        front.extend(args(&["--account-name", "acct"]));
+    }
+    match level {
+        "default" => {}
+        "AZMUTEX_LOG=trace" => env.push((s("AZMUTEX_LOG"), s("trace"))),
+        flag => front.push(s(flag)),
+    }
+    let mut all = front;
+    all.extend([s("status"), lock]);
+    (env, all)
+}
+
+/// Property: for every kind of secret, every place a user can put or mistype it, and every log
+/// level, no output of the CLI shares 12 consecutive characters with it in any encoding, while
+/// every endpoint quotes back everything it receives. Plus `--help` with every variable set to
+/// the secret. Reports the number of combinations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_output_ever_carries_a_secret() {
+    let h = Arc::new(hostile().await);
+    let kinds = Arc::new(kinds(h.proxy.port));
+    let places = Arc::new(places());
+    let limit = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut set = tokio::task::JoinSet::new();
+    let mut combinations = 0usize;
+    let mut help_failures = Vec::new();
+    for k in 0..kinds.len() {
+        for p in 0..places.len() {
+            for level in LEVELS {
+                combinations += 1;
+                let (h, kinds, places, limit) = (h.clone(), kinds.clone(), places.clone(), limit.clone());
+                set.spawn(async move {
+                    let _permit = limit.acquire().await.unwrap();
+                    let (kind, place) = (&kinds[k], &places[p]);
+                    let dir = scratch("azmutex-secrets-prop");
+                    let (env, a) = combination(&h, kind, place, level, &dir);
+                    let started = std::time::Instant::now();
+                    let o = azmutex(&env, &a).await;
+                    let out = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let elapsed = started.elapsed();
+                    let problem = leak(&out, &kind.secret).map(|w| format!("leaked {w:?}"));
+                    problem.map(|p| format!("{} at {} ({level}, {elapsed:?}): {p}\n{out}", kind.name, place.name))
+                });
+            }
+        }
+        // `--help` with every variable holding the secret.
+        combinations += 3;
+        let mut env: Vec<(String, String)> = Vec::new();
+        for place in places.iter() {
+            if let Some(v) = place.var {
+                env.push((s(v), kinds[k].typed.clone()));
+            }
+        }
+        for sub in [&["--help"][..], &["status", "--help"], &["run", "--help"]] {
+            let o = azmutex(&env, &args(sub)).await;
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            if let Some(w) = leak(&out, &kinds[k].secret) {
+                help_failures.push(format!(
+                    "{} at {} (--help): leaked {w:?}\n{out}",
+                    kinds[k].name,
+                    sub.join(" ")
+                ));
+            }
+        }
+    }
+    let mut failures = help_failures;
+    while let Some(r) = set.join_next().await {
+        if let Some(f) = r.unwrap() {
+            failures.push(f);
+        }
+    }
+    eprintln!(
+        "secrets property: {combinations} combinations ({} kinds x {} places x {} levels, plus 3 --help pages per kind); {} leaks",
+        kinds.len(),
+        places.len(),
+        LEVELS.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {combinations} combinations leaked:\n{}\nfirst ones in full:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .map(|f| f.lines().next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        failures.iter().take(4).cloned().collect::<Vec<_>>().join("\n---\n")
+    );
+}

@@ -154,11 +154,17 @@ impl TokenSource for ManagedIdentity {
                 Endpoint::Imds { .. } => self.http.client().get(url).header("Metadata", "true"),
             };
             let answer = self.http.send(KIND, request, None).await?;
+            // Every value we sent that a user gave (the header, the identity) is kept out of
+            // the endpoint's words.
             let header = match &self.endpoint {
                 Endpoint::AppService { header, .. } => header.0.as_str(),
                 Endpoint::Imds { .. } => "",
             };
-            token_from_answer(KIND, &[header], &answer)
+            let identity = match &self.identity {
+                Some(UserAssigned::ClientId(v) | UserAssigned::ObjectId(v) | UserAssigned::ResourceId(v)) => v.as_str(),
+                None => "",
+            };
+            token_from_answer(KIND, &[header, identity], &answer)
         })
     }
 }

@@ -379,26 +379,14 @@ pub(crate) fn checked_token(kind: EntraKind, token: &str) -> Result<AccessToken,
     Ok(AccessToken(token.to_string()))
 }
 
-/// Text from an endpoint or from `az`, fit for an error: every `secret` we sent (client secret,
-/// client assertion, identity header) replaced by `<redacted>` in the forms an endpoint may echo
-/// it (as is, form- or percent-encoded, JSON-escaped), and every JWT-shaped run (`eyJ...`, an
+/// Text from an endpoint or from `az`, fit for an error: every run of 12 or more characters
+/// shared with a value we sent (client id, client secret, client assertion, identity header,
+/// user-assigned identity), in any encoding an endpoint may echo it in, replaced by
+/// `<redacted>` ([`crate::auth::scrub::scrub_secrets`]), and every JWT-shaped run (`eyJ...`, an
 /// access or federated token) by `<token>`. Then cut to `max` characters and stripped of
 /// control characters. Applied before the cut, so a secret cannot survive in part.
 pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
-    let mut text = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let forms = [
-            secret.to_string(),
-            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
-            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
-            secret.replace('\\', "\\\\").replace('"', "\\\"").replace('/', "\\/"),
-        ];
-        for form in forms {
-            if !form.is_empty() {
-                text = text.replace(&form, "<redacted>");
-            }
-        }
-    }
+    let text = crate::auth::scrub::scrub_secrets(text, secrets);
     // JWT-shaped runs: `eyJ` (base64url of `{"`) followed by base64url characters and dots.
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
@@ -816,6 +804,7 @@ pub(crate) struct EntraApp {
     http: TokenHttp,
     url: Url,
     client_id: String,
+    tenant: String,
 }
 
 impl EntraApp {
@@ -827,12 +816,13 @@ impl EntraApp {
             http: b.http(kind, false)?,
             url: entra_token_url(kind, &authority, &tenant)?,
             client_id,
+            tenant,
         })
     }
 
     /// One token request with the client's `proof`.
     pub(crate) async fn token(&self, kind: EntraKind, proof: &[(&str, &str)]) -> Result<Fetched, EntraError> {
-        client_credentials(&self.http, kind, &self.url, &self.client_id, proof).await
+        client_credentials(&self.http, kind, &self.url, &self.client_id, &self.tenant, proof).await
     }
 }
 
@@ -843,6 +833,7 @@ async fn client_credentials(
     kind: EntraKind,
     url: &Url,
     client_id: &str,
+    tenant: &str,
     proof: &[(&str, &str)],
 ) -> Result<Fetched, EntraError> {
     let body = {
@@ -862,7 +853,17 @@ async fn client_credentials(
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
     let answer = http.send(kind, request, None).await?;
-    let secrets: Vec<&str> = proof.iter().map(|(_, v)| *v).collect();
+    // Every value we sent: a client id swapped with the secret is quoted back by Entra
+    // (AADSTS700016 names the client id it got).
+    let secrets: Vec<&str> = [client_id, tenant]
+        .into_iter()
+        .chain(
+            proof
+                .iter()
+                .filter(|(k, _)| *k != "client_assertion_type")
+                .map(|(_, v)| *v),
+        )
+        .collect();
     token_from_answer(kind, &secrets, &answer)
 }
 

@@ -39,7 +39,8 @@ impl WorkloadIdentity {
     /// The current federated token (never quoted in errors).
     fn assertion(&self) -> Result<String, EntraError> {
         let bad = |why: String| EntraError::InvalidConfig { kind: KIND, why };
-        let name = self.file.display();
+        // The value may be the token itself, put where its path belongs: never quoted then.
+        let name = crate::auth::scrub::quote_or_describe(&self.file.to_string_lossy());
         // Read on a runtime worker, so it must not block: a FIFO (or device) here would hang
         // the open or the read for ever. Only a regular file is read (at most 64 KiB).
         let meta = std::fs::metadata(&self.file)
