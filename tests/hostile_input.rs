@@ -221,3 +221,71 @@ fn no_ca_roots_still_reaches_http_endpoints() {
         r.out
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Medium items
+// ---------------------------------------------------------------------------------------------
+
+/// Promise: Entra ID configuration errors are configuration errors (78), found before any
+/// token request or `az` run: a set-but-empty `AZURE_CLIENT_SECRET` (on 5136815 the chain
+/// moved on silently to the developer's `az` login), an empty `IDENTITY_HEADER`, a federated
+/// token file that is a directory (on 5136815: 77 with a key/SAS hint), `user:pass@` in
+/// `AZURE_AUTHORITY_HOST` (accepted on 5136815).
+#[test]
+fn token_configuration_errors_exit_78_before_any_token_request() {
+    let az_dir = scratch("azmutex-hostile-az");
+    token_server::fake_az(&az_dir, 3600, true, true);
+    let token_dir = scratch("azmutex-hostile-tokendir");
+    let base = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("PATH", az_dir.display().to_string()),
+            ("AZURE_STORAGE_SERVICE_ENDPOINT", "https://localhost:1/acct".to_string()),
+            ("AZURE_TENANT_ID", token_server::TENANT.to_string()),
+            ("AZURE_CLIENT_ID", token_server::CLIENT_ID.to_string()),
+            ("AZURE_AUTHORITY_HOST", "https://localhost:1".to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    for (name, env, args, expect) in [
+        (
+            "empty AZURE_CLIENT_SECRET",
+            base(&[("AZURE_CLIENT_SECRET", String::new())]),
+            vec!["status", "job"],
+            "AZURE_CLIENT_SECRET",
+        ),
+        (
+            "empty IDENTITY_HEADER",
+            base(&[
+                ("IDENTITY_ENDPOINT", "http://127.0.0.1:1/msi/token".to_string()),
+                ("IDENTITY_HEADER", " ".to_string()),
+            ]),
+            vec!["--auth", "managed-identity", "status", "job"],
+            "IDENTITY_HEADER",
+        ),
+        (
+            "federated token file is a directory",
+            base(&[("AZURE_FEDERATED_TOKEN_FILE", token_dir.display().to_string())]),
+            vec!["--auth", "workload-identity", "--timeout", "5s", "status", "job"],
+            "not a regular file",
+        ),
+        (
+            "user:pass@ in AZURE_AUTHORITY_HOST",
+            base(&[
+                ("AZURE_CLIENT_SECRET", "x".to_string()),
+                (
+                    "AZURE_AUTHORITY_HOST",
+                    "https://u:Hunter2Secret@localhost:1".to_string(),
+                ),
+            ]),
+            vec!["--auth", "client-secret", "status", "job"],
+            "user:password@",
+        ),
+    ] {
+        let r = run(&env, &args, Duration::from_secs(30));
+        assert_eq!(r.code, Some(78), "{name}: {}", r.out);
+        assert!(r.out.contains(expect), "{name}: {}", r.out);
+        assert!(!r.out.contains("Hunter2Secret"), "{name}: {}", r.out);
+        assert!(!az_dir.join("az.calls").exists(), "{name}: `az` was run: {}", r.out);
+    }
+}

@@ -228,6 +228,12 @@ impl From<InvalidInput> for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = match &e {
+            // A token source configured wrongly (an unreadable token file, a bad setting) is
+            // a configuration error, not a refused key.
+            Error::Auth { service: None, detail } if detail.contains("invalid configuration:") => (
+                exit::CONFIG,
+                "fix the Entra ID setting named above (see --auth and the AZURE_* variables)",
+            ),
             Error::Auth { service: None, detail } if detail.contains("proxy") => (
                 exit::AUTH,
                 "fix the proxy's user and password (percent-encode special characters)",

@@ -339,14 +339,35 @@ impl WithoutUrlRef for reqwest::Error {
     }
 }
 
-/// Seconds as the endpoints write them: a JSON number or a string of digits (IMDS and App
-/// Service send strings), possibly with a fraction (ignored). `None` if not that.
+/// Seconds as the endpoints write them: a JSON number or a string holding one (IMDS and App
+/// Service send strings): digits, possibly with a fraction and an exponent (`3.5e3` is 3500
+/// seconds; a fraction of a second is dropped). `None` if not that, negative, or past `u64`.
 pub(crate) fn parse_secs(text: &str) -> Option<u64> {
-    let int = text.trim().split('.').next().unwrap_or_default();
-    if int.is_empty() || int.len() > 19 || !int.bytes().all(|b| b.is_ascii_digit()) {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 64 {
         return None;
     }
-    int.parse().ok()
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    // The JSON number grammar (without a sign), then its value.
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || (mantissa.contains('.') && !digits(frac)) {
+        return None;
+    }
+    if let Some(e) = exponent {
+        if !digits(e.strip_prefix(['+', '-']).unwrap_or(e)) {
+            return None;
+        }
+    }
+    let value: f64 = text.parse().ok()?;
+    // u64::MAX as f64 rounds up to 2^64: anything at or past it is not a number of seconds.
+    (value.is_finite() && value >= 0.0 && value < u64::MAX as f64).then(|| value.floor() as u64)
 }
 
 /// The longest lifetime believed (anything longer is clamped; no arithmetic overflows).
@@ -759,12 +780,19 @@ impl EntraBuilder {
     /// bounded request), Azure CLI. The first *available* kind is used from then on: the chain
     /// moves past a kind only when it is not configured, finds no metadata endpoint, or is told
     /// this machine has no such identity; a configured kind that fails ends the chain with its
-    /// error (retried if it may pass), never a switch to another identity. When none is
+    /// error (retried if it may pass), never a switch to another identity, and a kind configured
+    /// wrongly (a variable set but empty, a bad tenant id) is an error here. When none is
     /// available, the error lists each kind and why it was skipped or failed.
     pub fn chain(self) -> Result<EntraCredential, EntraError> {
         let mut sources = Vec::new();
         for kind in EntraKind::CHAIN {
-            sources.push((kind, self.source(kind, true)));
+            let source = self.source(kind, true);
+            // A kind that is configured but wrongly (a variable set but empty, a bad tenant
+            // id) is an error now, not a reason to try the next identity.
+            if let Err(e @ EntraError::InvalidConfig { .. }) = &source {
+                return Err(e.clone());
+            }
+            sources.push((kind, source));
         }
         let source = chain::Chain::new(sources);
         Ok(self.finish(Box::new(source), "default chain"))
@@ -788,6 +816,11 @@ fn entra_token_url(kind: EntraKind, authority: &str, tenant: &str) -> Result<Url
     }
     let base = Url::parse(authority.trim_end_matches('/'))
         .map_err(|e| bad(format!("the authority host (`AZURE_AUTHORITY_HOST`) is not a URL: {e}")))?;
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(bad(
+            "the authority host (`AZURE_AUTHORITY_HOST`) must not contain `user:password@` (not shown)".into(),
+        ));
+    }
     if base.scheme() != "https" || base.host_str().is_none() || base.query().is_some() {
         return Err(bad(
             "the authority host (`AZURE_AUTHORITY_HOST`) must be an https:// URL without a query".into(),
@@ -879,7 +912,8 @@ pub(crate) fn required(
             kind,
             why: format!("`{name}` is not set"),
         }),
-        Err(why) => Err(EntraError::NotConfigured { kind, why }),
+        // Set but empty: an error, as for storage keys (never a silent move down the chain).
+        Err(why) => Err(EntraError::InvalidConfig { kind, why }),
     }
 }
 
@@ -899,6 +933,7 @@ mod tests {
         for (host, tenant) in [
             ("http://login.microsoftonline.com", "t"),
             ("https://login.microsoftonline.com?x=1", "t"),
+            ("https://user:Secret99@login.microsoftonline.com", "t"),
             ("login.microsoftonline.com", "t"),
             (DEFAULT_AUTHORITY_HOST, "../evil"),
             (DEFAULT_AUTHORITY_HOST, "a/b"),
@@ -947,6 +982,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(far.lifetime, MAX_LIFETIME);
+        for (text, secs) in [
+            ("3.5e3", Some(3500)),
+            ("3599", Some(3599)),
+            ("3599.9", Some(3599)),
+            ("1E2", Some(100)),
+            ("36e-1", Some(3)),
+            ("1e30", None),
+            ("-5", None),
+            ("1e", None),
+            (".5", None),
+            ("0x10", None),
+            ("inf", None),
+            ("NaN", None),
+        ] {
+            assert_eq!(parse_secs(text), secs, "{text}");
+        }
+        let exp = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":3.5e3}"#)).unwrap();
+        assert_eq!(exp.lifetime, Duration::from_secs(3500));
         for bad in [
             r#"{"access_token":"a"}"#,
             r#"{"access_token":"a b","expires_in":1}"#,
