@@ -289,3 +289,56 @@ fn token_configuration_errors_exit_78_before_any_token_request() {
         assert!(!az_dir.join("az.calls").exists(), "{name}: `az` was run: {}", r.out);
     }
 }
+
+/// Promise: `az` is waited for, not the pipes it leaves open: an `az` whose child keeps stdout
+/// open gives its token at once (on 5136815 every such run failed after 30 s), and nothing `az`
+/// started outlives the request.
+#[test]
+fn az_children_neither_hold_up_the_token_nor_outlive_it() {
+    let (pki, service) = token_server::https_oauth_azurite();
+    let dir = scratch("azmutex-hostile-az-child");
+    let az = token_server::fake_az(&dir, 3600, true, true);
+    // The same fake `az`, but it first leaves a child behind holding stdout and stderr open.
+    let script = std::fs::read_to_string(&az).unwrap();
+    let script = script.replacen("#!/bin/sh\n", "#!/bin/sh\nsleep 300 &\necho $! > \"$0.child\"\n", 1);
+    std::fs::write(&az, script).unwrap();
+    let env = vec![
+        ("PATH", format!("{}:/usr/bin:/bin", dir.display())),
+        ("AZURE_STORAGE_SERVICE_ENDPOINT", service.endpoint.clone()),
+    ];
+    let ca = pki.dir.join("ca.pem").display().to_string();
+    let container = common::unique("hostile-az");
+    let r = run(
+        &env,
+        &[
+            "--container",
+            &container,
+            "--ca-cert",
+            &ca,
+            "--auth",
+            "azure-cli",
+            "status",
+            "job",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert!(r.elapsed < Duration::from_secs(15), "{}", r.out);
+    let child: i32 = std::fs::read_to_string(dir.join("az.child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Alive: present and not a zombie (a killed child waits for its new parent to reap it).
+    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start().chars().next())
+        .unwrap_or_default();
+    let alive = state.is_some_and(|c| c != 'Z' && c != 'X');
+    if alive {
+        unsafe { libc::kill(child, libc::SIGKILL) };
+    }
+    assert!(!alive, "az's child {child} outlived azmutex");
+}
