@@ -395,6 +395,18 @@ struct Inner {
     /// Until the version is settled, one request at a time tries it, so that a refusal costs
     /// one extra request per client however many calls start together.
     negotiation: tokio::sync::Mutex<()>,
+    /// For give-up reports: failed attempts in a row across calls (a caller retrying with
+    /// calls of its own, as a wait or a renewal loop does), and the last real failure (an
+    /// attempt that was sent), so that a last call left with no time to send anything does not
+    /// report "1 attempts (request timed out)" after dozens of service answers.
+    failures: std::sync::Mutex<FailureStreak>,
+}
+
+/// Failed attempts in a row and the last one's cause (see `Inner::failures`).
+#[derive(Default)]
+struct FailureStreak {
+    attempts: u32,
+    last: Option<(TransientCause, Option<ServiceError>, Option<Duration>)>,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -434,6 +446,7 @@ impl BlobClient {
                 version: AtomicUsize::new(0),
                 settled: AtomicBool::new(options.api_version.is_some()),
                 negotiation: tokio::sync::Mutex::new(()),
+                failures: std::sync::Mutex::new(FailureStreak::default()),
                 options,
             }),
         })
@@ -532,7 +545,8 @@ impl BlobClient {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = self.inner.options.request_timeout.min(remaining);
             let version = self.api_version().to_string();
-            let attempt = if timeout.is_zero() || gate_closed {
+            let synthetic = timeout.is_zero() || gate_closed;
+            let attempt = if synthetic {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
                     throttled: None,
@@ -559,6 +573,7 @@ impl BlobClient {
                 Attempt::Done(mut resp) => {
                     // The endpoint answered this version: it is the one from now on.
                     self.inner.settled.store(true, Ordering::Release);
+                    *self.failures() = FailureStreak::default();
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
@@ -576,6 +591,14 @@ impl BlobClient {
                     maybe_applied,
                 } => {
                     earlier_outcome_unknown |= maybe_applied;
+                    if synthetic {
+                        // Nothing was sent: not an attempt.
+                        attempts -= 1;
+                    } else {
+                        let mut streak = self.failures();
+                        streak.attempts = streak.attempts.saturating_add(1);
+                        streak.last = Some((cause.clone(), throttled.clone(), retry_after));
+                    }
                     (cause, throttled, retry_after)
                 }
             };
@@ -589,6 +612,16 @@ impl BlobClient {
                 .max(req.min_retry_gap);
             let wake = Instant::now().checked_add(wait);
             if wake.is_none_or(|w| w >= deadline) {
+                // The report: the attempts in a row (this call's and the caller's earlier
+                // calls'), and the last answer or error actually received, not a last attempt
+                // that had no time left to be sent.
+                let (attempts, cause, throttled, retry_after) = {
+                    let streak = self.failures();
+                    match (&streak.last, synthetic) {
+                        (Some((c, t, r)), true) => (streak.attempts.max(attempts), c.clone(), t.clone(), *r),
+                        _ => (streak.attempts.max(attempts), cause, throttled, retry_after),
+                    }
+                };
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
                 return Err(match throttled {
                     Some(service) => Error::Throttled {
@@ -606,6 +639,11 @@ impl BlobClient {
             tracing::debug!(op = req.op, attempts, cause = %cause, wait_ms = wait.as_millis() as u64, "retrying");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// The failure streak (see `Inner::failures`).
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureStreak> {
+        self.inner.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as

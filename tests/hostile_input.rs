@@ -342,3 +342,73 @@ fn az_children_neither_hold_up_the_token_nor_outlive_it() {
     }
     assert!(!alive, "az's child {child} outlived azmutex");
 }
+
+/// A loopback HTTP server answering every request with `status` and a Blob error body (on
+/// threads; lives as long as the test process).
+fn always(status: u16, code: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>busy</Message></Error>"
+                );
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nx-ms-error-code: {code}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// Promise: after many 500/503 answers, the give-up message counts the attempts and names the
+/// last service answer. On 5136815 `run` and `acquire --wait` (which retry with calls of their
+/// own) ended with "gave up after 1 attempts (request timed out)": the last call had no time
+/// left to send anything.
+#[test]
+fn the_give_up_message_counts_attempts_and_names_the_last_answer() {
+    for (status, code) in [(503, "ServerBusy"), (500, "InternalError")] {
+        let port = always(status, code);
+        let env = vec![(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            format!(
+                "AccountName=acct;AccountKey={};BlobEndpoint=http://127.0.0.1:{port}/acct",
+                common::DEV_KEY
+            ),
+        )];
+        for args in [
+            &["--timeout", "3s", "run", "job", "--", "true"][..],
+            &["--timeout", "3s", "acquire", "--wait", "5s", "job"],
+        ] {
+            let r = run(&env, args, Duration::from_secs(30));
+            assert_eq!(r.code, Some(69), "{args:?}: {}", r.out);
+            assert!(
+                r.out.contains(&format!("HTTP {status} {code}")) && !r.out.contains("request timed out"),
+                "{args:?}: {}",
+                r.out
+            );
+            let attempts: u32 = r
+                .out
+                .split("gave up after ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(attempts >= 2, "{args:?}: {}", r.out);
+        }
+    }
+}
