@@ -210,38 +210,43 @@ impl TokenSource for AzureCli {
             let sent_wall = SystemTime::now();
             let (ok, out, err) = self.run().await?;
             if !ok {
-                let text = String::from_utf8_lossy(&err);
-                let first = text
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .unwrap_or("no message");
-                // Tokens in `az`'s words (a wrapper or extension may print one) are blanked.
-                let description = super::scrub(first, &[], 300);
-                let lower = text.to_ascii_lowercase();
-                // Not signed in, or Entra's refusal (AADSTS...): definite. Anything else (a
-                // network error inside az) may pass.
-                return Err(if lower.contains("az login") || text.contains("AADSTS") {
-                    EntraError::Refused {
-                        kind: KIND,
-                        status: None,
-                        code: None,
-                        description,
-                    }
-                } else {
-                    EntraError::Transient {
-                        kind: KIND,
-                        why: format!("`az` failed: {description}"),
-                    }
-                });
+                return Err(failure(&err));
             }
             parse_output(&out, sent_at, sent_wall)
         })
     }
 }
 
+/// `az`'s failure from its stderr: its first line (tokens blanked, cut, sanitized), definite
+/// when it says to sign in or quotes Entra's refusal (AADSTS...), else transient (a network
+/// error inside `az` may pass).
+pub(crate) fn failure(err: &[u8]) -> EntraError {
+    let text = String::from_utf8_lossy(err);
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message");
+    // Tokens in `az`'s words (a wrapper or extension may print one) are blanked.
+    let description = super::scrub(first, &[], 300);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("az login") || text.contains("AADSTS") {
+        EntraError::Refused {
+            kind: KIND,
+            status: None,
+            code: None,
+            description,
+        }
+    } else {
+        EntraError::Transient {
+            kind: KIND,
+            why: format!("`az` failed: {description}"),
+        }
+    }
+}
+
 /// Reads `az account get-access-token --output json`.
-fn parse_output(out: &[u8], sent_at: Instant, sent_wall: SystemTime) -> Result<Fetched, EntraError> {
+pub(crate) fn parse_output(out: &[u8], sent_at: Instant, sent_wall: SystemTime) -> Result<Fetched, EntraError> {
     let bad = |why: String| EntraError::Transient { kind: KIND, why };
     let members = json::parse_object(out).map_err(|e| bad(format!("unreadable `az` output ({e})")))?;
     let token = json::get(&members, "accessToken").ok_or_else(|| bad("`az` output has no `accessToken`".into()))?;

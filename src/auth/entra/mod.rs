@@ -500,6 +500,75 @@ pub(crate) fn token_from_answer(kind: EntraKind, secrets: &[&str], answer: &Answ
     })
 }
 
+/// Entry points for the fuzz targets (`tests/fuzz.rs`, `fuzz/`): the JSON reader, token
+/// endpoint answers and `az` output, each checked for its promises. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::SystemTime;
+
+    use tokio::time::Instant;
+
+    use super::{azure_cli, json, token_from_answer, Answer, EntraError, EntraKind};
+
+    /// A secret the fuzzed answers may echo; it must never reach an error.
+    pub const SECRET: &str = "Fz9Q~secretValue.ThatMustNotLeak42";
+
+    /// Panics if an error text breaks its promises: bounded, one line, no secret.
+    fn check(e: &EntraError) {
+        let text = e.to_string();
+        assert!(text.len() < 4096, "error text of {} bytes", text.len());
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text:?}");
+        assert!(!text.contains(&SECRET[4..16]), "{text:?}");
+    }
+
+    /// The JSON reader on `data`: never panics; members are scalars, names unique.
+    pub fn json(data: &[u8]) {
+        if let Ok(members) = json::parse_object(data) {
+            let mut names = std::collections::HashSet::new();
+            for (k, _) in &members {
+                assert!(names.insert(k.clone()), "duplicate {k:?}");
+            }
+        }
+    }
+
+    /// A token endpoint answer: the first byte picks the status, the rest is the body (with
+    /// `SECRET` spliced in where the body says `$S`).
+    pub fn token_answer(data: &[u8]) {
+        let Some((&first, body)) = data.split_first() else {
+            return;
+        };
+        let status = [200u16, 201, 301, 307, 400, 401, 403, 404, 408, 429, 500, 503][usize::from(first) % 12];
+        let body = String::from_utf8_lossy(body).replace("$S", SECRET).into_bytes();
+        let answer = Answer {
+            status,
+            body,
+            sent_at: Instant::now(),
+            sent_wall: SystemTime::now(),
+        };
+        for kind in [EntraKind::ClientSecret, EntraKind::ManagedIdentity] {
+            match token_from_answer(kind, &[SECRET], &answer) {
+                Ok(f) => {
+                    assert!((200..300).contains(&status));
+                    assert!(!f.token.0.is_empty() && f.token.0.bytes().all(|b| b.is_ascii_graphic()));
+                    assert!(f.lifetime <= std::time::Duration::from_secs(7 * 24 * 3600));
+                }
+                Err(e) => check(&e),
+            }
+        }
+    }
+
+    /// `az` output: `data` as its stdout (success) and as its stderr (failure).
+    pub fn az_output(data: &[u8]) {
+        match azure_cli::parse_output(data, Instant::now(), SystemTime::now()) {
+            Ok(f) => assert!(!f.token.0.is_empty() && f.token.0.bytes().all(|b| b.is_ascii_graphic())),
+            Err(e) => check(&e),
+        }
+        let e = azure_cli::failure(data);
+        let text = e.to_string();
+        assert!(text.len() < 4096 && !text.contains('\n'), "{text:?}");
+    }
+}
+
 /// A secret string (client secret): never printed.
 #[derive(Clone)]
 pub(crate) struct Secret(pub String);
