@@ -385,6 +385,8 @@ pub struct BlobClient {
 struct Inner {
     http: reqwest::Client,
     endpoint: Url,
+    /// The configuration's own proxy (`DevelopmentStorageProxyUri`), to name a failing proxy.
+    proxy: Option<Url>,
     credential: Credential,
     options: ClientOptions,
     requests: AtomicU64,
@@ -441,6 +443,7 @@ impl BlobClient {
             inner: Arc::new(Inner {
                 http,
                 endpoint: config.endpoint.clone(),
+                proxy: config.proxy.clone(),
                 credential: config.credential.clone(),
                 requests: AtomicU64::new(0),
                 version: AtomicUsize::new(0),
@@ -641,6 +644,20 @@ impl BlobClient {
         }
     }
 
+    /// A failed tunnel explained: the proxy (printed without credentials) and the status its
+    /// `CONNECT` answered (asked again, as the HTTP client does not report it). The failure is
+    /// the proxy's, not the storage endpoint's.
+    async fn tunnel_failure(&self, url: &Url) -> Option<String> {
+        let proxy = crate::transport::proxy_for(&self.inner.options, self.inner.proxy.as_ref(), url)?;
+        let shown = crate::config::redact_url(&proxy);
+        Some(match crate::transport::connect_status(&proxy, url).await {
+            Some(status) => {
+                format!("the proxy {shown} refused to open a tunnel to the endpoint (CONNECT answered HTTP {status})")
+            }
+            None => format!("the proxy {shown} did not open a tunnel to the endpoint (CONNECT failed)"),
+        })
+    }
+
     /// The failure streak (see `Inner::failures`).
     fn failures(&self) -> std::sync::MutexGuard<'_, FailureStreak> {
         self.inner.failures.lock().unwrap_or_else(|e| e.into_inner())
@@ -791,6 +808,8 @@ impl BlobClient {
                 let maybe_applied = !e.is_connect();
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
+                } else if chain.contains("tunnel error") {
+                    TransientCause::Network(self.tunnel_failure(url).await.unwrap_or(chain))
                 } else {
                     TransientCause::Network(chain)
                 };

@@ -203,6 +203,74 @@ pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Resul
     })
 }
 
+/// The proxy a request to `url` goes through under `options` (an explicit `proxy`, e.g.
+/// `DevelopmentStorageProxyUri`, wins), if any. `NO_PROXY` is not consulted: this only names
+/// the proxy after a tunnel through it failed.
+pub(crate) fn proxy_for(options: &ClientOptions, proxy: Option<&Url>, url: &Url) -> Option<Url> {
+    if let Some(p) = proxy {
+        return Some(p.clone());
+    }
+    let proxies = match &options.proxy {
+        ProxyConfig::FromEnvironment => Proxies::from_env().ok()?,
+        ProxyConfig::Direct => return None,
+        ProxyConfig::Explicit(p) => p.clone(),
+    };
+    if url.scheme() == "https" {
+        proxies.https
+    } else {
+        proxies.http
+    }
+}
+
+/// Asks `proxy` to open a tunnel to `url`'s host and port, as the client did, and returns the
+/// status code it answers (`None`: no answer within 3 s, or not HTTP). Used only to explain a
+/// failed tunnel ("CONNECT answered 403"), which the HTTP client reports without the status.
+pub(crate) async fn connect_status(proxy: &Url, url: &Url) -> Option<u16> {
+    use base64::Engine as _;
+    use std::io::{Read as _, Write as _};
+    let target = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    let proxy_addr = format!("{}:{}", proxy.host_str()?, proxy.port_or_known_default()?);
+    let auth = (!proxy.username().is_empty()).then(|| {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let pair = format!(
+            "{}:{}",
+            decode(proxy.username()),
+            decode(proxy.password().unwrap_or(""))
+        );
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("azmutex-proxy-probe".into())
+        .spawn(move || {
+            let probe = || -> Option<u16> {
+                use std::net::ToSocketAddrs as _;
+                let addr = proxy_addr.to_socket_addrs().ok()?.next()?;
+                let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+                write!(
+                    stream,
+                    "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n",
+                    auth.unwrap_or_default()
+                )
+                .ok()?;
+                let mut head = [0u8; 64];
+                let n = stream.read(&mut head).ok()?;
+                let line = std::str::from_utf8(&head[..n]).ok()?;
+                let mut words = line.split(' ');
+                words.next().filter(|w| w.starts_with("HTTP/"))?;
+                words.next()?.parse().ok()
+            };
+            let _ = tx.send(probe());
+        })
+        .ok()?;
+    tokio::time::timeout(Duration::from_secs(4), rx).await.ok()?.ok()?
+}
+
 /// The rustls configuration: the system's roots plus the named certificates, which are also
 /// pinned. Installs rustls's `ring` provider as the process default if no provider is installed
 /// yet.

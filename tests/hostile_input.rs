@@ -412,3 +412,25 @@ fn the_give_up_message_counts_attempts_and_names_the_last_answer() {
         }
     }
 }
+
+/// Promise: a proxy that refuses the tunnel is named (without its credentials) with the status
+/// its CONNECT answered, and the hint points at the proxy. On 5136815 the failure read as the
+/// storage endpoint's ("tunnel error: unsuccessful", check the endpoint URL).
+#[test]
+fn a_proxy_refusing_the_tunnel_is_named_with_its_status() {
+    let port = always(403, "Forbidden");
+    let env = vec![
+        ("HTTPS_PROXY", format!("http://ci:Pw0rdSecret77@127.0.0.1:{port}")),
+        ("AZURE_STORAGE_ACCOUNT", "acct".to_string()),
+        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
+    ];
+    let r = run(&env, &["--timeout", "3s", "status", "job"], Duration::from_secs(30));
+    assert_eq!(r.code, Some(69), "{}", r.out);
+    assert!(
+        r.out.contains(&format!("127.0.0.1:{port}")) && r.out.contains("CONNECT answered HTTP 403"),
+        "{}",
+        r.out
+    );
+    assert!(r.out.contains("the proxy is failing"), "{}", r.out);
+    assert!(!r.out.contains("Pw0rdSecret77"), "{}", r.out);
+}

@@ -243,6 +243,11 @@ impl From<Error> for Failure {
                 "check the account key or SAS token (permissions r,w,c; not expired), or the Entra ID identity \
                  (see --auth) and its data role (e.g. Storage Blob Data Contributor), and this machine's clock",
             ),
+            Error::Transient { cause, .. } if cause.to_string().contains("the proxy ") => (
+                exit::UNAVAILABLE,
+                "the proxy is failing, not the storage endpoint: check --proxy / HTTPS_PROXY / NO_PROXY and \
+                 what the proxy allows",
+            ),
             Error::Transient { .. } | Error::Throttled { .. } => (
                 exit::UNAVAILABLE,
                 "check the endpoint URL, network and proxy settings, or raise --timeout",
