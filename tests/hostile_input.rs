@@ -361,8 +361,13 @@ fn always(status: u16, code: &'static str) -> u16 {
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
+                let header = if code == "InvalidHeaderValue" {
+                    "<HeaderName>x-ms-version</HeaderName>"
+                } else {
+                    ""
+                };
                 let body = format!(
-                    "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>busy</Message></Error>"
+                    "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>busy</Message>{header}</Error>"
                 );
                 let _ = write!(
                     stream,
@@ -433,4 +438,28 @@ fn a_proxy_refusing_the_tunnel_is_named_with_its_status() {
     );
     assert!(r.out.contains("the proxy is failing"), "{}", r.out);
     assert!(!r.out.contains("Pw0rdSecret77"), "{}", r.out);
+}
+
+/// Promise: when the endpoint refuses both service versions (or the pinned one), the error says
+/// so and names `--api-version` (exit 1, as tests/stack_hub.rs has it for a pinned version). On
+/// 5136815: "unexpected response: HTTP 400 InvalidHeaderValue" and nothing more.
+#[test]
+fn both_service_versions_refused_names_api_version() {
+    let port = always(400, "InvalidHeaderValue");
+    let env = vec![(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        format!(
+            "AccountName=acct;AccountKey={};BlobEndpoint=http://127.0.0.1:{port}/acct",
+            common::DEV_KEY
+        ),
+    )];
+    for args in [
+        &["--timeout", "3s", "status", "job"][..],
+        &["--timeout", "3s", "acquire", "job"],
+        &["--timeout", "3s", "--api-version", "2020-04-08", "status", "job"],
+    ] {
+        let r = run(&env, args, Duration::from_secs(30));
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.out);
+        assert!(r.out.contains("--api-version"), "{args:?}: {}", r.out);
+    }
 }
