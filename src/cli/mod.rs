@@ -326,22 +326,19 @@ pub fn main() -> ExitCode {
     finish(runtime.block_on(dispatch(cli)))
 }
 
-/// `AZMUTEX_LOG` holding something other than a filter (a secret pasted into the wrong
-/// variable) is reported without its value and ignored: the logging setup would quote it.
+/// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
+/// value and ignored: the logging setup would quote (the start of) what it cannot read.
 fn guard_log_variable() {
     let Some(value) = std::env::var_os("AZMUTEX_LOG") else {
         return;
     };
     let value = value.to_string_lossy();
-    let filter_like = value
-        .bytes()
-        .all(|b| b.is_ascii_alphabetic() || matches!(b, b'=' | b' ' | b'_' | b':'));
-    if filter_like && value.len() <= 40 {
+    if !azmutex::auth::scrub::looks_like_secret(&value) {
         return;
     }
     say(format_args!(
-        "azmutex: ignoring AZMUTEX_LOG ({} characters, not shown): expected a level (error, warn, info, debug, \
-         trace, off) or azmutex=<level>",
+        "azmutex: ignoring AZMUTEX_LOG ({} characters, not shown: they look like a key or token): expected \
+         error|warn|info|debug|trace|off, or azmutex=<level>",
         value.chars().count()
     ));
     // Single-threaded here: no runtime, no logging yet.
