@@ -46,7 +46,7 @@ fn forms(secret: &str) -> Vec<String> {
 }
 
 /// `text` with every run of [`MIN_SECRET_RUN`] or more characters shared with one of `secrets`
-/// (in any form of [`forms`], ignoring ASCII case) replaced by [`REDACTED`]. Empty secrets and
+/// (in any of the encodings listed in the module documentation, ignoring ASCII case) replaced by [`REDACTED`]. Empty secrets and
 /// secrets shorter than [`MIN_SECRET_RUN`] are compared whole.
 pub fn scrub_secrets(text: &str, secrets: &[&str]) -> String {
     let lower = text.to_ascii_lowercase();
