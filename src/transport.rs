@@ -27,7 +27,8 @@ const MAX_RESPONSE_HEADERS: usize = 1024;
 /// is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ProxyConfig {
-    /// Proxies from the environment variables, as curl reads them ([`Proxies::from_env`]).
+    /// Proxies from the environment variables, as curl reads them except that upper-case
+    /// `HTTP_PROXY` counts too ([`Proxies::from_env`]).
     #[default]
     FromEnvironment,
     /// No proxy, whatever the environment says.
@@ -79,6 +80,8 @@ impl Proxies {
     /// for `https://` endpoints, `http_proxy`/`HTTP_PROXY` for `http://` ones, `all_proxy`/
     /// `ALL_PROXY` for either when the specific one is not set, and `no_proxy`/`NO_PROXY` for the
     /// exceptions. The lower-case form wins when both are set; empty variables count as unset.
+    /// Unlike curl, upper-case `HTTP_PROXY` is read too (curl ignores it because CGI programs
+    /// get a request's `Proxy:` header under that name; this crate never runs as one).
     pub fn from_env() -> Result<Self, InvalidInput> {
         Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }

@@ -438,6 +438,30 @@ fn a_proxy_refusing_the_tunnel_is_named_with_its_status() {
     );
     assert!(r.out.contains("the proxy is failing"), "{}", r.out);
     assert!(!r.out.contains("Pw0rdSecret77"), "{}", r.out);
+    // Token requests through it: the same.
+    let env = vec![
+        ("HTTPS_PROXY", format!("http://ci:Pw0rdSecret77@127.0.0.1:{port}")),
+        ("AZURE_STORAGE_ACCOUNT", "acct".to_string()),
+        ("AZURE_TENANT_ID", token_server::TENANT.to_string()),
+        ("AZURE_CLIENT_ID", token_server::CLIENT_ID.to_string()),
+        ("AZURE_CLIENT_SECRET", "Q7x8Q~aBcD3.eFgH4_iJkL5".to_string()),
+    ];
+    let r = run(
+        &env,
+        &["--auth", "client-secret", "--timeout", "3s", "status", "job"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(69), "{}", r.out);
+    assert!(
+        r.out.contains("token endpoint (CONNECT answered HTTP 403)") && r.out.contains("the proxy is failing"),
+        "{}",
+        r.out
+    );
+    assert!(
+        !r.out.contains("Pw0rdSecret77") && !r.out.contains("eFgH4"),
+        "{}",
+        r.out
+    );
 }
 
 /// Promise: when the endpoint refuses both service versions (or the pinned one), the error says

@@ -118,7 +118,7 @@ pub struct Connection {
     pub ca_cert: Vec<PathBuf>,
     /// Send every request through this HTTP proxy (http://[user:password@]host:port); NO_PROXY
     /// still applies. Without it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured
-    /// as curl honours them.
+    /// as curl honours them (upper-case HTTP_PROXY too).
     #[arg(long, value_name = "URL", hide_env_values = true, global = true)]
     pub proxy: Option<String>,
     /// The storage service version (x-ms-version) to send, e.g. 2017-11-09. By default

@@ -247,6 +247,9 @@ pub(crate) struct Answer {
 pub(crate) struct TokenHttp {
     client: reqwest::Client,
     timeout: Duration,
+    /// The options and explicit proxy the client was built with, to name a failing proxy.
+    options: ClientOptions,
+    proxy: Option<Url>,
 }
 
 impl TokenHttp {
@@ -254,6 +257,21 @@ impl TokenHttp {
         Ok(Self {
             client: crate::transport::http_client(options, proxy)?,
             timeout: options.request_timeout.max(Duration::from_millis(1)),
+            options: options.clone(),
+            proxy: proxy.cloned(),
+        })
+    }
+
+    /// A failed tunnel explained: the proxy (without credentials) and the status its
+    /// `CONNECT` answered. The failure is the proxy's, not the token endpoint's.
+    async fn tunnel_failure(&self, url: &Url) -> Option<String> {
+        let proxy = crate::transport::proxy_for(&self.options, self.proxy.as_ref(), url)?;
+        let shown = crate::config::redact_url(&proxy);
+        Some(match crate::transport::connect_status(&proxy, url).await {
+            Some(status) => format!(
+                "the proxy {shown} refused to open a tunnel to the token endpoint (CONNECT answered HTTP {status})"
+            ),
+            None => format!("the proxy {shown} did not open a tunnel to the token endpoint (CONNECT failed)"),
         })
     }
 
@@ -289,7 +307,17 @@ impl TokenHttp {
                 kind,
                 why: format!("no answer within {} ms", timeout.as_millis()),
             }),
-            Ok(Err(e)) => Err(classify(kind, &e, timeout)),
+            Ok(Err(e)) => {
+                let mut error = classify(kind, &e, timeout);
+                if let (EntraError::Transient { why, .. }, Some(url)) = (&mut error, e.url()) {
+                    if why.contains("tunnel error") {
+                        if let Some(explained) = self.tunnel_failure(url).await {
+                            *why = explained;
+                        }
+                    }
+                }
+                Err(error)
+            }
             Ok(Ok(None)) => Err(EntraError::Transient {
                 kind,
                 why: format!("the answer is longer than {MAX_BODY_BYTES} bytes"),
