@@ -487,3 +487,43 @@ fn both_service_versions_refused_names_api_version() {
         assert!(r.out.contains("--api-version"), "{args:?}: {}", r.out);
     }
 }
+
+/// Promise: the certificate roots are read once per process, not for every HTTP client built:
+/// a second client still trusts a CA from `SSL_CERT_DIR` after the directory is gone. On
+/// 5136815 every client re-read the directory (the second client found no roots at all).
+#[test]
+fn certificate_roots_are_read_once_per_process() {
+    use azmutex::rest::{BlobClient, RestRequest};
+    use azmutex::{ClientOptions, StorageConfig};
+    let pki = token_server::make_pki(scratch("azmutex-hostile-once-pki"));
+    let dir = scratch("azmutex-hostile-once");
+    std::fs::write(dir.join("test-ca.pem"), &pki.ca_pem).unwrap();
+    // Only this test builds HTTP clients in this process (the others run the CLI with a
+    // cleared environment), so the variable reaches no one else.
+    std::env::set_var("SSL_CERT_DIR", &dir);
+    std::env::remove_var("SSL_CERT_FILE");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(token_server::TokenServer::start(
+        Some((&pki.cert_pem, &pki.key_pem)),
+        3600,
+    ));
+    let config = StorageConfig::parse_connection_string(&format!(
+        "AccountName=acct;AccountKey={};BlobEndpoint={}/acct",
+        common::DEV_KEY,
+        server.base
+    ))
+    .unwrap();
+    let head = |client: &BlobClient| {
+        let req = RestRequest::new("head", reqwest::Method::HEAD, "c", Some("b"));
+        rt.block_on(client.send(&req, Instant::now() + Duration::from_secs(5)))
+            .map(|r| r.status)
+    };
+    let first = BlobClient::new(&config, ClientOptions::default()).unwrap();
+    assert!(head(&first).is_ok(), "{:?}", head(&first));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let second = BlobClient::new(&config, ClientOptions::default());
+    std::env::remove_var("SSL_CERT_DIR");
+    let second = second.expect("a second client without re-reading the roots");
+    let answer = head(&second);
+    assert!(answer.is_ok(), "the second client re-read the roots: {answer:?}");
+}
