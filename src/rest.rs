@@ -573,34 +573,33 @@ impl BlobClient {
                     attempts -= 1;
                     continue;
                 }
-                Attempt::Done(resp)
-                    if resp.status == 400
-                        && refuses_version(&resp, req.method == Method::HEAD)
-                        && (self.inner.options.api_version.is_some()
-                            || API_VERSIONS.last().is_some_and(|last| *last == version)) =>
-                {
-                    // No version left to try: say so, and how to pick one.
-                    let detail = if self.inner.options.api_version.is_some() {
-                        format!(
-                            "the endpoint refuses the service version {version} given with --api-version \
-                             (ClientOptions::api_version); give one it accepts, or none to negotiate"
-                        )
-                    } else {
-                        format!(
-                            "the endpoint refuses both service versions this client sends ({}); if it accepts \
-                             another, give it with --api-version YYYY-MM-DD (ClientOptions::api_version)",
-                            API_VERSIONS.join(" and ")
-                        )
-                    };
-                    return Err(Error::Unexpected {
-                        service: resp.error(),
-                        detail,
-                    });
-                }
                 Attempt::Done(mut resp) => {
                     // The endpoint answered this version: it is the one from now on.
                     self.inner.settled.store(true, Ordering::Release);
                     *self.failures() = FailureStreak::default();
+                    if resp.status == 400
+                        && refuses_version(&resp, req.method == Method::HEAD)
+                        && (self.inner.options.api_version.is_some()
+                            || API_VERSIONS.last().is_some_and(|last| *last == version))
+                    {
+                        // No version left to try: say so, and how to pick one.
+                        let detail = if self.inner.options.api_version.is_some() {
+                            format!(
+                                "the endpoint refuses the service version {version} given with --api-version \
+                                 (ClientOptions::api_version); give one it accepts, or none to negotiate"
+                            )
+                        } else {
+                            format!(
+                                "the endpoint refuses both service versions this client sends ({}); if it \
+                                 accepts another, give it with --api-version YYYY-MM-DD (ClientOptions::api_version)",
+                                API_VERSIONS.join(" and ")
+                            )
+                        };
+                        return Err(Error::Unexpected {
+                            service: resp.error(),
+                            detail,
+                        });
+                    }
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
                     if resp.status == 401 || resp.status == 403 {
