@@ -8,6 +8,8 @@ use std::fmt;
 use url::Url;
 
 use crate::auth::{AccountKey, Credential, KeyError, SasError, SasToken};
+use crate::redact::printable_url;
+pub use crate::redact::redact_url;
 
 /// The well-known account name of the storage emulator (Azurite).
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
@@ -37,41 +39,6 @@ impl fmt::Debug for StorageConfig {
             .field("proxy", &self.proxy.as_ref().map(redact_url))
             .finish()
     }
-}
-
-/// A URL fit for printing: user name and password replaced by `***`, a path other than `/`
-/// shown as `/...`, the query redacted by [`crate::auth::redact_query`], no fragment, and a
-/// host name that could be a piece of a key (one label of 8 or more characters, other than
-/// `localhost`) shown as `<host>`.
-pub fn redact_url(url: &Url) -> String {
-    printable_url(url, false)
-}
-
-fn printable_url(url: &Url, show_path: bool) -> String {
-    let mut out = format!("{}://", url.scheme());
-    if !url.username().is_empty() || url.password().is_some() {
-        out.push_str("***@");
-    }
-    match url.host() {
-        Some(url::Host::Domain(d)) if !d.contains('.') && d.len() >= 8 && d != "localhost" => out.push_str("<host>"),
-        Some(_) => out.push_str(url.host_str().unwrap_or_default()),
-        None => {}
-    }
-    if let Some(port) = url.port() {
-        out.push_str(&format!(":{port}"));
-    }
-    if show_path {
-        out.push_str(url.path());
-    } else if url.path() == "/" || url.path().is_empty() {
-        out.push('/');
-    } else {
-        out.push_str("/...");
-    }
-    if let Some(q) = url.query() {
-        out.push('?');
-        out.push_str(&crate::auth::redact_query(q));
-    }
-    out
 }
 
 /// Why a connection string or environment could not be used. Names the offending key and the

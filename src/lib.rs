@@ -68,6 +68,7 @@ pub mod config;
 pub mod error;
 pub mod locker;
 pub mod mutex;
+mod redact;
 pub mod rest;
 pub mod transport;
 pub mod types;

@@ -19,7 +19,7 @@ use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
 use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
 use crate::transport::{error_chain, tls_problem};
-pub use crate::transport::{Proxies, ProxyConfig};
+pub use crate::transport::{ClientOptions, Proxies, ProxyConfig, RetryPolicy, MAX_BODY_BYTES};
 
 /// The `x-ms-version` sent first when no version is pinned ([`ClientOptions::api_version`]).
 ///
@@ -46,11 +46,6 @@ pub const API_VERSIONS: [&str; 2] = [DEFAULT_API_VERSION, FALLBACK_API_VERSION];
 /// and lack error codes in headers.
 pub const MIN_API_VERSION: &str = "2015-02-21";
 
-/// The most of a response body this client reads. Lease operations answer with no body, errors
-/// with a few hundred bytes of XML; anything longer is cut here, so a hostile or broken server
-/// cannot make the client buffer more than this.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
 /// The longest `<Message>` kept from an error body (characters), after control characters are
 /// escaped.
 pub const MAX_MESSAGE_CHARS: usize = 300;
@@ -69,76 +64,6 @@ const PATH_SET: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~')
     .remove(b'/');
-
-/// How transient failures are retried: capped, jittered exponential backoff.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// The first backoff.
-    pub initial_backoff: Duration,
-    /// The largest backoff.
-    pub max_backoff: Duration,
-    /// How long one call (with all its retries) may take unless the caller sets a deadline.
-    pub call_timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(4),
-            call_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The backoff before retry number `retry` (1-based): exponential, capped, with jitter in
-    /// `[d/2, d]` so that clients that failed together do not retry together.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
-        let capped = exp.min(self.max_backoff);
-        let half = capped / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
-
-/// Options of the HTTP client.
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// The `x-ms-version` to send. `None` (the default): [`DEFAULT_API_VERSION`], stepping down
-    /// once to [`FALLBACK_API_VERSION`] if the endpoint refuses it, and remembering that for
-    /// this client and its clones. `Some(v)`: always `v` (a `YYYY-MM-DD` date, at least
-    /// [`MIN_API_VERSION`], and `2017-11-09` or later with bearer tokens).
-    pub api_version: Option<String>,
-    /// The timeout of one HTTP request (default 5 s); a call's retries share its own deadline.
-    pub request_timeout: Duration,
-    /// The TCP connect timeout (default 3 s).
-    pub connect_timeout: Duration,
-    /// Retry behaviour.
-    pub retry: RetryPolicy,
-    /// Extra trusted certificates (PEM; each entry may be a bundle), for endpoints with a
-    /// private CA. The system roots stay trusted. A server presenting exactly one of these
-    /// certificates is trusted as that server even if it is self-signed with `CA:TRUE`; its
-    /// dates and host name are still checked.
-    pub ca_certificates_pem: Vec<Vec<u8>>,
-    /// Proxies (default: from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
-    pub proxy: ProxyConfig,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        Self {
-            api_version: None,
-            request_timeout: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(3),
-            retry: RetryPolicy::default(),
-            ca_certificates_pem: Vec::new(),
-            proxy: ProxyConfig::default(),
-        }
-    }
-}
 
 /// One request to the Blob service, before authorization.
 #[derive(Debug, Clone)]

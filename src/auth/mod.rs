@@ -10,6 +10,8 @@ pub mod entra;
 pub mod scrub;
 pub mod signer;
 
+use crate::redact::param_name;
+pub use crate::redact::redact_query;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -107,61 +109,6 @@ impl SasToken {
         redact_query(&self.0)
     }
 }
-
-/// A query parameter's name as the service reads it: percent-decoded, trimmed, lower-cased.
-fn param_name(raw: &str) -> String {
-    percent_encoding::percent_decode_str(raw)
-        .decode_utf8_lossy()
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// The one redaction rule for query strings that may carry a secret (SAS tokens, URLs): used by
-/// `Debug`, `Display`, errors and logs.
-///
-/// It is an allow-list, not a deny-list: a parameter is shown only when its (decoded) name is
-/// one of the SAS fields that are not secret and its value has that field's shape (a version,
-/// a date, permission letters, a protocol list, an IP range). Everything else — `sig` however it
-/// is spelled (`SIG`, `si%67`, ` sig`), unknown names, values of unexpected shape — prints as
-/// `name=REDACTED`, with the name itself replaced by `?` unless it is a known field.
-pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (raw_name, raw_value) = p.split_once('=').unwrap_or((p, ""));
-            let name = param_name(raw_name);
-            let value = percent_encoding::percent_decode_str(raw_value).decode_utf8_lossy();
-            let shown = |max: usize, ok: fn(char) -> bool| value.len() <= max && value.chars().all(ok);
-            let visible = match name.as_str() {
-                "sv" => shown(10, |c| c.is_ascii_digit() || c == '-'),
-                "se" | "st" => shown(30, |c| {
-                    c.is_ascii_digit() || matches!(c, 'T' | 'Z' | ':' | '.' | '-' | '+')
-                }),
-                "sp" | "ss" | "srt" | "sr" => shown(16, |c| c.is_ascii_lowercase()),
-                "spr" => shown(16, |c| c.is_ascii_lowercase() || c == ','),
-                "sip" => shown(31, |c| c.is_ascii_digit() || c == '.' || c == '-'),
-                "sdd" => shown(2, |c| c.is_ascii_digit()),
-                _ => false,
-            };
-            if visible {
-                format!("{name}={value}")
-            } else if KNOWN_SAS_FIELDS.contains(&name.as_str()) {
-                format!("{name}=REDACTED")
-            } else {
-                "?=REDACTED".to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// SAS query fields (service, account and user delegation SAS), shown by name when redacted.
-/// See [Create a service SAS](https://learn.microsoft.com/en-us/rest/api/storageservices/create-service-sas).
-const KNOWN_SAS_FIELDS: [&str; 27] = [
-    "sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "ses", "skoid", "sktid", "skt", "ske",
-    "sks", "skv", "saoid", "suoid", "scid", "rscc", "rscd", "rsce", "rscl", "rsct",
-];
 
 impl fmt::Debug for SasToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

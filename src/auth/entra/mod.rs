@@ -35,7 +35,7 @@ use url::Url;
 
 use crate::auth::{AccessToken, TokenFuture, TokenProvider};
 use crate::error::{sanitize_text, TlsProblem};
-use crate::rest::{ClientOptions, MAX_BODY_BYTES};
+use crate::transport::{ClientOptions, MAX_BODY_BYTES};
 
 pub use self::azure_cli::AZURE_CLI_TIMEOUT;
 pub use self::cache::RefreshPolicy;
@@ -266,7 +266,7 @@ impl TokenHttp {
     /// `CONNECT` answered. The failure is the proxy's, not the token endpoint's.
     async fn tunnel_failure(&self, url: &Url) -> Option<String> {
         let proxy = crate::transport::proxy_for(&self.options, self.proxy.as_ref(), url)?;
-        let shown = crate::config::redact_url(&proxy);
+        let shown = crate::redact::redact_url(&proxy);
         Some(match crate::transport::connect_status(&proxy, url).await {
             Some(status) => format!(
                 "the proxy {shown} refused to open a tunnel to the token endpoint (CONNECT answered HTTP {status})"
@@ -813,7 +813,7 @@ impl EntraBuilder {
     fn http(&self, kind: EntraKind, direct: bool) -> Result<TokenHttp, EntraError> {
         let mut options = self.options.clone();
         if direct {
-            options.proxy = crate::rest::ProxyConfig::Direct;
+            options.proxy = crate::transport::ProxyConfig::Direct;
         }
         TokenHttp::new(&options, None).map_err(|e| EntraError::InvalidConfig {
             kind,

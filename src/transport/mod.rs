@@ -15,7 +15,9 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use url::Url;
 
 use crate::error::{sanitize_text, InvalidInput, TlsProblem};
-use crate::rest::ClientOptions;
+mod options;
+
+pub use options::{ClientOptions, RetryPolicy, MAX_BODY_BYTES};
 
 /// The most response headers accepted (8 KiB of metadata is at most a few hundred items).
 const MAX_RESPONSE_HEADERS: usize = 1024;
@@ -57,8 +59,8 @@ pub struct Proxies {
 impl fmt::Debug for Proxies {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxies")
-            .field("http", &self.http.as_ref().map(crate::config::redact_url))
-            .field("https", &self.https.as_ref().map(crate::config::redact_url))
+            .field("http", &self.http.as_ref().map(crate::redact::redact_url))
+            .field("https", &self.https.as_ref().map(crate::redact::redact_url))
             .field("no_proxy", &self.no_proxy)
             .finish()
     }
