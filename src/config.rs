@@ -491,7 +491,7 @@ fn env_endpoint(endpoint: Option<&str>, account: Option<&str>, why: &'static str
 
 /// Refuses an `http://` endpoint for bearer tokens (they would travel in clear text; the Azure
 /// SDKs refuse this too). `loopback_ok`: a loopback host is accepted (nothing leaves the machine).
-fn check_bearer_endpoint(key: &'static str, url: &Url, loopback_ok: bool) -> Result<(), ConfigError> {
+pub(crate) fn check_bearer_endpoint(key: &'static str, url: &Url, loopback_ok: bool) -> Result<(), ConfigError> {
     if url.scheme() == "https" {
         return Ok(());
     }

@@ -366,6 +366,16 @@ impl BlobClient {
         if let Some(v) = &options.api_version {
             check_api_version(v, matches!(config.credential, Credential::Bearer(_)))?;
         }
+        // Also for a `StorageConfig` made as a struct literal, past its constructors' checks:
+        // a bearer token never travels in clear text beyond this machine.
+        if matches!(config.credential, Credential::Bearer(_)) {
+            crate::config::check_bearer_endpoint("endpoint", &config.endpoint, true).map_err(|e| {
+                InvalidInput::Option {
+                    option: "endpoint",
+                    why: e.to_string(),
+                }
+            })?;
+        }
         let http = crate::transport::http_client(&options, config.proxy.as_ref())?;
         Ok(Self {
             inner: Arc::new(Inner {

@@ -306,10 +306,12 @@ fn an_unreadable_azmutex_log_is_reported_and_ignored() {
     for value in ["azmutex=loud", "hyper=debug,azmutex=info", "\u{1b}[31mred"] {
         let text = status_logs(&["-v"], Some(value));
         assert!(
-            text.contains("azmutex: ignoring AZMUTEX_LOG=")
+            text.contains("azmutex: ignoring AZMUTEX_LOG (")
                 && text.contains("expected error|warn|info|debug|trace|off, or azmutex=<level>"),
             "AZMUTEX_LOG={value:?}: {text}"
         );
+        // Never quoted (issue 17): it may be a key pasted into the wrong variable.
+        assert!(!text.contains("loud") && !text.contains("hyper=debug"), "{text}");
         assert!(
             !text.contains('\u{1b}'),
             "an escape sequence reached the terminal: {text:?}"

@@ -143,3 +143,22 @@ async fn unreachable_endpoint_gives_up_at_the_deadline() {
     assert!(err.is_transient());
     assert!(client.requests_sent() > 1, "connection errors are retried");
 }
+
+/// Issue 17: a bearer credential over plain `http://` is refused by `BlobClient::new` too, for a
+/// `StorageConfig` made as a struct literal (past the constructors' checks); loopback is fine.
+#[test]
+fn a_struct_literal_config_cannot_send_a_bearer_token_over_http() {
+    let literal = |endpoint: &str| StorageConfig {
+        endpoint: endpoint.parse().unwrap(),
+        credential: Credential::Bearer(std::sync::Arc::new(FailingProvider)),
+        proxy: None,
+    };
+    let err = BlobClient::new(&literal("http://acct.blob.core.windows.net"), ClientOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("never sent over plain `http://`"), "{err}");
+    assert!(BlobClient::new(&literal("https://acct.blob.core.windows.net"), ClientOptions::default()).is_ok());
+    assert!(BlobClient::new(
+        &literal("http://127.0.0.1:10000/devstoreaccount1"),
+        ClientOptions::default()
+    )
+    .is_ok());
+}

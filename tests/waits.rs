@@ -92,3 +92,36 @@ async fn a_cancelled_first_acquire_leaves_no_lease_while_the_version_is_unsettle
         proxy.count("release")
     );
 }
+
+/// Issue 17 (medium): a wait honours `Retry-After` between its attempts too (on 5136815: 9
+/// attempts in 8 s against `Retry-After: 3`).
+#[tokio::test]
+async fn a_wait_honours_retry_after_between_attempts() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    proxy.add(
+        Match::LeaseAction("acquire"),
+        Action::RespondRetryAfter(503, "ServerBusy", 3),
+        None,
+    );
+    let container = common::unique("waitra");
+    let locker = Locker::with_options(
+        common::via(proxy.addr, &container, false),
+        "job",
+        common::locker_options(secs(15)),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let r = locker.lock_timeout(Duration::from_secs(8)).await;
+    assert!(r.is_err(), "{r:?}");
+    let attempts = proxy.count("acquire");
+    eprintln!(
+        "measured: {attempts} acquire requests in {:.1?} against Retry-After: 3",
+        started.elapsed()
+    );
+    // One now, then at most one every 3 s within 8 s (and the client's own retries inside a
+    // call honour it as well).
+    assert!(
+        attempts <= 4,
+        "{attempts} acquire requests in 8 s against Retry-After: 3"
+    );
+}

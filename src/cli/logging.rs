@@ -87,10 +87,11 @@ pub fn init(verbose: u8) {
         Some(raw) => {
             let text = raw.to_string_lossy();
             Filter::parse(&text).unwrap_or_else(|| {
-                let shown: String = text.chars().take(64).collect();
+                // Not quoted: a value that is not a filter may be anything pasted by mistake,
+                // a key or a token included.
                 say(format_args!(
-                    "azmutex: ignoring AZMUTEX_LOG={}: expected {SYNTAX}",
-                    inert(&shown)
+                    "azmutex: ignoring AZMUTEX_LOG ({} characters): expected {SYNTAX}",
+                    text.chars().count()
                 ));
                 Filter::verbosity(verbose)
             })

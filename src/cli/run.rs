@@ -165,7 +165,8 @@ pub fn describe_holder(info: &azmutex::LockInfo) -> String {
     // Anyone who can take the lock can write these: print them inert and short.
     let mut parts = Vec::new();
     if let Some(o) = &h.holder.owner {
-        parts.push(format!("{:?}", printable(o, 200)));
+        // Escaped once (printable), quoted once: not run through `{:?}` on top.
+        parts.push(format!("\"{}\"", printable(o, 200)));
     }
     if let Some(host) = &h.holder.host {
         parts.push(format!("on {}", printable(host, 100)));

@@ -205,6 +205,9 @@ impl Waiter {
             let now = Instant::now();
             let jittered = pause / 2 + (pause / 2).mul_f64(fastrand::f64());
             pause = pause.mul_f64(1.5).min(self.options.poll_max);
+            // A service that asked to wait (`Retry-After` on the last answer) is not asked again
+            // sooner, whatever the polling pace (the wait's own limit still wins).
+            let jittered = jittered.max(failure.as_ref().and_then(Error::retry_after).unwrap_or_default());
             let wake = now.checked_add(jittered).unwrap_or(now);
             let wake = deadline.map_or(wake, |d| wake.min(d));
             // Failing storage: wake no later than when patience runs out.
