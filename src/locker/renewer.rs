@@ -9,8 +9,8 @@ pub(super) struct Renewer {
     pub(super) state: watch::Sender<State>,
     pub(super) options: LockerOptions,
     pub(super) lapsed: Arc<AtomicBool>,
-    /// When the last renewal request was started (the confirming renewal of a release keeps
-    /// its distance from it too).
+    /// When the last renewal call ended (or was dropped): its last request started no later
+    /// (the confirming renewal of a release keeps its distance from it too).
     pub(super) last_attempt: Option<Instant>,
 }
 
@@ -63,12 +63,18 @@ impl Renewer {
                 continue;
             }
             // Renew; give up at the local deadline.
-            self.last_attempt = Some(Instant::now());
+            // The call may retry inside (each request at least MIN_RENEWAL_GAP apart): the last
+            // request it sent started no later than when it ended or was dropped, which is what
+            // `last_attempt` records for the confirming renewal of a release.
             let outcome = tokio::select! {
                 r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
-                c = &mut commands => break c.ok(),
+                c = &mut commands => {
+                    self.last_attempt = Some(Instant::now());
+                    break c.ok();
+                }
             };
+            self.last_attempt = Some(Instant::now());
             let in_time = !self.lapsed.load(Ordering::SeqCst) && validity.holds(Instant::now(), SystemTime::now());
             if !in_time {
                 self.lapsed.store(true, Ordering::SeqCst);
