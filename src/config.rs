@@ -430,11 +430,18 @@ impl StorageConfig {
                 });
             }
         }
+        let endpoint_key = if endpoint.is_some() {
+            "AZURE_STORAGE_SERVICE_ENDPOINT"
+        } else {
+            "AZURE_STORAGE_ACCOUNT"
+        };
         let endpoint = env_endpoint(
             endpoint.as_deref(),
             account.as_deref(),
             "Entra ID authorization needs the storage account's name or URL",
         )?;
+        // Before any token is asked for: a bearer token never goes over plain http.
+        check_bearer_endpoint(endpoint_key, &endpoint, false)?;
         Ok(Some(Self {
             endpoint,
             credential: entra(auth)?,
@@ -446,15 +453,32 @@ impl StorageConfig {
     /// own, cached and refreshed in the background).
     #[cfg(feature = "entra")]
     #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
+    ///
+    /// The endpoint must be `https://`: a bearer token is never sent in clear text (as the
+    /// Azure SDKs refuse to).
     pub fn entra(endpoint: &str, credential: crate::auth::entra::EntraCredential) -> Result<Self, ConfigError> {
-        Self::new(endpoint, Credential::Bearer(std::sync::Arc::new(credential)))
+        let url = parse_endpoint("endpoint", endpoint)?;
+        check_bearer_endpoint("endpoint", &url, false)?;
+        Ok(Self {
+            endpoint: url,
+            credential: Credential::Bearer(std::sync::Arc::new(credential)),
+            proxy: None,
+        })
     }
 
     /// A configuration from an explicit endpoint URL (host-style or path-style, e.g. for Azure
     /// Stack or a custom domain) and a credential.
+    ///
+    /// A [`Credential::Bearer`] needs an `https://` endpoint (a bearer token is never sent in
+    /// clear text), except on a loopback address (`127.0.0.0/8`, `::1`, `localhost`), where
+    /// the traffic does not leave the machine (a caller's own provider against a local emulator).
     pub fn new(endpoint: &str, credential: Credential) -> Result<Self, ConfigError> {
+        let url = parse_endpoint("endpoint", endpoint)?;
+        if matches!(credential, Credential::Bearer(_)) {
+            check_bearer_endpoint("endpoint", &url, true)?;
+        }
         Ok(Self {
-            endpoint: parse_endpoint("endpoint", endpoint)?,
+            endpoint: url,
             credential,
             proxy: None,
         })
@@ -496,6 +520,29 @@ fn env_endpoint(endpoint: Option<&str>, account: Option<&str>, why: &'static str
             why,
         }),
     }
+}
+
+/// Refuses an `http://` endpoint for bearer tokens (they would travel in clear text; the Azure
+/// SDKs refuse this too). `loopback_ok`: a loopback host is accepted (nothing leaves the machine).
+fn check_bearer_endpoint(key: &'static str, url: &Url, loopback_ok: bool) -> Result<(), ConfigError> {
+    if url.scheme() == "https" {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    if loopback_ok && loopback {
+        return Ok(());
+    }
+    Err(ConfigError::InvalidValue {
+        key,
+        reason: "Entra ID bearer tokens are never sent over plain `http://` (anyone on the path could \
+                 read and reuse them): use the `https://` endpoint"
+            .into(),
+    })
 }
 
 /// What the account, key and SAS settings are called where they came from, for error messages.

@@ -385,6 +385,8 @@ pub struct BlobClient {
 struct Inner {
     http: reqwest::Client,
     endpoint: Url,
+    /// The configuration's own proxy (`DevelopmentStorageProxyUri`), to name a failing proxy.
+    proxy: Option<Url>,
     credential: Credential,
     options: ClientOptions,
     requests: AtomicU64,
@@ -398,6 +400,18 @@ struct Inner {
     /// Whether the endpoint has answered a version with anything but a refusal: a refusal
     /// after that is a stray, retried (see [`BlobClient::send`]).
     answered: AtomicBool,
+    /// For give-up reports: failed attempts in a row across calls (a caller retrying with
+    /// calls of its own, as a wait or a renewal loop does), and the last real failure (an
+    /// attempt that was sent), so that a last call left with no time to send anything does not
+    /// report "1 attempts (request timed out)" after dozens of service answers.
+    failures: std::sync::Mutex<FailureStreak>,
+}
+
+/// Failed attempts in a row and the last one's cause (see `Inner::failures`).
+#[derive(Default)]
+struct FailureStreak {
+    attempts: u32,
+    last: Option<(TransientCause, Option<ServiceError>, Option<Duration>)>,
 }
 
 impl std::fmt::Debug for BlobClient {
@@ -432,12 +446,14 @@ impl BlobClient {
             inner: Arc::new(Inner {
                 http,
                 endpoint: config.endpoint.clone(),
+                proxy: config.proxy.clone(),
                 credential: config.credential.clone(),
                 requests: AtomicU64::new(0),
                 version: AtomicUsize::new(0),
                 settled: AtomicBool::new(options.api_version.is_some()),
                 negotiation: tokio::sync::Mutex::new(()),
                 answered: AtomicBool::new(false),
+                failures: std::sync::Mutex::new(FailureStreak::default()),
                 options,
             }),
         })
@@ -536,7 +552,8 @@ impl BlobClient {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = self.inner.options.request_timeout.min(remaining);
             let version = self.api_version().to_string();
-            let attempt = if timeout.is_zero() || gate_closed {
+            let synthetic = timeout.is_zero() || gate_closed;
+            let attempt = if synthetic {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
                     throttled: None,
@@ -571,13 +588,42 @@ impl BlobClient {
                         && refuses_version(&resp, req.method == Method::HEAD) =>
                 {
                     tracing::info!(op = req.op, version = %version, "a stray x-ms-version refusal; retrying");
-                    (TransientCause::Service(resp.error()), None, None)
+                    let cause = TransientCause::Service(resp.error());
+                    let mut streak = self.failures();
+                    streak.attempts = streak.attempts.saturating_add(1);
+                    streak.last = Some((cause.clone(), None, None));
+                    drop(streak);
+                    (cause, None, None)
                 }
                 Attempt::Done(mut resp) => {
                     // The endpoint answered this version: it is the one from now on.
                     self.inner.settled.store(true, Ordering::Release);
                     if !(resp.status == 400 && refuses_version(&resp, req.method == Method::HEAD)) {
                         self.inner.answered.store(true, Ordering::Release);
+                    }
+                    *self.failures() = FailureStreak::default();
+                    if resp.status == 400
+                        && refuses_version(&resp, req.method == Method::HEAD)
+                        && (self.inner.options.api_version.is_some()
+                            || API_VERSIONS.last().is_some_and(|last| *last == version))
+                    {
+                        // No version left to try: say so, and how to pick one.
+                        let detail = if self.inner.options.api_version.is_some() {
+                            format!(
+                                "the endpoint refuses the service version {version} given with --api-version \
+                                 (ClientOptions::api_version); give one it accepts, or none to negotiate"
+                            )
+                        } else {
+                            format!(
+                                "the endpoint refuses both service versions this client sends ({}); if it \
+                                 accepts another, give it with --api-version YYYY-MM-DD (ClientOptions::api_version)",
+                                API_VERSIONS.join(" and ")
+                            )
+                        };
+                        return Err(Error::Unexpected {
+                            service: resp.error(),
+                            detail,
+                        });
                     }
                     resp.attempts = attempts;
                     resp.earlier_outcome_unknown = earlier_outcome_unknown;
@@ -596,6 +642,14 @@ impl BlobClient {
                     maybe_applied,
                 } => {
                     earlier_outcome_unknown |= maybe_applied;
+                    if synthetic {
+                        // Nothing was sent: not an attempt.
+                        attempts -= 1;
+                    } else {
+                        let mut streak = self.failures();
+                        streak.attempts = streak.attempts.saturating_add(1);
+                        streak.last = Some((cause.clone(), throttled.clone(), retry_after));
+                    }
                     (cause, throttled, retry_after)
                 }
             };
@@ -609,6 +663,16 @@ impl BlobClient {
                 .max(req.min_retry_gap);
             let wake = Instant::now().checked_add(wait);
             if wake.is_none_or(|w| w >= deadline) {
+                // The report: the attempts in a row (this call's and the caller's earlier
+                // calls'), and the last answer or error actually received, not a last attempt
+                // that had no time left to be sent.
+                let (attempts, cause, throttled, retry_after) = {
+                    let streak = self.failures();
+                    match (&streak.last, synthetic) {
+                        (Some((c, t, r)), true) => (streak.attempts.max(attempts), c.clone(), t.clone(), *r),
+                        _ => (streak.attempts.max(attempts), cause, throttled, retry_after),
+                    }
+                };
                 tracing::warn!(op = req.op, attempts, cause = %cause, "giving up: call deadline reached");
                 return Err(match throttled {
                     Some(service) => Error::Throttled {
@@ -626,6 +690,25 @@ impl BlobClient {
             tracing::debug!(op = req.op, attempts, cause = %cause, wait_ms = wait.as_millis() as u64, "retrying");
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A failed tunnel explained: the proxy (printed without credentials) and the status its
+    /// `CONNECT` answered (asked again, as the HTTP client does not report it). The failure is
+    /// the proxy's, not the storage endpoint's.
+    async fn tunnel_failure(&self, url: &Url) -> Option<String> {
+        let proxy = crate::transport::proxy_for(&self.inner.options, self.inner.proxy.as_ref(), url)?;
+        let shown = crate::config::redact_url(&proxy);
+        Some(match crate::transport::connect_status(&proxy, url).await {
+            Some(status) => {
+                format!("the proxy {shown} refused to open a tunnel to the endpoint (CONNECT answered HTTP {status})")
+            }
+            None => format!("the proxy {shown} did not open a tunnel to the endpoint (CONNECT failed)"),
+        })
+    }
+
+    /// The failure streak (see `Inner::failures`).
+    fn failures(&self) -> std::sync::MutexGuard<'_, FailureStreak> {
+        self.inner.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `resp` refuses `version` (400 `InvalidHeaderValue` naming `x-ms-version`, as
@@ -773,6 +856,8 @@ impl BlobClient {
                 let maybe_applied = !e.is_connect();
                 let cause = if e.is_timeout() {
                     TransientCause::Timeout
+                } else if chain.contains("tunnel error") {
+                    TransientCause::Network(self.tunnel_failure(url).await.unwrap_or(chain))
                 } else {
                     TransientCause::Network(chain)
                 };

@@ -27,7 +27,8 @@ const MAX_RESPONSE_HEADERS: usize = 1024;
 /// is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ProxyConfig {
-    /// Proxies from the environment variables, as curl reads them ([`Proxies::from_env`]).
+    /// Proxies from the environment variables, as curl reads them except that upper-case
+    /// `HTTP_PROXY` counts too ([`Proxies::from_env`]).
     #[default]
     FromEnvironment,
     /// No proxy, whatever the environment says.
@@ -79,6 +80,8 @@ impl Proxies {
     /// for `https://` endpoints, `http_proxy`/`HTTP_PROXY` for `http://` ones, `all_proxy`/
     /// `ALL_PROXY` for either when the specific one is not set, and `no_proxy`/`NO_PROXY` for the
     /// exceptions. The lower-case form wins when both are set; empty variables count as unset.
+    /// Unlike curl, upper-case `HTTP_PROXY` is read too (curl ignores it because CGI programs
+    /// get a request's `Proxy:` header under that name; this crate never runs as one).
     pub fn from_env() -> Result<Self, InvalidInput> {
         Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
@@ -129,6 +132,16 @@ fn parse_proxy_url(name: &'static str, value: &str) -> Result<Url, InvalidInput>
     if url.host_str().is_none_or(str::is_empty) {
         return Err(refuse("it has no host"));
     }
+    // A key, SAS or token given where the proxy belongs parses as a host name: refused here,
+    // before any log line or connection error can show that "host".
+    let after_scheme = with_scheme.split_once("://").map_or(with_scheme.as_str(), |(_, r)| r);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if crate::auth::scrub::looks_like_secret(host_port) || after_scheme.contains("sig=") {
+        return Err(refuse(
+            "its host looks like a key or token, not a host name (not shown)",
+        ));
+    }
     if url.path() != "/" && !url.path().is_empty() || url.query().is_some() || url.fragment().is_some() {
         return Err(refuse("it has something after the host and port"));
     }
@@ -151,6 +164,10 @@ pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Resul
         .http1_max_headers(MAX_RESPONSE_HEADERS)
         .pool_idle_timeout(Duration::from_secs(50))
         .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")))
+        // Never follow a redirect: Blob operations are never redirected, and a token request
+        // re-sent elsewhere would carry its client secret, assertion or identity header there.
+        // A 3xx comes back as an answer, and is refused by whoever reads it.
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls_config(&options.ca_certificates_pem)?)
         // Proxies are ours to choose (below), never reqwest's own reading of the environment.
         .no_proxy();
@@ -189,8 +206,82 @@ pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Resul
     })
 }
 
-/// The rustls configuration: platform roots plus the named certificates, which are also pinned.
-/// Installs rustls's `ring` provider as the process default if no provider is installed yet.
+/// The proxy a request to `url` goes through under `options` (an explicit `proxy`, e.g.
+/// `DevelopmentStorageProxyUri`, wins), if any. `NO_PROXY` is not consulted: this only names
+/// the proxy after a tunnel through it failed.
+pub(crate) fn proxy_for(options: &ClientOptions, proxy: Option<&Url>, url: &Url) -> Option<Url> {
+    if let Some(p) = proxy {
+        return Some(p.clone());
+    }
+    let proxies = match &options.proxy {
+        ProxyConfig::FromEnvironment => Proxies::from_env().ok()?,
+        ProxyConfig::Direct => return None,
+        ProxyConfig::Explicit(p) => p.clone(),
+    };
+    if url.scheme() == "https" {
+        proxies.https
+    } else {
+        proxies.http
+    }
+}
+
+/// Asks `proxy` to open a tunnel to `url`'s host and port, as the client did, and returns the
+/// status code it answers (`None`: no answer within 3 s, or not HTTP). Used only to explain a
+/// failed tunnel ("CONNECT answered 403"), which the HTTP client reports without the status.
+pub(crate) async fn connect_status(proxy: &Url, url: &Url) -> Option<u16> {
+    use base64::Engine as _;
+    use std::io::{Read as _, Write as _};
+    let target = format!("{}:{}", url.host_str()?, url.port_or_known_default()?);
+    let proxy_addr = format!("{}:{}", proxy.host_str()?, proxy.port_or_known_default()?);
+    let auth = (!proxy.username().is_empty()).then(|| {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let pair = format!(
+            "{}:{}",
+            decode(proxy.username()),
+            decode(proxy.password().unwrap_or(""))
+        );
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("azmutex-proxy-probe".into())
+        .spawn(move || {
+            let probe = || -> Option<u16> {
+                use std::net::ToSocketAddrs as _;
+                let addr = proxy_addr.to_socket_addrs().ok()?.next()?;
+                let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+                stream.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
+                write!(
+                    stream,
+                    "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n",
+                    auth.unwrap_or_default()
+                )
+                .ok()?;
+                let mut head = [0u8; 64];
+                let n = stream.read(&mut head).ok()?;
+                let line = std::str::from_utf8(&head[..n]).ok()?;
+                let mut words = line.split(' ');
+                words.next().filter(|w| w.starts_with("HTTP/"))?;
+                words.next()?.parse().ok()
+            };
+            let _ = tx.send(probe());
+        })
+        .ok()?;
+    tokio::time::timeout(Duration::from_secs(4), rx).await.ok()?.ok()?
+}
+
+/// The rustls configuration: the system's roots plus the named certificates, which are also
+/// pinned. Installs rustls's `ring` provider as the process default if no provider is installed
+/// yet.
+///
+/// On Linux and the other Unix systems that keep their roots in PEM files, the roots are read
+/// here, bounded ([`system_roots`]), once per process, instead of by the platform verifier
+/// (which reads `SSL_CERT_DIR` whole, with no limits, for every client). With no roots at all,
+/// `https://` endpoints fail their handshake as untrusted and `http://` ones still work.
 fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, InvalidInput> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = rustls::crypto::CryptoProvider::get_default()
@@ -205,19 +296,13 @@ fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, I
         named.extend(certs);
     }
     let mut pinned = named.clone();
+    let roots = system_roots()?;
     // SSL_CERT_FILE names certificates explicitly too (OpenSSL accepts a self-signed server
-    // certificate listed there); the platform verifier reads it as its roots.
-    // The platform verifier reads it as well, with no limits: a FIFO or device there is refused
-    // here first, so that nothing blocks.
-    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty()) {
-        let pem = read_certificate_file(std::path::Path::new(&file))
-            .map_err(|e| InvalidInput::CaCertificate(format!("SSL_CERT_FILE {e}")))?;
-        pinned.extend(parse_pem_certificates(&pem).unwrap_or_default());
-    }
-    let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(named, provider.clone())
-        .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&e.to_string(), 200)))?;
+    // certificate listed there).
+    pinned.extend(roots.from_cert_file.iter().cloned());
+    let inner = chain_verifier(named, &roots, provider.clone())?;
     let verifier = PinningVerifier {
-        platform,
+        inner,
         pinned,
         algorithms: provider.signature_verification_algorithms,
     };
@@ -233,34 +318,239 @@ fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, I
     Ok(config)
 }
 
+/// Whether the system's roots are PEM files this module reads itself (as rustls-native-certs
+/// would), rather than an OS store the platform verifier asks.
+const ROOTS_FROM_FILES: bool = cfg!(all(unix, not(target_vendor = "apple"), not(target_os = "android")));
+
+/// The chain verifier: webpki over the system roots read here plus `named`; or, where the OS
+/// keeps the roots, the platform verifier with `named` as extra roots. `None`: no roots at all.
+fn chain_verifier(
+    named: Vec<CertificateDer<'static>>,
+    roots: &SystemRoots,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Option<Arc<dyn ServerCertVerifier>>, InvalidInput> {
+    if !ROOTS_FROM_FILES {
+        let platform = rustls_platform_verifier::Verifier::new_with_extra_roots(named, provider)
+            .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&e.to_string(), 200)))?;
+        return Ok(Some(Arc::new(platform)));
+    }
+    let mut store = RootCertStore::empty();
+    for cert in named {
+        store
+            .add(cert)
+            .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&format!("unusable certificate: {e}"), 200)))?;
+    }
+    let (_, ignored) = store.add_parsable_certificates(roots.certs.iter().cloned());
+    if ignored > 0 {
+        tracing::debug!(ignored, "system CA certificates ignored (unparsable)");
+    }
+    if store.is_empty() {
+        tracing::warn!("no CA certificates on this machine: https:// endpoints will be untrusted (add --ca-cert)");
+        return Ok(None);
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
+        .build()
+        .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&e.to_string(), 200)))?;
+    Ok(Some(verifier))
+}
+
+/// The most certificate files read from `SSL_CERT_DIR` (or the system directory).
+pub const MAX_CERTIFICATE_DIR_FILES: usize = 10_000;
+
+/// The most bytes read from all certificate files together.
+pub const MAX_CERTIFICATE_BYTES_TOTAL: u64 = 64 * 1024 * 1024;
+
+/// How long reading certificate files (or any file named in the configuration) may take before
+/// it is given up: a special file that blocks (a FIFO, `/proc/kmsg`) must not hang the process.
+pub const FILE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The system's roots, read once per process for each `SSL_CERT_FILE`/`SSL_CERT_DIR` setting.
+#[derive(Default)]
+struct SystemRoots {
+    certs: Vec<CertificateDer<'static>>,
+    /// Those from `SSL_CERT_FILE` (pinned as well).
+    from_cert_file: Vec<CertificateDer<'static>>,
+}
+
+/// The system roots: `SSL_CERT_FILE` and/or `SSL_CERT_DIR` when set (they replace the system's,
+/// as in OpenSSL), else the first system bundle found, else the system directory. Only regular
+/// files, each at most [`MAX_CERTIFICATE_FILE_BYTES`] (a larger one in a directory is skipped),
+/// at most [`MAX_CERTIFICATE_DIR_FILES`] files and [`MAX_CERTIFICATE_BYTES_TOTAL`] bytes, read
+/// on a thread of their own and given up after [`FILE_READ_TIMEOUT`]; read once per process.
+fn system_roots() -> Result<Arc<SystemRoots>, InvalidInput> {
+    type Key = (Option<std::ffi::OsString>, Option<std::ffi::OsString>);
+    static CACHE: std::sync::Mutex<Vec<(Key, Arc<SystemRoots>)>> = std::sync::Mutex::new(Vec::new());
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let key: Key = (var("SSL_CERT_FILE"), var("SSL_CERT_DIR"));
+    let cached = |cache: &Vec<(Key, Arc<SystemRoots>)>| cache.iter().find(|(k, _)| *k == key).map(|(_, r)| r.clone());
+    if let Some(roots) = CACHE.lock().ok().and_then(|c| cached(&c)) {
+        return Ok(roots);
+    }
+    let (file, dir) = key.clone();
+    let roots = Arc::new(off_thread("the system's CA certificates", move || {
+        load_roots(file, dir)
+    })?);
+    if let Ok(mut cache) = CACHE.lock() {
+        if cached(&cache).is_none() {
+            cache.push((key, roots.clone()));
+        }
+    }
+    Ok(roots)
+}
+
+/// Reads the roots (see [`system_roots`]).
+fn load_roots(file: Option<std::ffi::OsString>, dir: Option<std::ffi::OsString>) -> Result<SystemRoots, InvalidInput> {
+    let mut roots = SystemRoots::default();
+    if !ROOTS_FROM_FILES && file.is_none() {
+        return Ok(roots);
+    }
+    let mut budget = MAX_CERTIFICATE_BYTES_TOTAL;
+    if let Some(file) = &file {
+        let pem = read_file_capped(std::path::Path::new(file), MAX_CERTIFICATE_FILE_BYTES)
+            .map_err(|e| InvalidInput::CaCertificate(format!("SSL_CERT_FILE {e}")))?;
+        budget = budget.saturating_sub(pem.len() as u64);
+        roots.from_cert_file = parse_pem_certificates(&pem).unwrap_or_default();
+        roots.certs.extend(roots.from_cert_file.iter().cloned());
+    }
+    if !ROOTS_FROM_FILES {
+        return Ok(roots);
+    }
+    let dirs: Vec<std::path::PathBuf> = match (&file, &dir) {
+        (_, Some(dir)) => std::env::split_paths(dir).collect(),
+        (Some(_), None) => Vec::new(),
+        (None, None) => {
+            const BUNDLES: [&str; 8] = [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/ca-bundle.pem",
+                "/etc/pki/tls/cacert.pem",
+                "/etc/ssl/cert.pem",
+                "/usr/local/share/certs/ca-root-nss.crt",
+                "/usr/local/etc/ssl/cert.pem",
+            ];
+            let bundle = BUNDLES
+                .iter()
+                .map(std::path::Path::new)
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()));
+            match bundle {
+                Some(bundle) => {
+                    match read_file_capped(bundle, MAX_CERTIFICATE_FILE_BYTES) {
+                        Ok(pem) => roots.certs.extend(parse_pem_certificates(&pem).unwrap_or_default()),
+                        Err(e) => tracing::warn!(error = %e, "system CA bundle skipped"),
+                    }
+                    Vec::new()
+                }
+                None => vec!["/etc/ssl/certs".into(), "/etc/pki/tls/certs".into()],
+            }
+        }
+    };
+    let mut files = 0usize;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            files += 1;
+            if files > MAX_CERTIFICATE_DIR_FILES {
+                tracing::warn!(
+                    "more than {MAX_CERTIFICATE_DIR_FILES} files in the certificate directories: the rest is skipped"
+                );
+                return Ok(roots);
+            }
+            let path = entry.path();
+            // Symbolic links are followed (the hashed names are links), but only to regular files.
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            match read_file_capped(&path, MAX_CERTIFICATE_FILE_BYTES.min(budget)) {
+                Ok(pem) => {
+                    budget = budget.saturating_sub(pem.len() as u64);
+                    roots.certs.extend(parse_pem_certificates(&pem).unwrap_or_default());
+                }
+                Err(e) => tracing::warn!(error = %e, "certificate file skipped"),
+            }
+            if budget == 0 {
+                tracing::warn!(
+                    "the certificate files hold more than {MAX_CERTIFICATE_BYTES_TOTAL} bytes: the rest is skipped"
+                );
+                return Ok(roots);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Runs `f` (file reads) on a thread of its own, waiting at most [`FILE_READ_TIMEOUT`]: a read
+/// that blocks (a special file) is abandoned, not waited for; the thread does not keep the
+/// process alive.
+fn off_thread<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, InvalidInput> + Send + 'static,
+) -> Result<T, InvalidInput> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("azmutex-file-read".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| InvalidInput::CaCertificate(format!("cannot start a thread to read certificates: {e}")))?;
+    rx.recv_timeout(FILE_READ_TIMEOUT).unwrap_or_else(|_| {
+        Err(InvalidInput::CaCertificate(format!(
+            "{what}: reading it took more than {} s (a special file that blocks?)",
+            FILE_READ_TIMEOUT.as_secs()
+        )))
+    })
+}
+
 /// The most a certificate file may hold (a system bundle is a few hundred KiB).
 pub const MAX_CERTIFICATE_FILE_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Reads a PEM certificate file (`--ca-cert`, `SSL_CERT_FILE`) safely: only a regular file (a
-/// FIFO or device would block or never end), at most [`MAX_CERTIFICATE_FILE_BYTES`]. The error
-/// says what is wrong with the file, never its contents.
+/// FIFO or device would block or never end), at most [`MAX_CERTIFICATE_FILE_BYTES`], on a thread
+/// of its own given up after [`FILE_READ_TIMEOUT`] (a special file under `/proc` may block on
+/// read). The error says what is wrong with the file, never its contents; the file name is
+/// quoted only if it does not look like a key or token.
 pub fn read_certificate_file(path: &std::path::Path) -> Result<Vec<u8>, InvalidInput> {
+    let owned = path.to_path_buf();
+    let name = crate::auth::scrub::quote_or_describe(&path.to_string_lossy());
+    off_thread(&name, move || read_file_capped(&owned, MAX_CERTIFICATE_FILE_BYTES))
+}
+
+/// Reads `path` if it is a regular file of at most `max` bytes (checked before opening and
+/// again on the opened file, so that a swap in between is caught), as [`InvalidInput::CaCertificate`]
+/// errors naming the file (unless it looks like a secret).
+pub(crate) fn read_file_capped(path: &std::path::Path, max: u64) -> Result<Vec<u8>, InvalidInput> {
+    read_regular_file(path, max).map_err(|why| {
+        let name = crate::auth::scrub::quote_or_describe(&path.to_string_lossy());
+        InvalidInput::CaCertificate(format!("{name}: {why}"))
+    })
+}
+
+/// Reads `path` if it is a regular file of at most `max` bytes; the error says why not (without
+/// the file name). Blocking: call it off the async runtime (see [`off_thread`]).
+pub(crate) fn read_regular_file(path: &std::path::Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
-    let refuse = |why: String| InvalidInput::CaCertificate(format!("{}: {why}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
-    if !meta.is_file() {
-        return Err(refuse("not a regular file".into()));
+    let check = |meta: &std::fs::Metadata| -> Result<(), String> {
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        if meta.len() > max {
+            return Err(format!("{} bytes, more than the {max} allowed", meta.len()));
+        }
+        Ok(())
+    };
+    check(&std::fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it ({e})"))?;
+    check(&file.metadata().map_err(|e| format!("cannot read it ({e})"))?)?;
+    let mut data = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if data.len() as u64 > max {
+        return Err("it grew past the size limit while being read".into());
     }
-    if meta.len() > MAX_CERTIFICATE_FILE_BYTES {
-        return Err(refuse(format!(
-            "{} bytes, more than the {MAX_CERTIFICATE_FILE_BYTES} a certificate file may hold",
-            meta.len()
-        )));
-    }
-    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
-    let mut pem = Vec::new();
-    file.take(MAX_CERTIFICATE_FILE_BYTES + 1)
-        .read_to_end(&mut pem)
-        .map_err(|e| refuse(format!("cannot read it ({e})")))?;
-    if pem.len() as u64 > MAX_CERTIFICATE_FILE_BYTES {
-        return Err(refuse("it grew past the size limit while being read".into()));
-    }
-    Ok(pem)
+    Ok(data)
 }
 
 /// Every certificate in a PEM text (other PEM sections, such as keys, are skipped).
@@ -276,7 +566,8 @@ fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, In
 /// still be made with its key (so only the holder of that certificate's private key passes).
 #[derive(Debug)]
 struct PinningVerifier {
-    platform: rustls_platform_verifier::Verifier,
+    /// The chain check; `None` when there are no roots at all (everything is untrusted).
+    inner: Option<Arc<dyn ServerCertVerifier>>,
     pinned: Vec<CertificateDer<'static>>,
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
 }
@@ -291,9 +582,10 @@ impl ServerCertVerifier for PinningVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if !self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
-            return self
-                .platform
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+            return match &self.inner {
+                Some(inner) => inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+                None => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            };
         }
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         let mut roots = RootCertStore::empty();
@@ -318,7 +610,7 @@ impl ServerCertVerifier for PinningVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.platform.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -327,11 +619,11 @@ impl ServerCertVerifier for PinningVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.platform.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.platform.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

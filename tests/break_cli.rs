@@ -151,7 +151,15 @@ fn break_run_exits_0_after_a_stolen_lock_when_the_release_answer_is_a_500() {
     );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());
+    // Since a release is confirmed by a renewal first (issue 16's review), the theft shows in
+    // that renewal and no release is sent to a lease that is not ours; before, the 500 and the
+    // retry's mismatch were the only signal (2 release requests).
+    let releases = proxy.count("release");
+    assert!(
+        releases == 0 || releases == 2,
+        "{releases} release requests: {:?}",
+        proxy.seen()
+    );
     assert_eq!(
         out.status.code(),
         Some(70),

@@ -52,7 +52,11 @@ async fn break_with_lock_reports_ok_for_work_done_under_a_stolen_lock() {
             "work done"
         })
         .await;
-    assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());
+    // Since a release is confirmed by a renewal first (issue 16's review), the theft shows in
+    // that renewal and no release is sent to a lease that is not ours; before, the 500 and the
+    // retry's mismatch were the only signal (2 release requests).
+    let releases = proxy.count("release");
+    assert!(releases == 0 || releases == 2, "{releases}: {:?}", proxy.seen());
     assert!(
         result.is_err(),
         "with_lock returned {result:?} although another client held the lock while the work ran \

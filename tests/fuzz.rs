@@ -124,8 +124,13 @@ const SEEDS: &[&str] = &[
 
 /// One mutated input: a seed or dictionary splice, then 1-8 mutations.
 fn input(rng: &mut fastrand::Rng) -> Vec<u8> {
+    input_from(rng, SEEDS)
+}
+
+/// [`input`] from other seeds.
+fn input_from(rng: &mut fastrand::Rng, seeds: &[&str]) -> Vec<u8> {
     let mut v: Vec<u8> = if rng.u8(..) < 200 {
-        SEEDS[rng.usize(..SEEDS.len())].as_bytes().to_vec()
+        seeds[rng.usize(..seeds.len())].as_bytes().to_vec()
     } else {
         Vec::new()
     };
@@ -157,7 +162,7 @@ fn input(rng: &mut fastrand::Rng) -> Vec<u8> {
                 }
             }
             _ => {
-                let other = SEEDS[rng.usize(..SEEDS.len())].as_bytes();
+                let other = seeds[rng.usize(..seeds.len())].as_bytes();
                 let cut = rng.usize(..=other.len());
                 v.truncate(at);
                 v.extend_from_slice(&other[cut..]);
@@ -366,4 +371,89 @@ fn no_output_contains_any_8_byte_window_of_the_key() {
     }
     eprintln!("secrets property: {n} strings ({ok} parsed, {err} refused)");
     assert!(ok > 0 && err > 0, "the generator must reach both outcomes");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 17: the Entra ID readers (JSON, token answers, `az` output). The long run (release,
+// 1,000,000 inputs each, peak RSS printed):
+//
+//     AZMUTEX_FUZZ_ITERS=1000000 cargo test --release --test fuzz -- entra_ --test-threads 1 --nocapture
+// ---------------------------------------------------------------------------------------------
+
+/// Token answers and `az` output as endpoints and the CLI write them, and hostile shapes.
+#[cfg(feature = "entra")]
+const ENTRA_SEEDS: &[&str] = &[
+    "\u{0}{\"token_type\":\"Bearer\",\"expires_in\":3599,\"ext_expires_in\":3599,\"access_token\":\"eyJ0eXAi.eyJhdWQi.c2ln\"}",
+    "\u{0}{\"access_token\":\"tok\",\"expires_in\":\"3599\",\"expires_on\":\"1700003599\",\"resource\":\"https://storage.azure.com/\",\"token_type\":\"Bearer\"}",
+    "\u{0}{\"access_token\":\"tok\",\"expires_in\":3.5e3}",
+    "\u{0}{\"access_token\":\"a\",\"access_token\":\"b\",\"expires_in\":1}",
+    "\u{4}{\"error\":\"unauthorized_client\",\"error_description\":\"AADSTS700016: Application with identifier '$S' was not found.\\r\\nTrace ID: 1\",\"error_codes\":[700016],\"timestamp\":\"2024-01-01 00:00:00Z\"}",
+    "\u{5}{\"error\":\"invalid_client\",\"error_description\":\"client_secret=$S&client_id=x\"}",
+    "\u{6}{\"error\":{\"code\":\"x\",\"message\":\"$S\"},\"message\":\"%24S $S\"}",
+    "\u{b}<html><body>503 Service Unavailable</body></html>",
+    "{\"accessToken\":\"eyJ0eXAi.eyJhdWQi.c2ln\",\"expiresOn\":\"2023-10-31 11:59:33.000000\",\"expires_on\":1698753573,\"subscription\":\"0\",\"tenant\":\"t\",\"tokenType\":\"Bearer\"}",
+    "{\"accessToken\":\"tok\",\"expiresOn\":\"2024-02-29T23:59:59\"}",
+    "ERROR: Please run 'az login' to setup account.",
+    "ERROR: AADSTS70043: The refresh token has expired. eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl",
+    "[1,{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]",
+    "{\"n\":-0.0e-0,\"s\":\"\\ud83d\\ude00\\u0000\",\"t\":true,\"f\":false,\"z\":null}",
+];
+
+/// Peak resident set size of this process so far (bytes).
+#[cfg(feature = "entra")]
+fn peak_rss() -> u64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss as u64 * 1024
+}
+
+#[cfg(feature = "entra")]
+fn drive_entra(name: &str, target: fn(&[u8])) {
+    let n = iterations(20_000);
+    let seed = seed();
+    let mut rng = fastrand::Rng::with_seed(seed ^ fxhash(name));
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for i in 0..n {
+        let data = input_from(&mut rng, ENTRA_SEEDS);
+        bytes += data.len() as u64;
+        if std::panic::catch_unwind(|| target(&data)).is_err() {
+            panic!(
+                "fuzz target {name} panicked (seed {seed}, iteration {i}) on input {:?}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+    }
+    eprintln!(
+        "fuzz {name}: {n} inputs ({bytes} bytes) in {:.1}s, peak RSS {} KiB",
+        started.elapsed().as_secs_f64(),
+        peak_rss() / 1024
+    );
+}
+
+/// The token-answer seeds start with a status byte: the JSON and `az` targets skip it.
+#[cfg(feature = "entra")]
+fn body(data: &[u8]) -> &[u8] {
+    match data.split_first() {
+        Some((&b, rest)) if b < 0x10 => rest,
+        _ => data,
+    }
+}
+
+#[cfg(feature = "entra")]
+#[test]
+fn entra_json_reader() {
+    drive_entra("entra_json_reader", |d| azmutex::auth::entra::fuzzing::json(body(d)));
+}
+
+#[cfg(feature = "entra")]
+#[test]
+fn entra_token_answers() {
+    drive_entra("entra_token_answers", azmutex::auth::entra::fuzzing::token_answer);
+}
+
+#[cfg(feature = "entra")]
+#[test]
+fn entra_az_output() {
+    drive_entra("entra_az_output", |d| azmutex::auth::entra::fuzzing::az_output(body(d)));
 }

@@ -60,7 +60,10 @@ async fn a_retried_release_does_not_hide_a_stolen_lock() {
         matches!(result, Err(LockError::Lost { .. })),
         "work done while another client held the lock was reported as {result:?}"
     );
-    assert_eq!(proxy.count("release"), 2, "{:?}", proxy.seen());
+    // The confirming renewal before the release (issue 16's review) sees the theft first; no
+    // release goes to a lease that is not ours (before it: the 503 and the retry's mismatch).
+    let releases = proxy.count("release");
+    assert!(releases == 0 || releases == 2, "{releases}: {:?}", proxy.seen());
 }
 
 /// Item 4, the other side: when the first release attempt was applied but its answer was lost,

@@ -7,6 +7,7 @@
 #[cfg(feature = "entra")]
 #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
 pub mod entra;
+pub mod scrub;
 pub mod signer;
 
 use std::fmt;

@@ -122,12 +122,18 @@ pub struct Connection {
     pub ca_cert: Vec<PathBuf>,
     /// Send every request through this HTTP proxy (http://[user:password@]host:port); NO_PROXY
     /// still applies. Without it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured
-    /// as curl honours them.
+    /// as curl honours them (upper-case HTTP_PROXY too).
     #[arg(long, value_name = "URL", hide_env_values = true, global = true)]
     pub proxy: Option<String>,
     /// The storage service version (x-ms-version) to send, e.g. 2017-11-09. By default
     /// 2025-11-05, stepping down once to 2017-11-09 if the endpoint refuses it (Azure Stack Hub).
-    #[arg(long, value_name = "YYYY-MM-DD", env = "AZMUTEX_API_VERSION", global = true)]
+    #[arg(
+        long,
+        value_name = "YYYY-MM-DD",
+        env = "AZMUTEX_API_VERSION",
+        hide_env_values = true,
+        global = true
+    )]
     pub api_version: Option<String>,
     /// Give up on an unreachable or failing storage service after this long (more than 0).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = output::parse_timeout, global = true)]
@@ -135,11 +141,18 @@ pub struct Connection {
     /// How to authorize: a key or SAS token, or an Entra ID credential. `auto` uses a key or
     /// SAS if one is given, else (with an account name or URL) Entra ID: environment secret,
     /// workload identity, managed identity, Azure CLI, in that order.
-    #[arg(long, env = "AZMUTEX_AUTH", value_enum, default_value = "auto", global = true)]
+    #[arg(
+        long,
+        env = "AZMUTEX_AUTH",
+        hide_env_values = true,
+        value_enum,
+        default_value = "auto",
+        global = true
+    )]
     pub auth: auth::AuthArg,
     /// Entra ID application (client) id: a service principal, a workload identity, or a
     /// user-assigned managed identity.
-    #[arg(long, env = "AZURE_CLIENT_ID", global = true)]
+    #[arg(long, env = "AZURE_CLIENT_ID", hide_env_values = true, global = true)]
     pub client_id: Option<String>,
     /// Managed identity: a user-assigned identity's object (principal) id.
     #[arg(long, global = true, conflicts_with = "resource_id")]
@@ -148,10 +161,10 @@ pub struct Connection {
     #[arg(long, global = true)]
     pub resource_id: Option<String>,
     /// Entra ID tenant (directory) id.
-    #[arg(long, env = "AZURE_TENANT_ID", global = true)]
+    #[arg(long, env = "AZURE_TENANT_ID", hide_env_values = true, global = true)]
     pub tenant_id: Option<String>,
     /// Entra ID authority host, for sovereign clouds (default https://login.microsoftonline.com).
-    #[arg(long, env = "AZURE_AUTHORITY_HOST", global = true)]
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", hide_env_values = true, global = true)]
     pub authority_host: Option<String>,
 }
 
@@ -205,13 +218,26 @@ impl From<InvalidInput> for Failure {
             }
             _ => exit::USAGE,
         };
-        Failure::new(code, e.to_string())
+        let mut message = e.to_string();
+        // A key or SAS typed where a name belongs is described, never quoted.
+        if let InvalidInput::ContainerName { name } | InvalidInput::LockName { name, .. } = &e {
+            if azmutex::auth::scrub::looks_like_secret(name) {
+                message = message.replace(&format!("{name:?}"), &azmutex::auth::scrub::quote_or_describe(name));
+            }
+        }
+        Failure::new(code, message)
     }
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let (code, hint) = match &e {
+            // A token source configured wrongly (an unreadable token file, a bad setting) is
+            // a configuration error, not a refused key.
+            Error::Auth { service: None, detail } if detail.contains("invalid configuration:") => (
+                exit::CONFIG,
+                "fix the Entra ID setting named above (see --auth and the AZURE_* variables)",
+            ),
             Error::Auth { service: None, detail } if detail.contains("proxy") => (
                 exit::AUTH,
                 "fix the proxy's user and password (percent-encode special characters)",
@@ -220,6 +246,11 @@ impl From<Error> for Failure {
                 exit::AUTH,
                 "check the account key or SAS token (permissions r,w,c; not expired), or the Entra ID identity \
                  (see --auth) and its data role (e.g. Storage Blob Data Contributor), and this machine's clock",
+            ),
+            Error::Transient { cause, .. } if cause.to_string().contains("the proxy ") => (
+                exit::UNAVAILABLE,
+                "the proxy is failing, not the storage endpoint: check --proxy / HTTPS_PROXY / NO_PROXY and \
+                 what the proxy allows",
             ),
             Error::Transient { .. } | Error::Throttled { .. } => (
                 exit::UNAVAILABLE,
@@ -259,7 +290,11 @@ pub fn main() -> ExitCode {
                 // clap quotes what was typed; a misplaced key or connection string must not
                 // come back on the terminal or in a CI log.
                 let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-                let text = redact_typed_secrets(&e.render().to_string(), &args);
+                let vars: Vec<String> = CLAP_VARIABLES
+                    .iter()
+                    .filter_map(|v| std::env::var_os(v).map(|v| v.to_string_lossy().into_owned()))
+                    .collect();
+                let text = redact_typed_secrets(&e.render().to_string(), &args, &vars);
                 use std::io::Write;
                 let _ = write!(std::io::stderr(), "{text}");
                 if let Some(hint) = run::usage_hint(&args) {
@@ -280,6 +315,7 @@ pub fn main() -> ExitCode {
     if let Some(result) = offline {
         return finish(result);
     }
+    guard_log_variable();
     logging::init(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -297,6 +333,25 @@ pub fn main() -> ExitCode {
     finish(runtime.block_on(dispatch(cli)))
 }
 
+/// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
+/// value and ignored: the logging setup would quote (the start of) what it cannot read.
+fn guard_log_variable() {
+    let Some(value) = std::env::var_os("AZMUTEX_LOG") else {
+        return;
+    };
+    let value = value.to_string_lossy();
+    if !azmutex::auth::scrub::looks_like_secret(&value) {
+        return;
+    }
+    say(format_args!(
+        "azmutex: ignoring AZMUTEX_LOG ({} characters, not shown: they look like a key or token): expected \
+         error|warn|info|debug|trace|off, or azmutex=<level>",
+        value.chars().count()
+    ));
+    // Single-threaded here: no runtime, no logging yet.
+    std::env::remove_var("AZMUTEX_LOG");
+}
+
 /// The exit code of a command's result, with its message on stderr if it failed.
 fn finish(result: Result<u8, Failure>) -> ExitCode {
     let code = match result {
@@ -312,30 +367,42 @@ fn finish(result: Result<u8, Failure>) -> ExitCode {
     code
 }
 
-/// Whether a command-line word may be a secret: a connection string or SAS, or a long run of
-/// base64 (an account key is 88 characters of it).
-fn looks_secret(word: &str) -> bool {
-    let lower = word.to_ascii_lowercase();
-    let marked = ["accountkey", "sharedaccesssignature", "sig=", "sig%3d", "password"]
-        .iter()
-        .any(|m| lower.contains(m));
-    let base64ish = word.len() >= 20
+/// The variables clap reads for flags: their values may appear in its errors too.
+const CLAP_VARIABLES: [&str; 10] = [
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SERVICE_ENDPOINT",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZMUTEX_API_VERSION",
+    "AZMUTEX_AUTH",
+    "AZURE_CLIENT_ID",
+    "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
+];
+
+/// Whether a word clap may quote can be shown: a flag name (`--account-key`, `-v`), or a word
+/// too short to hold 12 characters of a secret. Anything else the user typed (a value, a
+/// misplaced value, a variable's value) may be a key, a SAS, a client secret or a proxy
+/// password given to the wrong flag, and is not repeated.
+fn quotable(word: &str) -> bool {
+    let flag = word.starts_with('-')
+        && word.len() <= 40
         && word
+            .trim_start_matches('-')
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
-        && word.bytes().any(|b| b.is_ascii_digit())
-        && word.bytes().any(|b| b.is_ascii_uppercase())
-        && word.bytes().any(|b| b.is_ascii_lowercase());
-    marked || base64ish
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    flag || word.chars().count() < azmutex::auth::scrub::MIN_SECRET_RUN
 }
 
-/// `text` with every command-line word that may be a secret (and every `=`-separated part of
-/// one, as in `--account-key=KEY`) replaced by `[redacted]`.
-fn redact_typed_secrets(text: &str, args: &[String]) -> String {
+/// `text` (a clap error) with every command-line word and every value of a variable clap reads
+/// that is not [`quotable`] (and every `=`-separated part of one, as in `--account-key=KEY`)
+/// replaced by `[redacted]`, and any 12-character run of one hidden in every encoding.
+fn redact_typed_secrets(text: &str, args: &[String], vars: &[String]) -> String {
     let mut secrets: Vec<&str> = Vec::new();
-    for arg in args.iter().skip(1) {
-        for part in std::iter::once(arg.as_str()).chain(arg.split_once('=').map(|(_, v)| v)) {
-            if !part.is_empty() && looks_secret(part) {
+    for word in args.iter().skip(1).chain(vars) {
+        for part in std::iter::once(word.as_str()).chain(word.split_once('=').map(|(_, v)| v)) {
+            if !part.is_empty() && !quotable(part) {
                 secrets.push(part);
             }
         }
@@ -343,10 +410,10 @@ fn redact_typed_secrets(text: &str, args: &[String]) -> String {
     // Longest first, so that a whole word goes before a part of it.
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let mut text = text.to_string();
-    for secret in secrets {
+    for secret in &secrets {
         text = text.replace(secret, "[redacted]");
     }
-    text
+    azmutex::auth::scrub::scrub_secrets(&text, &secrets)
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {

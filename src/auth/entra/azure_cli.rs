@@ -6,7 +6,7 @@
 //! give only `expiresOn`, a local time without offset, so `az` runs with `TZ=UTC` and that
 //! time is read as UTC.
 
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -50,7 +50,10 @@ impl AzureCli {
         })
     }
 
-    /// Runs `az`, bounded: on timeout the process (group, on Unix) is killed.
+    /// Runs `az`, bounded: its answer is taken when `az` itself exits (a child it left behind
+    /// holding the output pipe open does not make it wait), then its whole process group (on
+    /// Unix) is killed, so nothing it started outlives the request; on timeout, or if this
+    /// future is dropped, likewise.
     async fn run(&self) -> Result<(bool, Vec<u8>, Vec<u8>), EntraError> {
         let mut cmd = Command::new(&self.program);
         cmd.args([
@@ -72,39 +75,93 @@ impl AzureCli {
             kind: KIND,
             why: format!("cannot run `{}`: {e}", self.program.display()),
         })?;
-        let pid = child.id();
+        // From here on, whatever happens (timeout, this future dropped), the group dies.
+        let group = GroupGuard(child.id());
+        let out = Captured::start(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+        let err = Captured::start(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
         std::thread::spawn(move || {
-            let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-                let mut buf = Vec::new();
-                if let Some(p) = pipe {
-                    let _ = p.take(MAX_OUTPUT).read_to_end(&mut buf);
-                }
-                buf
-            };
-            let err_thread =
-                std::thread::spawn(move || read(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)));
-            let out = read(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
-            let err = err_thread.join().unwrap_or_default();
-            let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-            let _ = tx.send((ok, out, err));
+            let _ = tx.send(child.wait().map(|s| s.success()).unwrap_or(false));
         });
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(_)) => Err(EntraError::Transient {
-                kind: KIND,
-                why: "`az` output could not be read".into(),
-            }),
-            Err(_) => {
-                kill_group(pid);
-                Err(EntraError::Transient {
+        let ok = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(_)) => {
+                return Err(EntraError::Transient {
                     kind: KIND,
-                    why: format!("`az` did not finish within {} s (killed)", self.timeout.as_secs()),
+                    why: "`az` could not be waited for".into(),
                 })
             }
-        }
+            Err(_) => {
+                drop(group);
+                return Err(EntraError::Transient {
+                    kind: KIND,
+                    why: format!("`az` did not finish within {} s (killed)", self.timeout.as_secs()),
+                });
+            }
+        };
+        // `az` has exited: its output is complete unless a child holds the pipes. A moment
+        // for the readers, then the group goes (closing any pipe a child held).
+        let grace = Instant::now() + OUTPUT_GRACE;
+        out.wait_until(grace).await;
+        err.wait_until(grace).await;
+        drop(group);
+        let later = Instant::now() + OUTPUT_GRACE;
+        out.wait_until(later).await;
+        err.wait_until(later).await;
+        Ok((ok, out.take(), err.take()))
+    }
+}
+
+/// How long the output readers get after `az` exits (and again after its group is killed).
+const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// Kills `az`'s process group when dropped.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
+/// One output pipe read to its end (at most [`MAX_OUTPUT`] bytes) on a thread of its own; what
+/// was read so far is available at any time.
+struct Captured {
+    data: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Captured {
+    fn start(pipe: Option<Box<dyn Read + Send>>) -> Self {
+        let data = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, done) = tokio::sync::watch::channel(false);
+        let sink = data.clone();
+        std::thread::spawn(move || {
+            if let Some(pipe) = pipe {
+                let mut pipe = pipe.take(MAX_OUTPUT);
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]);
+                }
+            }
+            let _ = tx.send(true);
+        });
+        Self { data, done }
+    }
+
+    /// Waits until the pipe is read to its end, or `until`.
+    async fn wait_until(&self, until: Instant) {
+        let mut done = self.done.clone();
+        let _ = tokio::time::timeout_at(until, done.wait_for(|d| *d)).await;
+    }
+
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.data.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -112,7 +169,7 @@ impl AzureCli {
 fn kill_group(pid: u32) {
     #[cfg(unix)]
     let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{pid}")])
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
@@ -153,38 +210,43 @@ impl TokenSource for AzureCli {
             let sent_wall = SystemTime::now();
             let (ok, out, err) = self.run().await?;
             if !ok {
-                let text = String::from_utf8_lossy(&err);
-                let first = text
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .unwrap_or("no message");
-                // Tokens in `az`'s words (a wrapper or extension may print one) are blanked.
-                let description = super::scrub(first, &[], 300);
-                let lower = text.to_ascii_lowercase();
-                // Not signed in, or Entra's refusal (AADSTS...): definite. Anything else (a
-                // network error inside az) may pass.
-                return Err(if lower.contains("az login") || text.contains("AADSTS") {
-                    EntraError::Refused {
-                        kind: KIND,
-                        status: None,
-                        code: None,
-                        description,
-                    }
-                } else {
-                    EntraError::Transient {
-                        kind: KIND,
-                        why: format!("`az` failed: {description}"),
-                    }
-                });
+                return Err(failure(&err));
             }
             parse_output(&out, sent_at, sent_wall)
         })
     }
 }
 
+/// `az`'s failure from its stderr: its first line (tokens blanked, cut, sanitized), definite
+/// when it says to sign in or quotes Entra's refusal (AADSTS...), else transient (a network
+/// error inside `az` may pass).
+pub(crate) fn failure(err: &[u8]) -> EntraError {
+    let text = String::from_utf8_lossy(err);
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no message");
+    // Tokens in `az`'s words (a wrapper or extension may print one) are blanked.
+    let description = super::scrub(first, &[], 300);
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("az login") || text.contains("AADSTS") {
+        EntraError::Refused {
+            kind: KIND,
+            status: None,
+            code: None,
+            description,
+        }
+    } else {
+        EntraError::Transient {
+            kind: KIND,
+            why: format!("`az` failed: {description}"),
+        }
+    }
+}
+
 /// Reads `az account get-access-token --output json`.
-fn parse_output(out: &[u8], sent_at: Instant, sent_wall: SystemTime) -> Result<Fetched, EntraError> {
+pub(crate) fn parse_output(out: &[u8], sent_at: Instant, sent_wall: SystemTime) -> Result<Fetched, EntraError> {
     let bad = |why: String| EntraError::Transient { kind: KIND, why };
     let members = json::parse_object(out).map_err(|e| bad(format!("unreadable `az` output ({e})")))?;
     let token = json::get(&members, "accessToken").ok_or_else(|| bad("`az` output has no `accessToken`".into()))?;

@@ -14,8 +14,8 @@ pub(crate) struct ClientSecret {
 impl ClientSecret {
     pub(crate) fn configure(b: &EntraBuilder) -> Result<Self, EntraError> {
         let secret = match &b.client_secret {
-            Some(s) if s.0.is_empty() => {
-                return Err(EntraError::NotConfigured {
+            Some(s) if s.0.trim().is_empty() => {
+                return Err(EntraError::InvalidConfig {
                     kind: KIND,
                     why: "the client secret given is empty".into(),
                 })

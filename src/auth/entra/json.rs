@@ -43,8 +43,8 @@ impl Value {
     }
 }
 
-/// The members of a top-level JSON object with scalar values, in order (duplicates kept; use
-/// [`get`] for the first). Nested values are skipped.
+/// The members of a top-level JSON object with scalar values, in order. A member name given
+/// twice at the top level is refused. Nested values are skipped.
 pub(crate) fn parse_object(input: &[u8]) -> Result<Vec<(String, Value)>, JsonError> {
     let mut p = Parser { s: input, i: 0 };
     p.ws();
@@ -76,6 +76,15 @@ pub(crate) fn parse_object(input: &[u8]) -> Result<Vec<(String, Value)>, JsonErr
     p.ws();
     if p.i != p.s.len() {
         return Err(p.err("end of input"));
+    }
+    // A name given twice is ambiguous (parsers differ on which one wins): refused, so that an
+    // injected second `access_token` or `expires_in` is never believed.
+    let mut names = std::collections::HashSet::with_capacity(members.len());
+    if !members.iter().all(|(k, _)| names.insert(k.as_str())) {
+        return Err(JsonError {
+            offset: 0,
+            what: "member names given once (one is given twice)",
+        });
     }
     Ok(members)
 }
@@ -362,6 +371,9 @@ mod tests {
             assert!(obj(bad).is_err(), "{bad:?}");
         }
         assert!(parse_object(b"{\"a\":\"\xff\"}").is_err());
+        // Duplicate names at the top level are refused (which would win is parser-specific).
+        assert!(obj(r#"{"access_token":"a","access_token":"b","expires_in":1}"#).is_err());
+        assert!(obj(r#"{"a":1,"n":{"a":1,"a":2}}"#).is_ok());
         // Deep nesting is refused, not a stack overflow.
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(obj(&deep).unwrap_err().what, "less nesting");

@@ -51,12 +51,11 @@ pub(crate) struct ManagedIdentity {
 impl ManagedIdentity {
     pub(crate) fn configure(b: &EntraBuilder, probe: bool) -> Result<Self, EntraError> {
         let bad = |why: String| EntraError::InvalidConfig { kind: KIND, why };
-        let not_configured = |why: String| EntraError::NotConfigured { kind: KIND, why };
         let identity = match &b.user_assigned {
             Some(id) => Some(id.clone()),
             None => b
                 .setting(&b.client_id, "AZURE_CLIENT_ID")
-                .map_err(not_configured)?
+                .map_err(bad)?
                 .map(UserAssigned::ClientId),
         };
         if let Some(UserAssigned::ClientId(v) | UserAssigned::ObjectId(v) | UserAssigned::ResourceId(v)) = &identity {
@@ -66,8 +65,9 @@ impl ManagedIdentity {
                 ));
             }
         }
-        let endpoint_var = b.var("IDENTITY_ENDPOINT").map_err(not_configured)?;
-        let header_var = b.var("IDENTITY_HEADER").map_err(not_configured)?;
+        // Set but empty: an error, never a silent switch to another endpoint or kind.
+        let endpoint_var = b.var("IDENTITY_ENDPOINT").map_err(bad)?;
+        let header_var = b.var("IDENTITY_HEADER").map_err(bad)?;
         let endpoint = match (endpoint_var, header_var) {
             (Some(url), Some(header)) => Endpoint::AppService {
                 url: Url::parse(&url).map_err(|e| bad(format!("`IDENTITY_ENDPOINT` is not a URL: {e}")))?,
@@ -76,7 +76,7 @@ impl ManagedIdentity {
             _ => {
                 let url = match &b.imds_endpoint {
                     Some(u) => u.clone(),
-                    None => match b.var("AZURE_POD_IDENTITY_AUTHORITY_HOST").map_err(not_configured)? {
+                    None => match b.var("AZURE_POD_IDENTITY_AUTHORITY_HOST").map_err(bad)? {
                         Some(host) => format!("{}{IMDS_PATH}", host.trim_end_matches('/')),
                         None => IMDS_ENDPOINT.to_string(),
                     },
@@ -154,11 +154,17 @@ impl TokenSource for ManagedIdentity {
                 Endpoint::Imds { .. } => self.http.client().get(url).header("Metadata", "true"),
             };
             let answer = self.http.send(KIND, request, None).await?;
+            // Every value we sent that a user gave (the header, the identity) is kept out of
+            // the endpoint's words.
             let header = match &self.endpoint {
                 Endpoint::AppService { header, .. } => header.0.as_str(),
                 Endpoint::Imds { .. } => "",
             };
-            token_from_answer(KIND, &[header], &answer)
+            let identity = match &self.identity {
+                Some(UserAssigned::ClientId(v) | UserAssigned::ObjectId(v) | UserAssigned::ResourceId(v)) => v.as_str(),
+                None => "",
+            };
+            token_from_answer(KIND, &[header, identity], &answer)
         })
     }
 }

@@ -247,6 +247,9 @@ pub(crate) struct Answer {
 pub(crate) struct TokenHttp {
     client: reqwest::Client,
     timeout: Duration,
+    /// The options and explicit proxy the client was built with, to name a failing proxy.
+    options: ClientOptions,
+    proxy: Option<Url>,
 }
 
 impl TokenHttp {
@@ -254,6 +257,21 @@ impl TokenHttp {
         Ok(Self {
             client: crate::transport::http_client(options, proxy)?,
             timeout: options.request_timeout.max(Duration::from_millis(1)),
+            options: options.clone(),
+            proxy: proxy.cloned(),
+        })
+    }
+
+    /// A failed tunnel explained: the proxy (without credentials) and the status its
+    /// `CONNECT` answered. The failure is the proxy's, not the token endpoint's.
+    async fn tunnel_failure(&self, url: &Url) -> Option<String> {
+        let proxy = crate::transport::proxy_for(&self.options, self.proxy.as_ref(), url)?;
+        let shown = crate::config::redact_url(&proxy);
+        Some(match crate::transport::connect_status(&proxy, url).await {
+            Some(status) => format!(
+                "the proxy {shown} refused to open a tunnel to the token endpoint (CONNECT answered HTTP {status})"
+            ),
+            None => format!("the proxy {shown} did not open a tunnel to the token endpoint (CONNECT failed)"),
         })
     }
 
@@ -289,7 +307,17 @@ impl TokenHttp {
                 kind,
                 why: format!("no answer within {} ms", timeout.as_millis()),
             }),
-            Ok(Err(e)) => Err(classify(kind, &e, timeout)),
+            Ok(Err(e)) => {
+                let mut error = classify(kind, &e, timeout);
+                if let (EntraError::Transient { why, .. }, Some(url)) = (&mut error, e.url()) {
+                    if why.contains("tunnel error") {
+                        if let Some(explained) = self.tunnel_failure(url).await {
+                            *why = explained;
+                        }
+                    }
+                }
+                Err(error)
+            }
             Ok(Ok(None)) => Err(EntraError::Transient {
                 kind,
                 why: format!("the answer is longer than {MAX_BODY_BYTES} bytes"),
@@ -339,14 +367,35 @@ impl WithoutUrlRef for reqwest::Error {
     }
 }
 
-/// Seconds as the endpoints write them: a JSON number or a string of digits (IMDS and App
-/// Service send strings), possibly with a fraction (ignored). `None` if not that.
+/// Seconds as the endpoints write them: a JSON number or a string holding one (IMDS and App
+/// Service send strings): digits, possibly with a fraction and an exponent (`3.5e3` is 3500
+/// seconds; a fraction of a second is dropped). `None` if not that, negative, or past `u64`.
 pub(crate) fn parse_secs(text: &str) -> Option<u64> {
-    let int = text.trim().split('.').next().unwrap_or_default();
-    if int.is_empty() || int.len() > 19 || !int.bytes().all(|b| b.is_ascii_digit()) {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 64 {
         return None;
     }
-    int.parse().ok()
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok();
+    }
+    // The JSON number grammar (without a sign), then its value.
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || (mantissa.contains('.') && !digits(frac)) {
+        return None;
+    }
+    if let Some(e) = exponent {
+        if !digits(e.strip_prefix(['+', '-']).unwrap_or(e)) {
+            return None;
+        }
+    }
+    let value: f64 = text.parse().ok()?;
+    // u64::MAX as f64 rounds up to 2^64: anything at or past it is not a number of seconds.
+    (value.is_finite() && value >= 0.0 && value < u64::MAX as f64).then(|| value.floor() as u64)
 }
 
 /// The longest lifetime believed (anything longer is clamped; no arithmetic overflows).
@@ -379,26 +428,14 @@ pub(crate) fn checked_token(kind: EntraKind, token: &str) -> Result<AccessToken,
     Ok(AccessToken(token.to_string()))
 }
 
-/// Text from an endpoint or from `az`, fit for an error: every `secret` we sent (client secret,
-/// client assertion, identity header) replaced by `<redacted>` in the forms an endpoint may echo
-/// it (as is, form- or percent-encoded, JSON-escaped), and every JWT-shaped run (`eyJ...`, an
+/// Text from an endpoint or from `az`, fit for an error: every run of 12 or more characters
+/// shared with a value we sent (client id, client secret, client assertion, identity header,
+/// user-assigned identity), in any encoding an endpoint may echo it in, replaced by
+/// `<redacted>` ([`crate::auth::scrub::scrub_secrets`]), and every JWT-shaped run (`eyJ...`, an
 /// access or federated token) by `<token>`. Then cut to `max` characters and stripped of
 /// control characters. Applied before the cut, so a secret cannot survive in part.
 pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
-    let mut text = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        let forms = [
-            secret.to_string(),
-            url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>(),
-            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC).to_string(),
-            secret.replace('\\', "\\\\").replace('"', "\\\"").replace('/', "\\/"),
-        ];
-        for form in forms {
-            if !form.is_empty() {
-                text = text.replace(&form, "<redacted>");
-            }
-        }
-    }
+    let text = crate::auth::scrub::scrub_secrets(text, secrets);
     // JWT-shaped runs: `eyJ` (base64url of `{"`) followed by base64url characters and dots.
     let mut out = String::with_capacity(text.len());
     let mut rest = text.as_str();
@@ -428,6 +465,19 @@ pub(crate) fn scrub(text: &str, secrets: &[&str], max: usize) -> String {
 /// `secrets` are what the request carried that an endpoint might echo in its error text; they
 /// never reach the error (see [`scrub`]).
 pub(crate) fn token_from_answer(kind: EntraKind, secrets: &[&str], answer: &Answer) -> Result<Fetched, EntraError> {
+    if (300..400).contains(&answer.status) {
+        // Never followed (the request's secret would go wherever `Location` says).
+        return Err(EntraError::Refused {
+            kind,
+            status: Some(answer.status),
+            code: None,
+            description: format!(
+                "the token endpoint answered with a redirect (HTTP {}), which token requests never follow: \
+                 point the configuration at the real endpoint",
+                answer.status
+            ),
+        });
+    }
     let parsed = json::parse_object(&answer.body);
     if !(200..300).contains(&answer.status) {
         let members = parsed.unwrap_or_default();
@@ -476,6 +526,75 @@ pub(crate) fn token_from_answer(kind: EntraKind, secrets: &[&str], answer: &Answ
         sent_at: answer.sent_at,
         lifetime,
     })
+}
+
+/// Entry points for the fuzz targets (`tests/fuzz.rs`, `fuzz/`): the JSON reader, token
+/// endpoint answers and `az` output, each checked for its promises. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::SystemTime;
+
+    use tokio::time::Instant;
+
+    use super::{azure_cli, json, token_from_answer, Answer, EntraError, EntraKind};
+
+    /// A secret the fuzzed answers may echo; it must never reach an error.
+    pub const SECRET: &str = "Fz9Q~secretValue.ThatMustNotLeak42";
+
+    /// Panics if an error text breaks its promises: bounded, one line, no secret.
+    fn check(e: &EntraError) {
+        let text = e.to_string();
+        assert!(text.len() < 4096, "error text of {} bytes", text.len());
+        assert!(!text.contains('\n') && !text.contains('\r'), "{text:?}");
+        assert!(!text.contains(&SECRET[4..16]), "{text:?}");
+    }
+
+    /// The JSON reader on `data`: never panics; members are scalars, names unique.
+    pub fn json(data: &[u8]) {
+        if let Ok(members) = json::parse_object(data) {
+            let mut names = std::collections::HashSet::new();
+            for (k, _) in &members {
+                assert!(names.insert(k.clone()), "duplicate {k:?}");
+            }
+        }
+    }
+
+    /// A token endpoint answer: the first byte picks the status, the rest is the body (with
+    /// `SECRET` spliced in where the body says `$S`).
+    pub fn token_answer(data: &[u8]) {
+        let Some((&first, body)) = data.split_first() else {
+            return;
+        };
+        let status = [200u16, 201, 301, 307, 400, 401, 403, 404, 408, 429, 500, 503][usize::from(first) % 12];
+        let body = String::from_utf8_lossy(body).replace("$S", SECRET).into_bytes();
+        let answer = Answer {
+            status,
+            body,
+            sent_at: Instant::now(),
+            sent_wall: SystemTime::now(),
+        };
+        for kind in [EntraKind::ClientSecret, EntraKind::ManagedIdentity] {
+            match token_from_answer(kind, &[SECRET], &answer) {
+                Ok(f) => {
+                    assert!((200..300).contains(&status));
+                    assert!(!f.token.0.is_empty() && f.token.0.bytes().all(|b| b.is_ascii_graphic()));
+                    assert!(f.lifetime <= std::time::Duration::from_secs(7 * 24 * 3600));
+                }
+                Err(e) => check(&e),
+            }
+        }
+    }
+
+    /// `az` output: `data` as its stdout (success) and as its stderr (failure).
+    pub fn az_output(data: &[u8]) {
+        match azure_cli::parse_output(data, Instant::now(), SystemTime::now()) {
+            Ok(f) => assert!(!f.token.0.is_empty() && f.token.0.bytes().all(|b| b.is_ascii_graphic())),
+            Err(e) => check(&e),
+        }
+        let e = azure_cli::failure(data);
+        let text = e.to_string();
+        assert!(text.len() < 4096 && !text.contains('\n'), "{text:?}");
+    }
 }
 
 /// A secret string (client secret): never printed.
@@ -758,12 +877,19 @@ impl EntraBuilder {
     /// bounded request), Azure CLI. The first *available* kind is used from then on: the chain
     /// moves past a kind only when it is not configured, finds no metadata endpoint, or is told
     /// this machine has no such identity; a configured kind that fails ends the chain with its
-    /// error (retried if it may pass), never a switch to another identity. When none is
+    /// error (retried if it may pass), never a switch to another identity, and a kind configured
+    /// wrongly (a variable set but empty, a bad tenant id) is an error here. When none is
     /// available, the error lists each kind and why it was skipped or failed.
     pub fn chain(self) -> Result<EntraCredential, EntraError> {
         let mut sources = Vec::new();
         for kind in EntraKind::CHAIN {
-            sources.push((kind, self.source(kind, true)));
+            let source = self.source(kind, true);
+            // A kind that is configured but wrongly (a variable set but empty, a bad tenant
+            // id) is an error now, not a reason to try the next identity.
+            if let Err(e @ EntraError::InvalidConfig { .. }) = &source {
+                return Err(e.clone());
+            }
+            sources.push((kind, source));
         }
         let source = chain::Chain::new(sources);
         Ok(self.finish(Box::new(source), "default chain"))
@@ -787,6 +913,11 @@ fn entra_token_url(kind: EntraKind, authority: &str, tenant: &str) -> Result<Url
     }
     let base = Url::parse(authority.trim_end_matches('/'))
         .map_err(|e| bad(format!("the authority host (`AZURE_AUTHORITY_HOST`) is not a URL: {e}")))?;
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(bad(
+            "the authority host (`AZURE_AUTHORITY_HOST`) must not contain `user:password@` (not shown)".into(),
+        ));
+    }
     if base.scheme() != "https" || base.host_str().is_none() || base.query().is_some() {
         return Err(bad(
             "the authority host (`AZURE_AUTHORITY_HOST`) must be an https:// URL without a query".into(),
@@ -803,6 +934,7 @@ pub(crate) struct EntraApp {
     http: TokenHttp,
     url: Url,
     client_id: String,
+    tenant: String,
 }
 
 impl EntraApp {
@@ -814,12 +946,13 @@ impl EntraApp {
             http: b.http(kind, false)?,
             url: entra_token_url(kind, &authority, &tenant)?,
             client_id,
+            tenant,
         })
     }
 
     /// One token request with the client's `proof`.
     pub(crate) async fn token(&self, kind: EntraKind, proof: &[(&str, &str)]) -> Result<Fetched, EntraError> {
-        client_credentials(&self.http, kind, &self.url, &self.client_id, proof).await
+        client_credentials(&self.http, kind, &self.url, &self.client_id, &self.tenant, proof).await
     }
 }
 
@@ -830,6 +963,7 @@ async fn client_credentials(
     kind: EntraKind,
     url: &Url,
     client_id: &str,
+    tenant: &str,
     proof: &[(&str, &str)],
 ) -> Result<Fetched, EntraError> {
     let body = {
@@ -849,7 +983,17 @@ async fn client_credentials(
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body);
     let answer = http.send(kind, request, None).await?;
-    let secrets: Vec<&str> = proof.iter().map(|(_, v)| *v).collect();
+    // Every value we sent: a client id swapped with the secret is quoted back by Entra
+    // (AADSTS700016 names the client id it got).
+    let secrets: Vec<&str> = [client_id, tenant]
+        .into_iter()
+        .chain(
+            proof
+                .iter()
+                .filter(|(k, _)| *k != "client_assertion_type")
+                .map(|(_, v)| *v),
+        )
+        .collect();
     token_from_answer(kind, &secrets, &answer)
 }
 
@@ -865,7 +1009,8 @@ pub(crate) fn required(
             kind,
             why: format!("`{name}` is not set"),
         }),
-        Err(why) => Err(EntraError::NotConfigured { kind, why }),
+        // Set but empty: an error, as for storage keys (never a silent move down the chain).
+        Err(why) => Err(EntraError::InvalidConfig { kind, why }),
     }
 }
 
@@ -885,6 +1030,7 @@ mod tests {
         for (host, tenant) in [
             ("http://login.microsoftonline.com", "t"),
             ("https://login.microsoftonline.com?x=1", "t"),
+            ("https://user:Secret99@login.microsoftonline.com", "t"),
             ("login.microsoftonline.com", "t"),
             (DEFAULT_AUTHORITY_HOST, "../evil"),
             (DEFAULT_AUTHORITY_HOST, "a/b"),
@@ -933,6 +1079,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(far.lifetime, MAX_LIFETIME);
+        for (text, secs) in [
+            ("3.5e3", Some(3500)),
+            ("3599", Some(3599)),
+            ("3599.9", Some(3599)),
+            ("1E2", Some(100)),
+            ("36e-1", Some(3)),
+            ("1e30", None),
+            ("-5", None),
+            ("1e", None),
+            (".5", None),
+            ("0x10", None),
+            ("inf", None),
+            ("NaN", None),
+        ] {
+            assert_eq!(parse_secs(text), secs, "{text}");
+        }
+        let exp = token_from_answer(k, &[], &answer(200, r#"{"access_token":"a","expires_in":3.5e3}"#)).unwrap();
+        assert_eq!(exp.lifetime, Duration::from_secs(3500));
         for bad in [
             r#"{"access_token":"a"}"#,
             r#"{"access_token":"a b","expires_in":1}"#,

@@ -4,8 +4,9 @@
 //! See [Workload identity](https://learn.microsoft.com/en-us/azure/aks/workload-identity-overview)
 //! and [Client credentials flow, federated credential](https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-client-creds-grant-flow#third-case-access-token-request-with-a-federated-credential).
 
-use std::io::Read as _;
 use std::path::PathBuf;
+
+use crate::transport::{read_regular_file, FILE_READ_TIMEOUT};
 
 use super::{required, EntraApp, EntraBuilder, EntraError, EntraKind, FetchFuture, TokenSource, CLIENT_ASSERTION_TYPE};
 
@@ -36,26 +37,35 @@ impl WorkloadIdentity {
         })
     }
 
-    /// The current federated token (never quoted in errors).
-    fn assertion(&self) -> Result<String, EntraError> {
+    /// The current federated token (never quoted in errors). Read on a thread of its own,
+    /// never on a runtime worker: only a regular file of at most 64 KiB (checked before and
+    /// after opening), given up after [`FILE_READ_TIMEOUT`] (a file system that hangs, a
+    /// special file).
+    async fn assertion(&self) -> Result<String, EntraError> {
         let bad = |why: String| EntraError::InvalidConfig { kind: KIND, why };
-        let name = self.file.display();
-        // Read on a runtime worker, so it must not block: a FIFO (or device) here would hang
-        // the open or the read for ever. Only a regular file is read (at most 64 KiB).
-        let meta = std::fs::metadata(&self.file)
-            .map_err(|e| bad(format!("cannot read the federated token file {name}: {e}")))?;
-        if !meta.is_file() {
-            return Err(bad(format!("the federated token file {name} is not a regular file")));
-        }
-        let file = std::fs::File::open(&self.file)
-            .map_err(|e| bad(format!("cannot read the federated token file {name}: {e}")))?;
-        let mut text = String::new();
-        file.take(MAX_ASSERTION_BYTES + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| bad(format!("cannot read the federated token file {name}: {e}")))?;
-        if text.len() as u64 > MAX_ASSERTION_BYTES {
-            return Err(bad(format!("the federated token file {name} is larger than 64 KiB")));
-        }
+        // The value may be the token itself, put where its path belongs: never quoted then.
+        let name = crate::auth::scrub::quote_or_describe(&self.file.to_string_lossy());
+        let path = self.file.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("azmutex-token-file".into())
+            .spawn(move || {
+                let _ = tx.send(read_regular_file(&path, MAX_ASSERTION_BYTES));
+            })
+            .map_err(|e| bad(format!("cannot start a thread to read the federated token file: {e}")))?;
+        let bytes = match tokio::time::timeout(FILE_READ_TIMEOUT, rx).await {
+            Ok(Ok(Ok(bytes))) => bytes,
+            Ok(Ok(Err(why))) => return Err(bad(format!("the federated token file {name}: {why}"))),
+            Ok(Err(_)) => return Err(bad(format!("the federated token file {name} could not be read"))),
+            Err(_) => {
+                return Err(bad(format!(
+                    "the federated token file {name} could not be read within {} s",
+                    FILE_READ_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        let text =
+            String::from_utf8(bytes).map_err(|_| bad(format!("the federated token file {name} is not UTF-8")))?;
         let token = text.trim();
         if token.is_empty() {
             return Err(bad(format!("the federated token file {name} is empty")));
@@ -67,7 +77,7 @@ impl WorkloadIdentity {
 impl TokenSource for WorkloadIdentity {
     fn fetch(&self) -> FetchFuture<'_> {
         Box::pin(async move {
-            let assertion = self.assertion()?;
+            let assertion = self.assertion().await?;
             self.app
                 .token(
                     KIND,
