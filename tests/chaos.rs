@@ -1788,6 +1788,55 @@ fn rates(requests: &[common::faults::RequestRecord]) -> Rates {
     }
 }
 
+/// For a rule 7 violation: the lease renewed most often in one second under 503 Retry-After,
+/// and every request of that lease (any action) from 3 s before that second to 3 s after.
+fn renewal_detail(requests: &[common::faults::RequestRecord], t0: Instant) -> String {
+    let mut renewals: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for q in requests {
+        if q.fault == Fault::Answer503RetryAfter(0).kind() && q.lease_action.as_deref() == Some("renew") {
+            renewals
+                .entry(q.lease_id.as_deref().unwrap_or(""))
+                .or_default()
+                .push(q.at);
+        }
+    }
+    let Some((lease, times)) = renewals.into_iter().max_by_key(|(_, t)| {
+        let mut t = t.clone();
+        t.sort();
+        max_per_second(&t)
+    }) else {
+        return String::new();
+    };
+    let mut times = times;
+    times.sort();
+    // The start of the densest window.
+    let best = max_per_second(&times);
+    let start = (0..times.len())
+        .find(|&i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t - times[i] < Duration::from_secs(1))
+                .count()
+                == best
+        })
+        .map_or(times[0], |i| times[i]);
+    let from = start.checked_sub(Duration::from_secs(3)).unwrap_or(start);
+    let to = start + Duration::from_secs(4);
+    let lines: Vec<String> = requests
+        .iter()
+        .filter(|q| q.lease_id.as_deref() == Some(lease) && q.at >= from && q.at <= to)
+        .map(|q| {
+            format!(
+                "{} {} ({})",
+                at(t0, q.at),
+                q.lease_action.as_deref().unwrap_or("-"),
+                q.fault
+            )
+        })
+        .collect();
+    format!("lease {lease}: {}", lines.join(", "))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
@@ -2004,8 +2053,9 @@ async fn chaos() {
         .unwrap_or_default();
     if RENEWAL_RATE_CHECKED && worst.max_renewals_retry_after > 1 {
         verdict.violations.push(format!(
-            "(7) client {worst_client} renewed one lease {} times within one second while the service answered 503 with Retry-After",
-            worst.max_renewals_retry_after
+            "(7) client {worst_client} renewed one lease {} times within one second while the service answered 503 with Retry-After; {}",
+            worst.max_renewals_retry_after,
+            renewal_detail(&proxies[worst_client].requests(), t0)
         ));
     }
 
@@ -2604,6 +2654,11 @@ mod checker {
             }
         );
         assert_eq!(max_per_second(&[]), 0);
+        let detail = renewal_detail(&reqs, t0);
+        assert!(
+            detail.starts_with("lease b: 1.500s renew (503-retry-after), 1.900s renew (healthy), 2.300s renew"),
+            "{detail}"
+        );
     }
 
     #[test]
