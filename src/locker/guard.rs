@@ -49,6 +49,7 @@ pub(super) enum Command {
 /// Dropping the guard stops renewal and releases the lease in the background on the runtime
 /// that created it. If that runtime is gone, nothing is sent and the lease expires by itself
 /// (after at most the lease duration; an infinite lease stays until broken).
+#[must_use = "dropping a LockGuard releases the lock at once; bind it (`let guard = ...`) for as long as the work runs"]
 pub struct LockGuard {
     pub(super) lock: LockName,
     pub(super) lease_id: LeaseId,
