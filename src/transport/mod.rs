@@ -257,15 +257,23 @@ pub(crate) async fn connect_status(proxy: &Url, url: &Url) -> Option<u16> {
                 let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()?;
                 stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
                 stream.set_write_timeout(Some(Duration::from_secs(3))).ok()?;
-                write!(
-                    stream,
+                // One write (a CONNECT split over several segments may be answered early), then
+                // read until the status line is whole.
+                let request = format!(
                     "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n",
                     auth.unwrap_or_default()
-                )
-                .ok()?;
-                let mut head = [0u8; 64];
-                let n = stream.read(&mut head).ok()?;
-                let line = std::str::from_utf8(&head[..n]).ok()?;
+                );
+                stream.write_all(request.as_bytes()).ok()?;
+                let mut head = Vec::with_capacity(64);
+                let mut chunk = [0u8; 64];
+                while !head.contains(&b'\n') && head.len() < 256 {
+                    let n = stream.read(&mut chunk).ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    head.extend_from_slice(&chunk[..n]);
+                }
+                let line = String::from_utf8_lossy(&head).into_owned();
                 let mut words = line.split(' ');
                 words.next().filter(|w| w.starts_with("HTTP/"))?;
                 words.next()?.parse().ok()
