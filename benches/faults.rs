@@ -18,7 +18,6 @@ mod cli;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -86,28 +85,12 @@ async fn renewals_under_503(retry_after: u64) -> (usize, usize, Duration) {
     )
 }
 
-/// A pipe whose buffer is full: (read end, write end, blocking).
-fn full_pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills `fds`; fcntl/write on descriptors we own.
-    unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        let w = fds[1];
-        let flags = libc::fcntl(w, libc::F_GETFL);
-        libc::fcntl(w, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        let chunk = [b'x'; 4096];
-        while libc::write(w, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-        libc::fcntl(w, libc::F_SETFL, flags);
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(w))
-    }
-}
-
 fn kill_margin(stalled: bool) -> f64 {
     let c = common::unique("bench-kill");
     let dir = cli::scratch("bench-kill");
     let beat = dir.join("beat");
     let proxy = Proxy::start(common::azurite_addr());
-    let (reader, writer) = full_pipe();
+    let (reader, writer) = cli::full_pipe();
     let mut cmd = cli::azmutex_with(&c, &cli::connection_via(proxy.addr));
     cmd.env("BEAT", &beat)
         .args(["-vv", "run", "job", "--lease", "15", "--kill-grace", "2s", "--"])

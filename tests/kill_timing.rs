@@ -9,7 +9,6 @@
 mod cli;
 mod common;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -21,23 +20,6 @@ const STUBBORN: &str = r#"exec </dev/null >/dev/null 2>&1
 trap '' TERM
 echo $$ > "$BEAT.pid"
 while :; do echo "p $(date +%s%N)" >> "$BEAT"; sleep 0.1; done"#;
-
-/// A pipe whose buffer is full and that nobody reads: (read end, write end). The write end is
-/// blocking again when returned, so a writer blocks as on a stalled log shipper.
-fn full_pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills `fds`; fcntl/write on descriptors we own.
-    unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        let w = fds[1];
-        let flags = libc::fcntl(w, libc::F_GETFL);
-        libc::fcntl(w, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        let chunk = [b'x'; 4096];
-        while libc::write(w, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-        libc::fcntl(w, libc::F_SETFL, flags);
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(w))
-    }
-}
 
 /// Item 1 of issue 16: on main 5136815, with `run`'s stderr a full pipe, a loss sent SIGTERM,
 /// then blocked writing its "lock lost" line, and the SIGKILL never came: a TERM-ignoring

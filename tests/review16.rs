@@ -5,7 +5,6 @@
 mod cli;
 mod common;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -14,22 +13,6 @@ use azmutex::LeaseState;
 use cli::*;
 use common::http_proxy::{peak_rate, Action, HttpProxy, Match};
 use common::proxy::Proxy;
-
-/// A pipe whose buffer is full and that nobody reads: (read end, write end).
-fn full_pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills `fds`; fcntl/write on descriptors we own.
-    unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        let w = fds[1];
-        let flags = libc::fcntl(w, libc::F_GETFL);
-        libc::fcntl(w, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        let chunk = [b'x'; 4096];
-        while libc::write(w, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-        libc::fcntl(w, libc::F_SETFL, flags);
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(w))
-    }
-}
 
 fn pid_of(child: &Child) -> i32 {
     child.id() as i32

@@ -131,3 +131,24 @@ pub fn proc_state(pid: i32) -> char {
         .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim().chars().next()))
         .unwrap_or('-')
 }
+
+/// A pipe whose buffer is full and that nobody reads: (read end, write end). The write end is
+/// blocking again when returned, so a writer blocks as on a stalled log shipper.
+pub fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds`; fcntl/write on descriptors we own.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        let w = fds[1];
+        let flags = libc::fcntl(w, libc::F_GETFL);
+        libc::fcntl(w, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let chunk = [b'x'; 4096];
+        while libc::write(w, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        libc::fcntl(w, libc::F_SETFL, flags);
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(w),
+        )
+    }
+}
