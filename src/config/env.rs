@@ -1,0 +1,147 @@
+//! The Azure CLI's environment variables (`AZURE_STORAGE_*`), with the authorization the user chose.
+
+use url::Url;
+
+use crate::auth::Credential;
+
+use super::*;
+
+impl StorageConfig {
+    /// Builds a configuration from the environment variables the Azure CLI reads:
+    /// `AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or
+    /// `AZURE_STORAGE_SAS_TOKEN` (and optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom
+    /// blob endpoint). `Ok(None)` when none of them is set.
+    ///
+    /// A variable that is set but empty is an error ([`ConfigError::EmptyVariable`]), never
+    /// "not configured": a deployment whose secret did not arrive must not silently lock on
+    /// local development storage.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// [`StorageConfig::from_env`] reading variables through `var` (for tests and embedding).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let var = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match var(name) {
+                Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable { name }),
+                other => Ok(other),
+            }
+        };
+        if let Some(cs) = var("AZURE_STORAGE_CONNECTION_STRING")? {
+            return Self::parse_connection_string(&cs).map(Some);
+        }
+        let account = var("AZURE_STORAGE_ACCOUNT")?;
+        let key = var("AZURE_STORAGE_KEY")?;
+        let sas = var("AZURE_STORAGE_SAS_TOKEN")?;
+        let endpoint = var("AZURE_STORAGE_SERVICE_ENDPOINT")?;
+        if account.is_none() && key.is_none() && sas.is_none() && endpoint.is_none() {
+            return Ok(None);
+        }
+        let endpoint = env_endpoint(
+            endpoint.as_deref(),
+            account.as_deref(),
+            "`AZURE_STORAGE_KEY`/`AZURE_STORAGE_SAS_TOKEN` need the account name",
+        )?;
+        let credential = credential(&ENV_NAMES, account.as_deref(), key.as_deref(), sas.as_deref())?;
+        Ok(Some(Self {
+            endpoint,
+            credential,
+            proxy: None,
+        }))
+    }
+
+    /// [`StorageConfig::from_vars`] with the authorization chosen by `auth` (the CLI's `--auth`
+    /// / `AZMUTEX_AUTH`). [`AuthChoice::Auto`] uses a key or SAS when one is given, and Entra ID
+    /// (`entra(None)`: the default chain) when an account name or URL is given without either.
+    /// `AuthChoice::Entra` (feature `entra`) needs an account name or URL and no key, SAS or connection string.
+    /// `Ok(None)` when nothing at all is configured.
+    pub fn from_vars_with_auth(
+        var: impl Fn(&str) -> Option<String>,
+        auth: AuthChoice,
+        entra: impl FnOnce(AuthChoice) -> Result<Credential, ConfigError>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let get = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match var(name) {
+                Some(v) if v.trim().is_empty() => Err(ConfigError::EmptyVariable { name }),
+                other => Ok(other),
+            }
+        };
+        let cs = get("AZURE_STORAGE_CONNECTION_STRING")?;
+        let account = get("AZURE_STORAGE_ACCOUNT")?;
+        let key = get("AZURE_STORAGE_KEY")?;
+        let sas = get("AZURE_STORAGE_SAS_TOKEN")?;
+        let endpoint = get("AZURE_STORAGE_SERVICE_ENDPOINT")?;
+        let located = account.is_some() || endpoint.is_some();
+        let entra_wanted = match auth {
+            AuthChoice::Key | AuthChoice::Sas => false,
+            AuthChoice::Auto => cs.is_none() && key.is_none() && sas.is_none() && located,
+            #[cfg(feature = "entra")]
+            AuthChoice::Entra(_) => true,
+        };
+        if !entra_wanted {
+            let config = Self::from_vars(&var)?;
+            let wrong = |reason: &str| ConfigError::InvalidValue {
+                key: "AZMUTEX_AUTH",
+                reason: reason.to_string(),
+            };
+            return match (&auth, config.as_ref().map(|c| &c.credential)) {
+                (AuthChoice::Key, Some(Credential::Sas(_))) => {
+                    Err(wrong("`key` was chosen but a SAS token is configured"))
+                }
+                (AuthChoice::Sas, Some(Credential::SharedKey { .. })) => {
+                    Err(wrong("`sas` was chosen but an account key is configured"))
+                }
+                _ => Ok(config),
+            };
+        }
+        for (name, value) in [
+            ("AZURE_STORAGE_CONNECTION_STRING", &cs),
+            ("AZURE_STORAGE_KEY", &key),
+            ("AZURE_STORAGE_SAS_TOKEN", &sas),
+        ] {
+            if value.is_some() {
+                return Err(ConfigError::Conflict {
+                    a: name,
+                    b: "AZMUTEX_AUTH",
+                });
+            }
+        }
+        let endpoint_key = if endpoint.is_some() {
+            "AZURE_STORAGE_SERVICE_ENDPOINT"
+        } else {
+            "AZURE_STORAGE_ACCOUNT"
+        };
+        let endpoint = env_endpoint(
+            endpoint.as_deref(),
+            account.as_deref(),
+            "Entra ID authorization needs the storage account's name or URL",
+        )?;
+        // Before any token is asked for: a bearer token never goes over plain http.
+        check_bearer_endpoint(endpoint_key, &endpoint, false)?;
+        Ok(Some(Self {
+            endpoint,
+            credential: entra(auth)?,
+            proxy: None,
+        }))
+    }
+}
+
+/// The blob endpoint from `AZURE_STORAGE_SERVICE_ENDPOINT`, else the account name's public
+/// endpoint; `why` says what needs it when neither is given.
+pub(super) fn env_endpoint(
+    endpoint: Option<&str>,
+    account: Option<&str>,
+    why: &'static str,
+) -> Result<Url, ConfigError> {
+    match (endpoint, account) {
+        (Some(e), _) => parse_endpoint("AZURE_STORAGE_SERVICE_ENDPOINT", e),
+        (None, Some(a)) => {
+            check_account_name("AZURE_STORAGE_ACCOUNT", a)?;
+            parse_endpoint("AZURE_STORAGE_ACCOUNT", &format!("https://{a}.blob.core.windows.net"))
+        }
+        (None, None) => Err(ConfigError::Missing {
+            key: "AZURE_STORAGE_ACCOUNT",
+            why,
+        }),
+    }
+}
