@@ -70,6 +70,8 @@ pub mod locker;
 pub mod mutex;
 mod redact;
 pub mod rest;
+#[doc(hidden)]
+pub mod scrub;
 pub mod transport;
 pub mod types;
 

@@ -7,7 +7,7 @@
 #[cfg(feature = "entra")]
 #[cfg_attr(docsrs, doc(cfg(feature = "entra")))]
 pub mod entra;
-pub mod scrub;
+pub use crate::scrub;
 pub mod signer;
 
 use crate::redact::param_name;

@@ -41,7 +41,7 @@ pub const MAX_CERTIFICATE_FILE_BYTES: u64 = 10 * 1024 * 1024;
 /// quoted only if it does not look like a key or token.
 pub fn read_certificate_file(path: &std::path::Path) -> Result<Vec<u8>, InvalidInput> {
     let owned = path.to_path_buf();
-    let name = crate::auth::scrub::quote_or_describe(&path.to_string_lossy());
+    let name = crate::scrub::quote_or_describe(&path.to_string_lossy());
     off_thread(&name, move || read_file_capped(&owned, MAX_CERTIFICATE_FILE_BYTES))
 }
 
@@ -50,7 +50,7 @@ pub fn read_certificate_file(path: &std::path::Path) -> Result<Vec<u8>, InvalidI
 /// errors naming the file (unless it looks like a secret).
 pub(crate) fn read_file_capped(path: &std::path::Path, max: u64) -> Result<Vec<u8>, InvalidInput> {
     read_regular_file(path, max).map_err(|why| {
-        let name = crate::auth::scrub::quote_or_describe(&path.to_string_lossy());
+        let name = crate::scrub::quote_or_describe(&path.to_string_lossy());
         InvalidInput::CaCertificate(format!("{name}: {why}"))
     })
 }

@@ -17,10 +17,10 @@ mod roots;
 mod tls;
 
 use files::off_thread;
-pub use files::{read_certificate_file, FILE_READ_TIMEOUT, MAX_CERTIFICATE_FILE_BYTES};
 pub(crate) use files::read_file_capped;
 #[cfg(feature = "entra")]
 pub(crate) use files::read_regular_file;
+pub use files::{read_certificate_file, FILE_READ_TIMEOUT, MAX_CERTIFICATE_FILE_BYTES};
 pub use options::{ClientOptions, RetryPolicy, MAX_BODY_BYTES};
 pub(crate) use proxy::{connect_status, proxy_for};
 pub use proxy::{Proxies, ProxyConfig};

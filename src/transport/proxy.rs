@@ -127,7 +127,7 @@ pub(super) fn parse_proxy_url(name: &'static str, value: &str) -> Result<Url, In
     let after_scheme = with_scheme.split_once("://").map_or(with_scheme.as_str(), |(_, r)| r);
     let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if crate::auth::scrub::looks_like_secret(host_port) || after_scheme.contains("sig=") {
+    if crate::scrub::looks_like_secret(host_port) || after_scheme.contains("sig=") {
         return Err(refuse(
             "its host looks like a key or token, not a host name (not shown)",
         ));
