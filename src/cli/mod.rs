@@ -427,9 +427,12 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     if development && !development_storage_listens().await {
         return Err(Failure::new(
             exit::CONFIG,
-            "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
-             storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
-             Entra ID, or start Azurite (scripts/demo starts one)",
+            format!(
+                "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
+                 storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
+                 Entra ID, or start Azurite (scripts/demo starts one){}",
+                unknown_variables_hint()
+            ),
         ));
     }
     let ctx = Context {
@@ -517,6 +520,16 @@ fn option_failure(e: InvalidInput, flag: &str) -> Failure {
     f
 }
 
+/// `AZURE_STORAGE_*` variables that are set but read by no Azure tool, as a hint to append to a
+/// "nothing configured" message (empty when there are none).
+fn unknown_variables_hint() -> String {
+    let unknown = StorageConfig::unknown_env_variables();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    format!("; set but not read: {}", unknown.join(", "))
+}
+
 /// The storage configuration from the flags, which clap has already merged with their
 /// environment variables: the same rules as [`StorageConfig::from_vars`], else development
 /// storage. A flag or variable that is given but empty is an error, not "nothing configured".
@@ -556,10 +569,12 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool
     match config {
         Some(config) => Ok((config, false)),
         None => {
-            if !quiet {
+            let hint = unknown_variables_hint();
+            // A misspelt variable is worth saying even with --quiet: it is why nothing was found.
+            if !quiet || !hint.is_empty() {
                 say(format_args!(
                     "azmutex: no storage configured; using local development storage \
-                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
+                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000){hint}"
                 ));
             }
             Ok((StorageConfig::development(), true))
