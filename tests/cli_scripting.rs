@@ -133,6 +133,30 @@ fn verbose_shows_the_lock_s_life() {
     }
 }
 
+/// `-vv` counts the requests a command sent (issue 23). `run` on an existing lock with the
+/// fencing token and holder record: acquire, the blob's properties, the token, the holder record,
+/// the confirming renewal and the release: six. `status`: one.
+#[test]
+fn very_verbose_counts_the_requests_sent() {
+    let c = common::unique("count");
+    let count = |args: &[&str]| {
+        let mut cmd = azmutex(&c);
+        cmd.arg("-vv").args(args);
+        let out = output(cmd);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("HTTP requests sent to storage"))
+            .unwrap_or_else(|| panic!("no request count at -vv:\n{stderr}"))
+            .to_string();
+        line.rsplit("requests=").next().unwrap_or("").trim().to_string()
+    };
+    count(&["run", "job", "--", "true"]);
+    assert_eq!(count(&["run", "job", "--", "true"]), "6");
+    assert_eq!(count(&["status", "job"]), "1");
+}
+
 /// With nothing configured and nothing on the development storage port, `azmutex` says so at
 /// once (on 5136815: 28 s of retries, then "storage unreachable").
 #[test]

@@ -330,7 +330,16 @@ pub fn main() -> ExitCode {
             )));
         }
     };
-    finish(runtime.block_on(dispatch(cli)))
+    let result = runtime.block_on(dispatch(cli));
+    let requests: u64 = clients().iter().map(|c| c.requests_sent()).sum();
+    tracing::debug!(requests, "HTTP requests sent to storage");
+    finish(result)
+}
+
+/// The storage clients this process made, for the request count `-vv` prints at the end.
+fn clients() -> std::sync::MutexGuard<'static, Vec<azmutex::BlobClient>> {
+    static CLIENTS: std::sync::Mutex<Vec<azmutex::BlobClient>> = std::sync::Mutex::new(Vec::new());
+    CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
@@ -476,12 +485,14 @@ impl Context {
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }
-        builder.build().map_err(|e| match &e {
+        let mutex = builder.build().map_err(|e| match &e {
             InvalidInput::Option {
                 option: "api_version", ..
             } => option_failure(e, "--api-version"),
             _ => Failure::from(e),
-        })
+        })?;
+        clients().push(mutex.client().clone());
+        Ok(mutex)
     }
 }
 
