@@ -35,6 +35,9 @@ impl Target {
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AZURE_STORAGE_CONNECTION_STRING", &self.connection_string)
+            // The machine's own trust settings, as a user's shell has them (reading a large
+            // SSL_CERT_DIR is what http:// endpoints no longer pay for).
+            .envs(["SSL_CERT_FILE", "SSL_CERT_DIR"].iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
             .args(&self.extra)
             .args(["--container", "oneshot"])
             .args(args)
@@ -153,7 +156,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
     }
-    println!("binary: {}", bin());
+    println!(
+        "binary: {}; SSL_CERT_FILE {:?}, SSL_CERT_DIR {:?}",
+        bin(),
+        std::env::var_os("SSL_CERT_FILE"),
+        std::env::var_os("SSL_CERT_DIR")
+    );
     let http = Target {
         connection_string: common::service().connection_string.clone(),
         extra: vec![],
