@@ -37,7 +37,11 @@ impl Target {
             .env("AZURE_STORAGE_CONNECTION_STRING", &self.connection_string)
             // The machine's own trust settings, as a user's shell has them (reading a large
             // SSL_CERT_DIR is what http:// endpoints no longer pay for).
-            .envs(["SSL_CERT_FILE", "SSL_CERT_DIR"].iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
+            .envs(
+                ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+                    .iter()
+                    .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
+            )
             .args(&self.extra)
             .args(["--container", "oneshot"])
             .args(args)
