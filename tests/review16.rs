@@ -840,13 +840,23 @@ fn p3_release_after_a_break_exits_70() {
 #[test]
 fn p3_run_whose_lease_was_broken_while_the_command_ran_exits_70() {
     let c = common::unique("r16runbrk");
+    // Broken once the command runs (its marker file exists), not as soon as the blob shows a
+    // lease: under load a break that lands between the acquire and the fencing token's write
+    // breaks a lease `run` had not handed out yet, and `run` rightly acquires a new one.
+    let marker = scratch("r16runbrk").join("started");
     let mut cmd = azmutex(&c);
-    cmd.args(["run", "job", "--lease", "30", "--", "sleep", "4"])
+    cmd.args(["run", "job", "--lease", "30", "--", "sh", "-c"])
+        .arg(format!("touch '{}'; sleep 4", marker.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     wait_until_leased(&c);
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = output({
         let mut b = azmutex(&c);
         b.args(["break", "job", "--period", "0"]);
