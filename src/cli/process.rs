@@ -16,12 +16,10 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use super::cgroup::{move_self, Cgroup};
+use super::cgroup::Cgroup;
 use super::descendants::{descendants, signal_descendants, ProcEntry};
 use super::watchdog::{boottime_ns, shared_deadline, watchdog, NO_DEADLINE, WATCHDOG_KNOWN, WATCHDOG_TABLE};
 use std::time::{Duration, Instant};
-
-use tokio::process::Command;
 
 use super::spawn::Child;
 
@@ -32,56 +30,6 @@ pub fn foreground_terminal() -> Option<RawFd> {
         // SAFETY: isatty, tcgetpgrp and getpgrp only read process and descriptor state.
         unsafe { libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() }
     })
-}
-
-/// Sets `command` up to start in a new process group, in the foreground of `terminal` if
-/// given, and to be killed when azmutex dies.
-pub fn own_group(command: &mut Command, terminal: Option<RawFd>, cgroup: Option<&Cgroup>) {
-    let procs = cgroup.map(|c| c.procs_path().clone());
-    // SAFETY: getpid/prctl/signal are plain syscalls.
-    let parent = unsafe { libc::getpid() };
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl with an integer argument. Orphaned grandchildren are reparented to us, so
-    // that `Group::alive` sees (and reaps) them.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
-    if terminal.is_some() {
-        // A background process that touches the terminal (tcsetpgrp, or writes with TOSTOP)
-        // would be stopped by SIGTTOU once the command has the foreground.
-        // SAFETY: setting a signal disposition to "ignore".
-        unsafe { libc::signal(libc::SIGTTOU, libc::SIG_IGN) };
-    }
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe syscalls.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(procs) = &procs {
-                // Into the command's own cgroup before anything runs (the parent checks that
-                // it worked, and falls back to the /proc walk otherwise).
-                move_self(procs);
-            }
-            if let Some(fd) = terminal {
-                // SIGTTOU is ignored (inherited), so this works from the background.
-                libc::tcsetpgrp(fd, libc::getpid());
-                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-            }
-            #[cfg(target_os = "linux")]
-            {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-                if libc::getppid() != parent {
-                    // azmutex died before the line above: do not run unlocked.
-                    libc::_exit(125);
-                }
-            }
-            #[cfg(not(target_os = "linux"))]
-            let _ = parent;
-            Ok(())
-        });
-    }
 }
 
 /// The command's process group, and every other descendant of azmutex.
@@ -96,7 +44,7 @@ pub struct Group {
 }
 
 impl Group {
-    /// The group led by `child` (set up by [`own_group`]).
+    /// The group led by `child` (set up by `spawn::own_group` or the direct start).
     pub fn new(child: &Child, terminal: Option<RawFd>, cgroup: Option<Cgroup>) -> Self {
         let pgid = child.id().and_then(|id| libc::pid_t::try_from(id).ok()).unwrap_or(0);
         if pgid > 0 {
@@ -240,7 +188,7 @@ impl Group {
     /// Gives the terminal back to azmutex's own group.
     pub fn restore_terminal(&self) {
         if let Some(fd) = self.terminal {
-            // SAFETY: tcsetpgrp on our terminal; SIGTTOU is ignored (see `own_group`).
+            // SAFETY: tcsetpgrp on our terminal; SIGTTOU is ignored (see `spawn::own_group`).
             unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
         }
     }

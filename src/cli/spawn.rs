@@ -3,7 +3,7 @@
 //! before exec: a move makes the kernel wait for an RCU grace period (10–20 ms here, more than
 //! half of a one-shot `azmutex run -- true`), a clone into the cgroup does not. Everywhere else,
 //! or when the kernel refuses the clone (old kernels, seccomp filters that hide `clone3`), the
-//! command is started by tokio and moves itself in (`process::own_group`'s pre-exec step).
+//! command is started by tokio and moves itself in (`own_group`'s pre-exec step).
 //!
 //! The directly started child does what `std::process::Command` does between fork and exec, and
 //! only with async-signal-safe calls on memory prepared before the clone: default signal mask
@@ -20,7 +20,7 @@ use std::process::ExitStatus;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use super::cgroup::Cgroup;
+use super::cgroup::{move_self, Cgroup};
 
 /// The running command: started by tokio, or directly into its cgroup.
 pub enum Child {
@@ -99,8 +99,58 @@ pub fn spawn(spec: &Spec<'_>, cgroup: Option<&Cgroup>) -> io::Result<Child> {
     for (k, v) in spec.env {
         command.env(k, v);
     }
-    super::process::own_group(&mut command, spec.terminal, cgroup);
+    own_group(&mut command, spec.terminal, cgroup);
     command.spawn().map(Child::Tokio)
+}
+
+/// Sets `command` up to start in a new process group/// Sets `command` up to start in a new process group, in the foreground of `terminal` if
+/// given, and to be killed when azmutex dies.
+fn own_group(command: &mut tokio::process::Command, terminal: Option<RawFd>, cgroup: Option<&Cgroup>) {
+    let procs = cgroup.map(|c| c.procs_path().clone());
+    // SAFETY: getpid/prctl/signal are plain syscalls.
+    let parent = unsafe { libc::getpid() };
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with an integer argument. Orphaned grandchildren are reparented to us, so
+    // that `Group::alive` sees (and reaps) them.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    if terminal.is_some() {
+        // A background process that touches the terminal (tcsetpgrp, or writes with TOSTOP)
+        // would be stopped by SIGTTOU once the command has the foreground.
+        // SAFETY: setting a signal disposition to "ignore".
+        unsafe { libc::signal(libc::SIGTTOU, libc::SIG_IGN) };
+    }
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe syscalls.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(procs) = &procs {
+                // Into the command's own cgroup before anything runs (the parent checks that
+                // it worked, and falls back to the /proc walk otherwise).
+                move_self(procs);
+            }
+            if let Some(fd) = terminal {
+                // SIGTTOU is ignored (inherited), so this works from the background.
+                libc::tcsetpgrp(fd, libc::getpid());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            }
+            #[cfg(target_os = "linux")]
+            {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if libc::getppid() != parent {
+                    // azmutex died before the line above: do not run unlocked.
+                    libc::_exit(125);
+                }
+            }
+            #[cfg(not(target_os = "linux"))]
+            let _ = parent;
+            Ok(())
+        });
+    }
 }
 
 /// The direct start failed in a way the tokio path may not (the clone itself was refused).
