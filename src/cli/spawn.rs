@@ -103,7 +103,7 @@ pub fn spawn(spec: &Spec<'_>, cgroup: Option<&Cgroup>) -> io::Result<Child> {
     command.spawn().map(Child::Tokio)
 }
 
-/// Sets `command` up to start in a new process group/// Sets `command` up to start in a new process group, in the foreground of `terminal` if
+/// Sets `command` up to start in a new process group, in the foreground of `terminal` if
 /// given, and to be killed when azmutex dies.
 fn own_group(command: &mut tokio::process::Command, terminal: Option<RawFd>, cgroup: Option<&Cgroup>) {
     let procs = cgroup.map(|c| c.procs_path().clone());
