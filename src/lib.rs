@@ -65,6 +65,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod locker;
 pub mod mutex;
@@ -82,6 +83,7 @@ pub use auth::{
     AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider, TransientTokenError,
 };
 pub use config::{AuthChoice, ConfigError, StorageConfig};
+pub use election::{Election, Leader, Leadership, Observer};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
