@@ -4,7 +4,9 @@ mod auth;
 mod cgroup;
 mod commands;
 mod docs;
+mod elect;
 mod logging;
+mod observe;
 mod output;
 use output::say;
 mod descendants;
@@ -182,6 +184,10 @@ pub enum Command {
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
     Break(commands::BreakArgs),
+    /// Campaign for leadership of a name; lead by running a command (or until a signal).
+    Elect(elect::ElectArgs),
+    /// Print the leader of a name now and at every change.
+    Observe(observe::ObserveArgs),
     /// Write a shell completion script (bash, zsh or fish) to stdout.
     Completions(docs::CompletionsArgs),
     /// Write the man page (roff) to stdout, or every page into a directory.
@@ -444,6 +450,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release(args) => commands::release(&ctx, args).await,
         Command::Status(args) => commands::status(&ctx, args).await,
         Command::Break(args) => commands::break_lease(&ctx, args).await,
+        Command::Elect(args) => elect::elect(&ctx, args).await,
+        Command::Observe(args) => observe::observe(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }
