@@ -164,6 +164,7 @@ fn main() {
             terms.push(hb.clone());
         }
     }
+    std::thread::sleep(Duration::from_millis(1500)); // the observer sees the last term too
     signal(&leader, libc::SIGTERM);
     let _ = leader.wait();
     std::thread::sleep(Duration::from_secs(3));

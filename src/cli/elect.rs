@@ -8,7 +8,8 @@ use azmutex::{Election, LockError, Released};
 use clap::Args;
 
 use super::output::{out, parse_duration, say};
-use super::run::{holder, supervised, supervised_options, Outcome, Signals, Spec};
+use super::run::{holder, supervised, supervised_options, Outcome, Spec};
+use super::signals::Signals;
 use super::{exit, Context, Failure};
 
 /// What `elect --help` and azmutex-elect(1) add after the options.
@@ -33,6 +34,9 @@ Examples:
   azmutex elect scheduler --once --lease 15 -- ./scheduler     # exit 70 on loss
   azmutex elect scheduler --value primary                       # prints the epoch; Ctrl-C resigns
   azmutex observe scheduler --json                              # who leads, at every change";
+
+/// The longest pause between a standby's attempts.
+const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 /// `elect` options.
 #[derive(Args, Debug)]
@@ -66,7 +70,10 @@ pub struct ElectArgs {
 
 pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     // Storage failing for a whole --timeout ends a campaign (exit 69), as `run` without --wait.
-    let options = supervised_options(args.lease, args.kill_grace, Some(ctx.conn.timeout))?;
+    let mut options = supervised_options(args.lease, args.kill_grace, Some(ctx.conn.timeout))?;
+    // A standby tries every 0.25-0.5 s (jittered): a resigning leader's successor starts well
+    // within a second (about two requests a second per standby).
+    options.poll_max = STANDBY_POLL;
     let owner = args.owner.clone().unwrap_or_else(|| match args.command.first() {
         Some(program) => {
             let program = std::path::Path::new(program);

@@ -12,6 +12,7 @@ use output::say;
 mod descendants;
 mod process;
 mod run;
+mod signals;
 mod watchdog;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use azmutex::Election;
 use clap::Args;
 
 use super::output::{json_str, out, parse_duration, printable, rfc3339};
-use super::run::Signals;
+use super::signals::Signals;
 use super::{Context, Failure};
 
 /// `observe` options.

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::output::{parse_duration, printable, rfc3339, say};
 use super::process;
+use super::signals::{Event, Signals};
 use super::{exit, Context, Failure};
 
 /// What `run --help` and azmutex-run(1) add after the options.
@@ -96,61 +96,6 @@ fn hostname() -> Option<String> {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
-}
-
-/// What a signal to azmutex means while the command runs.
-enum Event {
-    /// Pass it on to the command's group. A stop request (SIGTSTP) is meant for the job: the
-    /// command's stop then stops azmutex too.
-    Forward(libc::c_int),
-    /// A child changed state (SIGCHLD).
-    Child,
-    /// azmutex was continued after a stop (SIGCONT).
-    Continued,
-}
-
-pub(super) struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-    tstp: Signal,
-    child: Signal,
-    cont: Signal,
-}
-
-impl Signals {
-    pub(super) fn new() -> Result<Self, Failure> {
-        let make = |k| signal(k).map_err(|e| Failure::new(exit::OTHER, format!("cannot handle signals: {e}")));
-        Ok(Self {
-            term: make(SignalKind::terminate())?,
-            int: make(SignalKind::interrupt())?,
-            hup: make(SignalKind::hangup())?,
-            tstp: make(SignalKind::from_raw(libc::SIGTSTP))?,
-            child: make(SignalKind::child())?,
-            cont: make(SignalKind::from_raw(libc::SIGCONT))?,
-        })
-    }
-
-    /// The next signal while the command runs.
-    async fn event(&mut self) -> Event {
-        tokio::select! {
-            _ = self.term.recv() => Event::Forward(libc::SIGTERM),
-            _ = self.int.recv() => Event::Forward(libc::SIGINT),
-            _ = self.hup.recv() => Event::Forward(libc::SIGHUP),
-            _ = self.tstp.recv() => Event::Forward(libc::SIGTSTP),
-            _ = self.child.recv() => Event::Child,
-            _ = self.cont.recv() => Event::Continued,
-        }
-    }
-
-    /// The next of SIGTERM, SIGINT, SIGHUP.
-    pub(super) async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.hup.recv() => libc::SIGHUP,
-        }
-    }
 }
 
 /// ` (held by …)` for a busy line: the recorded holder, printed inert and short.
