@@ -132,6 +132,7 @@ fn main() {
         });
     }
 
+    let mut rng = fastrand::Rng::with_seed(20);
     let mut n = 0;
     let mut next_hb = || {
         n += 1;
@@ -147,7 +148,10 @@ fn main() {
         for _ in 0..trials {
             let standby_hb = next_hb();
             let standby = elect(&container, &endpoint, &standby_hb);
-            std::thread::sleep(Duration::from_millis(1500)); // campaigning
+            // Campaigning; a crash comes at a random point of the leader's renewal cycle
+            // (every 5 s), so the lease left when it dies is sampled, not always the same.
+            let phase = if kind == "crash" { rng.u64(0..5000) } else { 0 };
+            std::thread::sleep(Duration::from_millis(1500 + phase));
             let sig = if kind == "crash" { libc::SIGKILL } else { libc::SIGTERM };
             let at = wall();
             signal(&leader, sig);
