@@ -13,6 +13,9 @@ mod descendants;
 mod process;
 mod run;
 mod signals;
+mod typed_secrets;
+use typed_secrets::{redact_typed_secrets, CLAP_VARIABLES};
+mod spawn;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -337,7 +340,16 @@ pub fn main() -> ExitCode {
             )));
         }
     };
-    finish(runtime.block_on(dispatch(cli)))
+    let result = runtime.block_on(dispatch(cli));
+    let requests: u64 = clients().iter().map(|c| c.requests_sent()).sum();
+    tracing::debug!(requests, "HTTP requests sent to storage");
+    finish(result)
+}
+
+/// The storage clients this process made, for the request count `-vv` prints at the end.
+fn clients() -> std::sync::MutexGuard<'static, Vec<azmutex::BlobClient>> {
+    static CLIENTS: std::sync::Mutex<Vec<azmutex::BlobClient>> = std::sync::Mutex::new(Vec::new());
+    CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
@@ -374,55 +386,6 @@ fn finish(result: Result<u8, Failure>) -> ExitCode {
     code
 }
 
-/// The variables clap reads for flags: their values may appear in its errors too.
-const CLAP_VARIABLES: [&str; 10] = [
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_STORAGE_SERVICE_ENDPOINT",
-    "AZURE_STORAGE_ACCOUNT",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZMUTEX_API_VERSION",
-    "AZMUTEX_AUTH",
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_AUTHORITY_HOST",
-];
-
-/// Whether a word clap may quote can be shown: a flag name (`--account-key`, `-v`), or a word
-/// too short to hold 12 characters of a secret. Anything else the user typed (a value, a
-/// misplaced value, a variable's value) may be a key, a SAS, a client secret or a proxy
-/// password given to the wrong flag, and is not repeated.
-fn quotable(word: &str) -> bool {
-    let flag = word.starts_with('-')
-        && word.len() <= 40
-        && word
-            .trim_start_matches('-')
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    flag || word.chars().count() < azmutex::auth::scrub::MIN_SECRET_RUN
-}
-
-/// `text` (a clap error) with every command-line word and every value of a variable clap reads
-/// that is not [`quotable`] (and every `=`-separated part of one, as in `--account-key=KEY`)
-/// replaced by `[redacted]`, and any 12-character run of one hidden in every encoding.
-fn redact_typed_secrets(text: &str, args: &[String], vars: &[String]) -> String {
-    let mut secrets: Vec<&str> = Vec::new();
-    for word in args.iter().skip(1).chain(vars) {
-        for part in std::iter::once(word.as_str()).chain(word.split_once('=').map(|(_, v)| v)) {
-            if !part.is_empty() && !quotable(part) {
-                secrets.push(part);
-            }
-        }
-    }
-    // Longest first, so that a whole word goes before a part of it.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut text = text.to_string();
-    for secret in &secrets {
-        text = text.replace(secret, "[redacted]");
-    }
-    azmutex::auth::scrub::scrub_secrets(&text, &secrets)
-}
-
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     // Commands that never talk to storage need no configuration (and print no notice about it).
     match &cli.command {
@@ -434,9 +397,12 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     if development && !development_storage_listens().await {
         return Err(Failure::new(
             exit::CONFIG,
-            "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
-             storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
-             Entra ID, or start Azurite (scripts/demo starts one)",
+            format!(
+                "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
+                 storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
+                 Entra ID, or start Azurite (scripts/demo starts one){}",
+                unknown_variables_hint()
+            ),
         ));
     }
     let ctx = Context {
@@ -482,12 +448,14 @@ impl Context {
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }
-        builder.build().map_err(|e| match &e {
+        let mutex = builder.build().map_err(|e| match &e {
             InvalidInput::Option {
                 option: "api_version", ..
             } => option_failure(e, "--api-version"),
             _ => Failure::from(e),
-        })
+        })?;
+        clients().push(mutex.client().clone());
+        Ok(mutex)
     }
 }
 
@@ -524,6 +492,16 @@ fn option_failure(e: InvalidInput, flag: &str) -> Failure {
         f.message = f.message.replace(name, &format!("`{flag}`"));
     }
     f
+}
+
+/// `AZURE_STORAGE_*` variables that are set but read by no Azure tool, as a hint to append to a
+/// "nothing configured" message (empty when there are none).
+fn unknown_variables_hint() -> String {
+    let unknown = StorageConfig::unknown_env_variables();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    format!("; set but not read: {}", unknown.join(", "))
 }
 
 /// The storage configuration from the flags, which clap has already merged with their
@@ -565,10 +543,12 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool
     match config {
         Some(config) => Ok((config, false)),
         None => {
-            if !quiet {
+            let hint = unknown_variables_hint();
+            // A misspelt variable is worth saying even with --quiet: it is why nothing was found.
+            if !quiet || !hint.is_empty() {
                 say(format_args!(
                     "azmutex: no storage configured; using local development storage \
-                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
+                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000){hint}"
                 ));
             }
             Ok((StorageConfig::development(), true))

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
-use tokio::process::{Child, Command};
+
+use super::spawn::Child;
 
 use super::output::{parse_duration, printable, rfc3339, say};
 use super::process;
@@ -316,14 +317,13 @@ pub(super) async fn supervised(
         return Err(Failure::new(exit::USAGE, "no command given"));
     };
     let terminal = process::foreground_terminal();
-    let mut command = Command::new(program);
-    command.args(&argv[1..]);
-    for (name, value) in env {
-        command.env(name, value);
-    }
     let cgroup = super::cgroup::Cgroup::create();
-    process::own_group(&mut command, terminal, cgroup.as_ref());
-    let child = match command.spawn() {
+    let how = super::spawn::Spec {
+        command: argv,
+        env,
+        terminal,
+    };
+    let child = match super::spawn::spawn(&how, cgroup.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             if let Some(cg) = &cgroup {
