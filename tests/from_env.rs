@@ -65,4 +65,24 @@ async fn from_env_falls_through_to_entra_id_and_says_why_when_it_fails() {
         config.credential
     );
     assert!(StorageConfig::unknown_env_variables().is_empty());
+
+    // Nothing configured but a misspelt connection string: an error, not development storage.
+    for k in ["AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_KEY"] {
+        std::env::remove_var(k);
+    }
+    std::env::set_var(
+        "AZURE_STORAGE_CONNECTON_STRING",
+        format!("AccountName=x;AccountKey={secret_looking}"),
+    );
+    let err = StorageConfig::from_env().expect_err("a misspelt variable is not 'nothing configured'");
+    let text = err.to_string();
+    assert!(
+        text.contains("`AZURE_STORAGE_CONNECTON_STRING` (did you mean `AZURE_STORAGE_CONNECTION_STRING`?)"),
+        "{text}"
+    );
+    assert!(!text.contains("Eby8vdM02x"), "{text}");
+    // A variable no tool reads and nothing like ours is only named, not refused.
+    std::env::remove_var("AZURE_STORAGE_CONNECTON_STRING");
+    std::env::set_var("AZURE_STORAGE_SOMETHING_ELSE", "1");
+    assert!(StorageConfig::from_env().unwrap().is_none());
 }

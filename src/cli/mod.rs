@@ -183,7 +183,7 @@ pub enum Command {
     /// Renew a lease acquired with `azmutex acquire`.
     Renew(commands::LeaseArgs),
     /// Release a lease acquired with `azmutex acquire`.
-    Release(commands::LeaseArgs),
+    Release(commands::ReleaseArgs),
     /// Show the lock's lease state, holder and fencing token.
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
@@ -543,6 +543,18 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool
     match config {
         Some(config) => Ok((config, false)),
         None => {
+            let misspelt = StorageConfig::misspelt_env_variables();
+            if !misspelt.is_empty() {
+                // A typo in a variable's name must not lock on an emulator that protects nothing.
+                return Err(Failure::new(
+                    exit::CONFIG,
+                    format!(
+                        "no storage configured, but {} is set: a misspelt variable? (refused rather than \
+                         using local development storage)",
+                        misspelt.join(", ")
+                    ),
+                ));
+            }
             let hint = unknown_variables_hint();
             // A misspelt variable is worth saying even with --quiet: it is why nothing was found.
             if !quiet || !hint.is_empty() {

@@ -15,12 +15,30 @@ impl StorageConfig {
     /// Entra ID's default chain (see [`crate::EntraCredential`]); a token error then says first
     /// that no key or SAS token was found, and names any `AZURE_STORAGE_*` variable that is set
     /// but not one of these (a misspelt variable is the usual cause). `Ok(None)` when none of
-    /// them is set.
+    /// them is set, unless a variable close to one of them is (`AZURE_STORAGE_CONNECTON_STRING`):
+    /// that is an error ([`StorageConfig::misspelt_env_variables`]).
     ///
     /// A variable that is set but empty is an error ([`ConfigError::EmptyVariable`]), never
     /// "not configured": a deployment whose secret did not arrive must not silently lock on
     /// local development storage.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let found = Self::from_env_unchecked()?;
+        let misspelt = Self::misspelt_env_variables();
+        if found.is_none() && !misspelt.is_empty() {
+            // A deployment whose variable name has a typo must not lock on development storage.
+            return Err(ConfigError::InvalidValue {
+                key: "AZURE_STORAGE_*",
+                reason: format!(
+                    "nothing is configured, but {} is set: a misspelt variable? (refused rather than \
+                     falling back to local development storage)",
+                    misspelt.join(", ")
+                ),
+            });
+        }
+        Ok(found)
+    }
+
+    fn from_env_unchecked() -> Result<Option<Self>, ConfigError> {
         let var = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
         #[cfg(feature = "entra")]
         {
@@ -45,6 +63,16 @@ impl StorageConfig {
     /// a secret is described instead of quoted.
     pub fn unknown_env_variables() -> Vec<String> {
         unknown_storage_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    }
+
+    /// Those of [`StorageConfig::unknown_env_variables`] that are close to a variable this crate
+    /// reads (`AZURE_STORAGE_CONNECTON_STRING`): most likely a misspelling. [`StorageConfig::from_env`]
+    /// refuses to report "nothing configured" while one is set.
+    pub fn misspelt_env_variables() -> Vec<String> {
+        Self::unknown_env_variables()
+            .into_iter()
+            .filter(|v| v.contains("(did you mean"))
+            .collect()
     }
 
     /// [`StorageConfig::from_env`] reading variables through `var` (for tests and embedding).
