@@ -35,10 +35,10 @@
 //!
 //! ## Leader election
 //!
-//! Campaign with [`Locker::lock`], lead while [`LockGuard::lost`] has not fired, step down
-//! (stop leading at once) when it does, then campaign again. `examples/leader.rs` is a complete
-//! program. The lease id and fencing token identify the term: a resource that records the
-//! highest fencing token it has seen can refuse a deposed leader's late writes.
+//! [`Election`] campaigns for a name and hands out a [`Leadership`]: a [`LockGuard`] with the
+//! term's epoch (the fencing token), [`Leadership::proclaim`] and [`Leadership::resign`].
+//! [`Election::leader`] and [`Election::observe`] say who leads (`None` when nobody does).
+//! See the [`election`] module and `examples/leader.rs`.
 //!
 //! ## Fencing tokens
 //!
@@ -65,6 +65,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod election;
 pub mod error;
 pub mod locker;
 pub mod mutex;
@@ -82,6 +83,7 @@ pub use auth::{
     AccessToken, AccountKey, Credential, SasToken, TokenError, TokenFuture, TokenProvider, TransientTokenError,
 };
 pub use config::{AuthChoice, ConfigError, StorageConfig};
+pub use election::{Election, Leader, Leadership, Observer};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{

@@ -40,6 +40,8 @@
 //! whose token endpoint goes down now and then (the run then uses an HTTPS Azurite; see
 //! [`entra`]); `scripts/chaos` wraps them.
 
+#[path = "common/chaos_elect.rs"]
+mod chaos_elect;
 mod common;
 
 use std::collections::HashMap;
@@ -1934,6 +1936,15 @@ async fn chaos() {
         clients.push(task);
     }
 
+    let elect = chaos_elect::start(
+        chaos_elect::count(),
+        settings.seed,
+        target,
+        &container,
+        breaker.clone(),
+        stop_rx.clone(),
+    );
+
     // The director: faults, pauses and breaks on schedule.
     let mut side = tokio::task::JoinSet::new();
     // Per proxy, the episode in force; and the last episode number.
@@ -2026,8 +2037,10 @@ async fn chaos() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let (elect_violations, elect_summary) = elect.finish().await;
     let r = records.lock().unwrap();
     let mut verdict = check(&r, t0, all_stopped);
+    verdict.violations.extend(elect_violations);
     match free_after {
         Some(d) if d <= LEASE + Duration::from_millis(500) => {}
         Some(d) => verdict.violations.push(format!(
@@ -2252,6 +2265,7 @@ async fn chaos() {
             .join("/"),
         if RENEWAL_RATE_CHECKED { "checked (rule 7)" } else { "reported only" }
     );
+    let _ = writeln!(out, "{elect_summary}");
     println!("{out}");
     if r.sections.len() < 2 {
         verdict.violations.push(format!(

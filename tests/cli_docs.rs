@@ -7,8 +7,10 @@ use std::process::{Command, Output, Stdio};
 const BIN: &str = env!("CARGO_BIN_EXE_azmutex");
 
 /// The subcommands a user can type (clap's own `help` aside).
-const SUBCOMMANDS: [&str; 8] = [
+const SUBCOMMANDS: [&str; 10] = [
     "run",
+    "elect",
+    "observe",
     "acquire",
     "renew",
     "release",

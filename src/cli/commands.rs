@@ -67,7 +67,7 @@ pub struct ReleaseArgs {
 pub struct StatusArgs {
     /// The lock's name.
     pub lock: String,
-    /// Print JSON with keys lock, locked, state, status, duration, holder, fencing_token.
+    /// Print JSON with keys lock, locked, state, status, duration, holder, fencing_token, leader.
     #[arg(long)]
     pub json: bool,
 }
@@ -79,10 +79,10 @@ pub struct BreakArgs {
     pub lock: String,
     /// Seconds (0-60) the broken lease keeps locking. Default: a fixed lease runs out (nobody
     /// overlaps with the old holder), an infinite one breaks at once. `--period 0` frees the
-    /// lock at once, while the old holder may still act until its next renewal (up to a third
-    /// of its lease), and under `azmutex run` a command that ignores SIGTERM up to the kill grace
-    /// longer (`--kill-grace`, 5 s by default): writes made meanwhile are refused only by
-    /// resources that check the fencing token.
+    /// lock at once, while the old holder (or leader, `elect`) may still act until its next
+    /// renewal (up to a third of its lease), and under `azmutex run` or `elect` a command that
+    /// ignores SIGTERM up to the kill grace longer (`--kill-grace`, 5 s by default): writes made
+    /// meanwhile are refused only by resources that check the fencing token (a leader's epoch).
     #[arg(long)]
     pub period: Option<u64>,
 }
@@ -264,6 +264,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
         None => None,
     };
     let status = if info.locked { "locked" } else { "unlocked" };
+    let leader = azmutex::election::Leader::from_lock_info(&info);
     if args.json {
         let opt = |s: Option<String>| s.map_or("null".to_string(), |s| json_str(&s));
         let holder = match &info.holder {
@@ -277,12 +278,13 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
             None => "null".into(),
         };
         out(format_args!(
-            "{{\"lock\":{},\"locked\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{}}}",
+            "{{\"lock\":{},\"locked\":{},\"state\":\"{}\",\"status\":\"{status}\",\"duration\":{},\"holder\":{holder},\"fencing_token\":{},\"leader\":{}}}",
             json_str(info.lock.as_str()),
             info.locked,
             info.state.as_str(),
             opt(duration.map(str::to_string)),
             info.fencing_token.map_or("null".into(), |t| t.to_string()),
+            super::observe::leader_json(&leader),
         ));
     } else {
         out(format_args!("lock:          {}", info.lock));
@@ -313,6 +315,9 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
         }
         if let Some(t) = info.fencing_token {
             out(format_args!("fencing token: {t}"));
+        }
+        if leader.is_some() {
+            out(format_args!("{}", super::observe::line(&leader, false)));
         }
         if !info.exists {
             out(format_args!("(no lock blob yet: never acquired)"));

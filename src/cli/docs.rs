@@ -210,6 +210,34 @@ fn extra_sections(page: &str) -> String {
                 ],
             );
         }
+        "azmutex-elect.1" => {
+            section(
+                "ENVIRONMENT",
+                &[
+                    ("AZMUTEX_LOCK", "Given to the command: the name."),
+                    ("AZMUTEX_EPOCH", "Given to the command: the term's epoch, larger than any earlier term's (the fencing token), for resources that refuse a deposed leader."),
+                    ("AZMUTEX_LEASE_ID", "Given to the command: the lease id."),
+                ],
+            );
+            section("EXIT STATUS", exit_status);
+            section(
+                "EXAMPLES",
+                &[
+                    (
+                        "azmutex elect scheduler --value \"$(hostname):8080\" -- ./scheduler",
+                        "Lead by running the scheduler; campaign again after a loss.",
+                    ),
+                    (
+                        "azmutex elect scheduler --once -- ./scheduler",
+                        "Exit 70 when leadership is lost.",
+                    ),
+                    (
+                        "azmutex observe scheduler --json",
+                        "Who leads, now and at every change.",
+                    ),
+                ],
+            );
+        }
         "azmutex.1" => {
             section("ENVIRONMENT", storage_env);
             section("EXIT STATUS", exit_status);

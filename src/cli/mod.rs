@@ -4,12 +4,17 @@ mod auth;
 mod cgroup;
 mod commands;
 mod docs;
+mod elect;
 mod logging;
+mod observe;
 mod output;
 use output::say;
 mod descendants;
 mod process;
 mod run;
+mod signals;
+mod typed_secrets;
+use typed_secrets::{redact_typed_secrets, CLAP_VARIABLES};
 mod spawn;
 mod watchdog;
 
@@ -183,6 +188,10 @@ pub enum Command {
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
     Break(commands::BreakArgs),
+    /// Campaign for leadership of a name; lead by running a command (or until a signal).
+    Elect(elect::ElectArgs),
+    /// Print the leader of a name now and at every change.
+    Observe(observe::ObserveArgs),
     /// Write a shell completion script (bash, zsh or fish) to stdout.
     Completions(docs::CompletionsArgs),
     /// Write the man page (roff) to stdout, or every page into a directory.
@@ -377,55 +386,6 @@ fn finish(result: Result<u8, Failure>) -> ExitCode {
     code
 }
 
-/// The variables clap reads for flags: their values may appear in its errors too.
-const CLAP_VARIABLES: [&str; 10] = [
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_STORAGE_SERVICE_ENDPOINT",
-    "AZURE_STORAGE_ACCOUNT",
-    "AZURE_STORAGE_KEY",
-    "AZURE_STORAGE_SAS_TOKEN",
-    "AZMUTEX_API_VERSION",
-    "AZMUTEX_AUTH",
-    "AZURE_CLIENT_ID",
-    "AZURE_TENANT_ID",
-    "AZURE_AUTHORITY_HOST",
-];
-
-/// Whether a word clap may quote can be shown: a flag name (`--account-key`, `-v`), or a word
-/// too short to hold 12 characters of a secret. Anything else the user typed (a value, a
-/// misplaced value, a variable's value) may be a key, a SAS, a client secret or a proxy
-/// password given to the wrong flag, and is not repeated.
-fn quotable(word: &str) -> bool {
-    let flag = word.starts_with('-')
-        && word.len() <= 40
-        && word
-            .trim_start_matches('-')
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    flag || word.chars().count() < azmutex::auth::scrub::MIN_SECRET_RUN
-}
-
-/// `text` (a clap error) with every command-line word and every value of a variable clap reads
-/// that is not [`quotable`] (and every `=`-separated part of one, as in `--account-key=KEY`)
-/// replaced by `[redacted]`, and any 12-character run of one hidden in every encoding.
-fn redact_typed_secrets(text: &str, args: &[String], vars: &[String]) -> String {
-    let mut secrets: Vec<&str> = Vec::new();
-    for word in args.iter().skip(1).chain(vars) {
-        for part in std::iter::once(word.as_str()).chain(word.split_once('=').map(|(_, v)| v)) {
-            if !part.is_empty() && !quotable(part) {
-                secrets.push(part);
-            }
-        }
-    }
-    // Longest first, so that a whole word goes before a part of it.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    let mut text = text.to_string();
-    for secret in &secrets {
-        text = text.replace(secret, "[redacted]");
-    }
-    azmutex::auth::scrub::scrub_secrets(&text, &secrets)
-}
-
 async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     // Commands that never talk to storage need no configuration (and print no notice about it).
     match &cli.command {
@@ -457,6 +417,8 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
         Command::Release(args) => commands::release(&ctx, args).await,
         Command::Status(args) => commands::status(&ctx, args).await,
         Command::Break(args) => commands::break_lease(&ctx, args).await,
+        Command::Elect(args) => elect::elect(&ctx, args).await,
+        Command::Observe(args) => observe::observe(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => Ok(0),
     }
 }

@@ -4,13 +4,14 @@ use std::ffi::OsString;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use super::spawn::Child;
 use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use super::spawn::Child;
 
 use super::output::{parse_duration, printable, rfc3339, say};
 use super::process;
+use super::signals::{Event, Signals};
 use super::{exit, Context, Failure};
 
 /// What `run --help` and azmutex-run(1) add after the options.
@@ -98,61 +99,6 @@ fn hostname() -> Option<String> {
     String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
 }
 
-/// What a signal to azmutex means while the command runs.
-enum Event {
-    /// Pass it on to the command's group. A stop request (SIGTSTP) is meant for the job: the
-    /// command's stop then stops azmutex too.
-    Forward(libc::c_int),
-    /// A child changed state (SIGCHLD).
-    Child,
-    /// azmutex was continued after a stop (SIGCONT).
-    Continued,
-}
-
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-    tstp: Signal,
-    child: Signal,
-    cont: Signal,
-}
-
-impl Signals {
-    fn new() -> Result<Self, Failure> {
-        let make = |k| signal(k).map_err(|e| Failure::new(exit::OTHER, format!("cannot handle signals: {e}")));
-        Ok(Self {
-            term: make(SignalKind::terminate())?,
-            int: make(SignalKind::interrupt())?,
-            hup: make(SignalKind::hangup())?,
-            tstp: make(SignalKind::from_raw(libc::SIGTSTP))?,
-            child: make(SignalKind::child())?,
-            cont: make(SignalKind::from_raw(libc::SIGCONT))?,
-        })
-    }
-
-    /// The next signal while the command runs.
-    async fn event(&mut self) -> Event {
-        tokio::select! {
-            _ = self.term.recv() => Event::Forward(libc::SIGTERM),
-            _ = self.int.recv() => Event::Forward(libc::SIGINT),
-            _ = self.hup.recv() => Event::Forward(libc::SIGHUP),
-            _ = self.tstp.recv() => Event::Forward(libc::SIGTSTP),
-            _ = self.child.recv() => Event::Child,
-            _ = self.cont.recv() => Event::Continued,
-        }
-    }
-
-    /// The next of SIGTERM, SIGINT, SIGHUP.
-    async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.term.recv() => libc::SIGTERM,
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.hup.recv() => libc::SIGHUP,
-        }
-    }
-}
-
 /// ` (held by …)` for a busy line: the recorded holder, printed inert and short.
 pub fn describe_holder(info: &azmutex::LockInfo) -> String {
     let Some(h) = &info.holder else {
@@ -186,13 +132,24 @@ const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 /// Checks that lease, renewal interval, safety margin and kill grace fit together: the command
 /// must be dead (SIGKILL sent) by deadline − margin, and renewals need time before that.
 fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Failure> {
-    let lease = LeaseDuration::seconds(args.lease)?;
-    let lease_secs = Duration::from_secs(args.lease);
-    let every = lease_secs / 3;
+    supervised_options(args.lease, args.kill_grace, args.wait.is_none().then_some(timeout))
+}
+
+/// [`LockerOptions`] for a lease of `lease` seconds whose command is killed `kill_grace` after
+/// SIGTERM, 2 s before the lease can end; `give_up_after` as in [`LockerOptions`]. Refused
+/// (usage error) when renewal interval, kill grace and margin do not fit in the lease.
+pub(super) fn supervised_options(
+    lease_secs: u64,
+    kill_grace: Duration,
+    give_up_after: Option<Duration>,
+) -> Result<LockerOptions, Failure> {
+    let lease = LeaseDuration::seconds(lease_secs)?;
+    let lease_len = Duration::from_secs(lease_secs);
+    let every = lease_len / 3;
     let budget = every
         .checked_add(SAFETY_MARGIN)
-        .and_then(|d| d.checked_add(args.kill_grace))
-        .filter(|used| *used < lease_secs);
+        .and_then(|d| d.checked_add(kill_grace))
+        .filter(|used| *used < lease_len);
     if budget.is_none() {
         return Err(Failure::new(
             exit::USAGE,
@@ -201,26 +158,18 @@ fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Fa
                  that is not confirmed renewed must get SIGTERM {:?} + {:?} (kill grace + safety margin) before the \
                  lease ends, so renewal interval + kill grace + safety margin must stay below the lease \
                  ({:?} + {:?} + {:?} >= {:?}); lower --kill-grace or raise --lease",
-                args.lease,
-                args.kill_grace,
-                every,
-                args.kill_grace,
-                SAFETY_MARGIN,
-                every,
-                args.kill_grace,
-                SAFETY_MARGIN,
-                lease_secs
+                lease_secs, kill_grace, every, kill_grace, SAFETY_MARGIN, every, kill_grace, SAFETY_MARGIN, lease_len
             ),
         ));
     }
     let options = LockerOptions {
         lease,
         // `lost()` fires kill_grace before the margin, so SIGKILL lands by deadline − margin.
-        safety_margin: SAFETY_MARGIN + args.kill_grace,
+        safety_margin: SAFETY_MARGIN + kill_grace,
         report_holder: false,
         // Without --wait, storage failing for a whole --timeout ends the wait (exit 69); with
         // --wait, failures are retried until the wait ends.
-        give_up_after: args.wait.is_none().then_some(timeout),
+        give_up_after,
         ..LockerOptions::default()
     };
     options.check()?;
@@ -314,7 +263,11 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
         ));
     }
 
-    let terminal = process::foreground_terminal();
+    let spec = Spec {
+        lock: &args.lock,
+        kill_grace: args.kill_grace,
+        signals_end: false,
+    };
     let env = [
         ("AZMUTEX_LOCK", args.lock.clone()),
         ("AZMUTEX_LEASE_ID", guard.lease_id().to_string()),
@@ -323,13 +276,54 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
         ),
     ];
+    match supervised(ctx, &spec, &args.command, &env, &mut guard, &mut signals).await? {
+        Outcome::Exited(code) => Ok(code),
+        Outcome::Lost => Ok(exit::LOST),
+    }
+}
+
+/// How a command runs under a lock (`run`, `elect`).
+pub(super) struct Spec<'a> {
+    /// The lock's name, for messages.
+    pub lock: &'a str,
+    /// SIGTERM to SIGKILL when the lock may be lost.
+    pub kill_grace: Duration,
+    /// Whether SIGTERM and SIGINT end the command for good (forwarded, then SIGKILL after the
+    /// kill grace), as `elect` needs; `run` only forwards them.
+    pub signals_end: bool,
+}
+
+/// How a supervised command ended.
+pub(super) enum Outcome {
+    /// It exited (this code: its own, or 70 when the release showed the lock was not ours to
+    /// the end); the lease is released.
+    Exited(u8),
+    /// The lock may have been lost while it ran: it and every descendant were stopped.
+    Lost,
+}
+
+/// Runs `argv` with `env` under `guard`'s lock: in a process group (and cgroup) of its own,
+/// with the watchdog holding the kill deadline, stopped with every descendant when the lock
+/// may be lost; releases the lease when the command is done.
+pub(super) async fn supervised(
+    ctx: &Context,
+    spec: &Spec<'_>,
+    argv: &[OsString],
+    env: &[(&str, String)],
+    guard: &mut LockGuard,
+    signals: &mut Signals,
+) -> Result<Outcome, Failure> {
+    let Some(program) = argv.first() else {
+        return Err(Failure::new(exit::USAGE, "no command given"));
+    };
+    let terminal = process::foreground_terminal();
     let cgroup = super::cgroup::Cgroup::create();
-    let spec = super::spawn::Spec {
-        command: &args.command,
-        env: &env,
+    let how = super::spawn::Spec {
+        command: argv,
+        env,
         terminal,
     };
-    let child = match super::spawn::spawn(&spec, cgroup.as_ref()) {
+    let child = match super::spawn::spawn(&how, cgroup.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             if let Some(cg) = &cgroup {
@@ -341,14 +335,14 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             } else {
                 126
             };
-            return Err(Failure::new(code, format!("cannot run {:?}: {e}", args.command[0])));
+            return Err(Failure::new(code, format!("cannot run {program:?}: {e}")));
         }
     };
     let mut group = process::Group::new(&child, terminal, cgroup);
     // The watchdog kills everything at the deadline even if azmutex cannot (see supervise).
-    group.set_kill_deadline(kill_deadline(&guard, args.kill_grace));
+    group.set_kill_deadline(kill_deadline(guard, spec.kill_grace));
     group.start_watchdog();
-    let outcome = supervise(ctx, &args, child, &mut group, &mut guard, &mut signals).await;
+    let outcome = supervise(ctx, spec, child, &mut group, guard, signals).await;
     group.stop_watchdog();
     group.restore_terminal();
     group.remove_cgroup();
@@ -370,18 +364,24 @@ fn kill_deadline(guard: &LockGuard, grace: Duration) -> Option<Instant> {
 /// comes on time even if this task is held up.
 async fn supervise(
     ctx: &Context,
-    args: &RunArgs,
+    args: &Spec<'_>,
     mut child: Child,
     group: &mut process::Group,
     guard: &mut LockGuard,
     signals: &mut Signals,
-) -> Result<u8, Failure> {
+) -> Result<Outcome, Failure> {
+    // With `signals_end`: when the command must be dead after SIGTERM/SIGINT.
+    let mut ending: Option<tokio::time::Instant> = None;
     let lost = guard.lost();
     tokio::pin!(lost);
     let mut changed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(guard.changed());
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            () = sleep_until_some(ending) => {
+                group.signal(libc::SIGKILL);
+                ending = None;
+            }
             () = &mut changed => {
                 changed = Box::pin(guard.changed());
                 if guard.valid_until().is_some() {
@@ -393,7 +393,12 @@ async fn supervise(
             }
             reason = &mut lost => return stop_on_loss(ctx, args, child, group, guard, reason, args.kill_grace).await,
             event = signals.event() => match event {
-                Event::Forward(sig) => group.signal(sig),
+                Event::Forward(sig) => {
+                    group.signal(sig);
+                    if args.signals_end && matches!(sig, libc::SIGTERM | libc::SIGINT) && ending.is_none() {
+                        ending = Some(tokio::time::Instant::now() + args.kill_grace);
+                    }
+                }
                 // The command stopped (Ctrl-Z reaches only its group, which has the terminal):
                 // stop azmutex's job with it, so that the shell sees a stopped job.
                 Event::Child => {
@@ -456,7 +461,7 @@ async fn supervise(
             "azmutex: lock {:?} lost ({reason}) before the command ended",
             args.lock
         ));
-        return Ok(exit::LOST);
+        return Ok(Outcome::Exited(exit::LOST));
     }
     match guard.release().await {
         Ok(Released::Confirmed) => {}
@@ -470,14 +475,14 @@ async fn supervise(
                 args.lock,
                 LostReason::Unconfirmed
             ));
-            return Ok(exit::LOST);
+            return Ok(Outcome::Exited(exit::LOST));
         }
         Err(Error::LeaseLost { reason, .. }) => {
             say(format_args!(
                 "azmutex: lock {:?} lost ({reason}): the release showed that the lease was not ours until the command ended",
                 args.lock
             ));
-            return Ok(exit::LOST);
+            return Ok(Outcome::Exited(exit::LOST));
         }
         // Not confirmed that the lease was ours to the end: it may have been broken and taken
         // while the command ran, and the release was the one request that could have said so.
@@ -487,10 +492,10 @@ async fn supervise(
                 args.lock,
                 LostReason::Unconfirmed
             ));
-            return Ok(exit::LOST);
+            return Ok(Outcome::Exited(exit::LOST));
         }
     }
-    Ok(exit_code(status))
+    Ok(Outcome::Exited(exit_code(status)))
 }
 
 /// After a loss: SIGTERM to the command's group, SIGKILL after `grace` (the kill grace, which
@@ -499,13 +504,13 @@ async fn supervise(
 /// by the lease's own end. Exits 70.
 async fn stop_on_loss(
     ctx: &Context,
-    args: &RunArgs,
+    args: &Spec<'_>,
     mut child: Child,
     group: &mut process::Group,
     guard: &mut LockGuard,
     reason: LostReason,
     grace: Duration,
-) -> Result<u8, Failure> {
+) -> Result<Outcome, Failure> {
     // Signal first: nothing (not even a failing stderr) may delay stopping the command.
     group.signal(if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM });
     say(format_args!(
@@ -527,7 +532,7 @@ async fn stop_on_loss(
     group.stop_watchdog();
     group.kill_and_reap().await;
     let _ = guard.release().await;
-    Ok(exit::LOST)
+    Ok(Outcome::Lost)
 }
 
 fn exit_code(status: ExitStatus) -> u8 {
@@ -536,5 +541,13 @@ fn exit_code(status: ExitStatus) -> u8 {
         (Some(c), _) => c as u8,
         (None, Some(sig)) => 128u8.saturating_add(sig as u8),
         _ => exit::OTHER,
+    }
+}
+
+/// Completes at `at`, never when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

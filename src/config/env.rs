@@ -12,7 +12,7 @@ impl StorageConfig {
     /// `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN` (and
     /// optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom blob endpoint). With the `entra`
     /// feature (on by default), an account name or endpoint without a key or SAS token means
-    /// Entra ID's default chain (see [`crate::EntraCredential`]); a token error then says first
+    /// Entra ID's default chain (`EntraCredential`, feature `entra`); a token error then says first
     /// that no key or SAS token was found, and names any `AZURE_STORAGE_*` variable that is set
     /// but not one of these (a misspelt variable is the usual cause). `Ok(None)` when none of
     /// them is set, unless a variable close to one of them is (`AZURE_STORAGE_CONNECTON_STRING`):

@@ -62,12 +62,13 @@ impl Renewer {
                 self.lose(LostReason::Expired, &"the local deadline passed before renewal");
                 continue;
             }
-            // Renew; give up at the local deadline.
+            // Renew; give up on this call after its own budget (a stalled request is retried
+            // while time is left), and on the lock at the local deadline.
             // The call may retry inside (each request at least MIN_RENEWAL_GAP apart): the last
             // request it sent started no later than when it ended or was dropped, which is what
             // `last_attempt` records for the confirming renewal of a release.
             let outcome = tokio::select! {
-                r = self.mutex.renew_until(&mut self.lease, validity.until) => Some(r),
+                r = self.mutex.renew_until(&mut self.lease, attempt_deadline(&self.mutex, validity.until)) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
                 c = &mut commands => {
                     self.last_attempt = Some(Instant::now());
@@ -222,4 +223,20 @@ impl Renewer {
             (result, None) => result,
         }
     }
+}
+
+/// The deadline of one renewal call started now, with the local deadline `until`: one request
+/// timeout, but never more than half the time left (at least a second, or what is left), so
+/// that a request that stalls (an answer held up in the network) is abandoned and sent again
+/// while the lease still holds, instead of using up the whole renewal budget. Abandoning a
+/// renewal is safe: a renew is idempotent, and only a confirmed one extends the local deadline.
+pub(super) fn attempt_deadline(mutex: &AzureMutex, until: Instant) -> Instant {
+    let now = Instant::now();
+    let left = until.saturating_duration_since(now);
+    let budget = mutex
+        .client()
+        .options()
+        .request_timeout
+        .min((left / 2).max(left.min(Duration::from_secs(1))));
+    now.checked_add(budget).unwrap_or(until).min(until)
 }

@@ -24,6 +24,7 @@ pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 mod create;
 mod fence;
 mod lease;
+mod record;
 mod stamp;
 #[cfg(test)]
 mod tests;
@@ -376,7 +377,13 @@ impl AzureMutex {
     /// request).
     pub async fn inspect(&self, lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockInfo, Error> {
         let lock = name(lock)?;
-        let resp = self.head(&lock, self.inner.client.default_deadline()).await?;
+        self.inspect_until(&lock, self.inner.client.default_deadline()).await
+    }
+
+    /// [`AzureMutex::inspect`] with retries bounded by `deadline`.
+    pub async fn inspect_until(&self, lock: &LockName, deadline: Instant) -> Result<LockInfo, Error> {
+        let lock = lock.clone();
+        let resp = self.head(&lock, deadline).await?;
         if resp.status == 404 {
             return Ok(LockInfo {
                 lock,
