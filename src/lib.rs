@@ -70,6 +70,7 @@ pub mod locker;
 pub mod mutex;
 mod redact;
 pub mod rest;
+pub mod semaphore;
 #[doc(hidden)]
 pub mod scrub;
 pub mod transport;
@@ -85,8 +86,10 @@ pub use config::{AuthChoice, ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
-    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released,
+    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, ListedBlob, Listing, LockInfo,
+    Released,
 };
+pub use semaphore::{Permit, Semaphore, SemaphoreError, SemaphoreOptions, SemaphoreStatus, SlotStatus};
 pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
