@@ -152,8 +152,14 @@ impl AzureMutex {
             (!v.is_empty() && v.bytes().all(|b| (0x20..0x7f).contains(&b))).then(|| (to, v.to_string()))
         })
         .collect();
+        // Listings give the ETag bare (`0x8D…`), answers' headers quoted (`"0x8D…"`).
+        let etag = if etag.starts_with('"') {
+            etag.clone()
+        } else {
+            format!("\"{etag}\"")
+        };
         let known = fence::Known {
-            etag: etag.clone(),
+            etag,
             content,
             token: Some(seq),
         };
