@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, InvalidInput};
 use crate::locker::{LockError, LockGuard, Locker, LockerOptions};
-use crate::mutex::{AzureMutex, Listing};
+use crate::mutex::{AzureMutex, Lease, Listing};
 use crate::types::LockName;
 
 mod error;
@@ -184,21 +184,20 @@ impl Semaphore {
 
     /// One attempt: a permit, or [`SemaphoreError::Full`] at once.
     pub async fn try_acquire(&self) -> Result<Permit, SemaphoreError> {
-        match self.attempt().await? {
-            Ok(permit) => Ok(permit),
+        match self.attempt(&Guarded).await? {
+            Ok((guard, slot)) => self.permit(guard, slot).await,
             Err(_) => Err(self.full()),
         }
     }
 
     /// Waits until a slot is ours. Permanent errors end the wait; transient ones are retried.
     pub async fn acquire(&self) -> Result<Permit, SemaphoreError> {
-        self.wait(None, std::future::pending()).await
+        self.acquire_until(None, std::future::pending()).await
     }
 
     /// Waits at most `timeout`, then [`SemaphoreError::TimedOut`].
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Permit, SemaphoreError> {
-        self.wait(Instant::now().checked_add(timeout), std::future::pending())
-            .await
+        self.acquire_until(Some(timeout), std::future::pending()).await
     }
 
     /// Waits (at most `timeout`, if given) until a slot is ours or `cancel` completes
@@ -209,8 +208,26 @@ impl Semaphore {
         timeout: Option<Duration>,
         cancel: impl Future<Output = ()>,
     ) -> Result<Permit, SemaphoreError> {
-        self.wait(timeout.and_then(|t| Instant::now().checked_add(t)), cancel)
-            .await
+        let limit = timeout.and_then(|t| Instant::now().checked_add(t));
+        let (guard, slot) = self.wait(&Guarded, limit, cancel).await?;
+        self.permit(guard, slot).await
+    }
+
+    /// Waits (at most `timeout`; `Some(Duration::ZERO)`: one attempt) for a slot and returns
+    /// its bare [`Lease`] and number, with no renewal and no release on drop: for callers that
+    /// manage the lease themselves, such as `azmutex acquire --slots` in a script.
+    /// [`SemaphoreError::Full`] when one attempt found every slot held.
+    pub async fn acquire_detached(&self, timeout: Option<Duration>) -> Result<(Lease, u32), SemaphoreError> {
+        match timeout {
+            Some(t) if t.is_zero() => match self.attempt(&Detached).await? {
+                Ok(got) => Ok(got),
+                Err(_) => Err(self.full()),
+            },
+            _ => {
+                let limit = timeout.and_then(|t| Instant::now().checked_add(t));
+                self.wait(&Detached, limit, std::future::pending()).await
+            }
+        }
     }
 
     fn full(&self) -> SemaphoreError {
@@ -227,7 +244,7 @@ impl Semaphore {
 
     /// One List Blobs request (more only for a prefix crowded past 5,000 blobs), the manifest
     /// written if missing, then the free slots in random order until one is ours.
-    async fn attempt(&self) -> Result<Result<Permit, Full>, SemaphoreError> {
+    async fn attempt<K: Take>(&self, take: &K) -> Result<Result<(K::Out, u32), Full>, SemaphoreError> {
         let name = self.layout.name.as_str();
         let mut view = self.layout.view(self.list().await?);
         let mut recorded = view.recorded(name)?;
@@ -267,9 +284,9 @@ impl Semaphore {
         // many contenders, who are better spread out by the wait's pauses.
         for n in free.into_iter().take(8) {
             let locker = Locker::with_options(self.mutex.clone(), &self.layout.slot(n)?, self.options.locker.clone())?;
-            match locker.try_lock().await {
-                Ok(guard) => return self.permit(guard, n).await.map(Ok),
-                Err(LockError::Busy { .. }) => tracing::debug!(semaphore = %name, slot = n, "slot taken meanwhile"),
+            match take.take(&locker).await {
+                Ok(Some(got)) => return Ok(Ok((got, n))),
+                Ok(None) => tracing::debug!(semaphore = %name, slot = n, "slot taken meanwhile"),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -294,6 +311,38 @@ impl Semaphore {
             token,
             semaphore: self.layout.name.clone(),
         })
+    }
+}
+
+/// How an attempt takes one slot: `Ok(None)` when it is busy.
+pub(super) trait Take: Sync {
+    type Out: Send;
+    fn take(&self, locker: &Locker) -> impl Future<Output = Result<Option<Self::Out>, LockError>> + Send;
+}
+
+/// A [`LockGuard`] (renewed, released on drop).
+pub(super) struct Guarded;
+impl Take for Guarded {
+    type Out = LockGuard;
+    async fn take(&self, locker: &Locker) -> Result<Option<LockGuard>, LockError> {
+        match locker.try_lock().await {
+            Ok(g) => Ok(Some(g)),
+            Err(LockError::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A bare [`Lease`].
+pub(super) struct Detached;
+impl Take for Detached {
+    type Out = Lease;
+    async fn take(&self, locker: &Locker) -> Result<Option<Lease>, LockError> {
+        match locker.lock_detached(Some(Duration::ZERO)).await {
+            Ok(l) => Ok(Some(l)),
+            Err(LockError::Busy { .. } | LockError::TimedOut { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

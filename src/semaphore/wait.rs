@@ -8,7 +8,7 @@ use crate::mutex::AzureMutex;
 use crate::types::LockName;
 
 use super::layout::{unix_now, META_UNTIL};
-use super::{Full, Permit, Semaphore, SemaphoreError};
+use super::{Full, Semaphore, SemaphoreError, Take};
 
 /// The shortest time between two refreshes of one waiter record.
 const REFRESH_MIN: Duration = Duration::from_secs(20);
@@ -73,11 +73,12 @@ impl Semaphore {
         base.mul_f64(0.5 + fastrand::f64())
     }
 
-    pub(super) async fn wait(
+    pub(super) async fn wait<K: Take>(
         &self,
+        take: &K,
         limit: Option<Instant>,
         cancel: impl Future<Output = ()>,
-    ) -> Result<Permit, SemaphoreError> {
+    ) -> Result<(K::Out, u32), SemaphoreError> {
         tokio::pin!(cancel);
         let started = Instant::now();
         let name = self.layout.name.to_string();
@@ -88,11 +89,11 @@ impl Semaphore {
         let mut deleted: Vec<String> = Vec::new();
         loop {
             let outcome = tokio::select! {
-                r = self.attempt() => r,
+                r = self.attempt(take) => r,
                 _ = &mut cancel => return Err(cancelled()),
             };
             let pause = match outcome {
-                Ok(Ok(permit)) => return Ok(permit), // the record is deleted as it drops
+                Ok(Ok(got)) => return Ok(got), // the record is deleted as it drops
                 Ok(Err(Full { waiters, stale })) => {
                     failing_since = None;
                     backoff = self.options.poll_min;
