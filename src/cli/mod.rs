@@ -10,6 +10,7 @@ use output::say;
 mod descendants;
 mod process;
 mod run;
+mod slots;
 mod watchdog;
 
 use std::path::PathBuf;
