@@ -70,9 +70,9 @@ pub mod locker;
 pub mod mutex;
 mod redact;
 pub mod rest;
-pub mod semaphore;
 #[doc(hidden)]
 pub mod scrub;
+pub mod semaphore;
 pub mod transport;
 pub mod types;
 
@@ -86,11 +86,11 @@ pub use config::{AuthChoice, ConfigError, StorageConfig};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
-    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, ListedBlob, Listing, LockInfo,
-    Released,
+    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, ListedBlob, Listing,
+    LockInfo, Released,
 };
-pub use semaphore::{Permit, Semaphore, SemaphoreError, SemaphoreOptions, SemaphoreStatus, SlotStatus};
 pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
+pub use semaphore::{Permit, Semaphore, SemaphoreError, SemaphoreOptions, SemaphoreStatus, SlotStatus};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
 /// The container the `azmutex` CLI uses unless told otherwise (`--container`). Use it in

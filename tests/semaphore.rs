@@ -42,7 +42,10 @@ async fn never_more_than_n_holders_under_contention() {
             for _ in 0..6 {
                 let mut permit = sem.acquire_timeout(Duration::from_secs(120)).await.unwrap();
                 assert!(permit.slot() < N);
-                assert!(resource.enter(permit.slot(), permit.fencing_token()), "stale or repeated token");
+                assert!(
+                    resource.enter(permit.slot(), permit.fencing_token()),
+                    "stale or repeated token"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 assert!(permit.is_held());
                 resource.leave();
@@ -52,11 +55,17 @@ async fn never_more_than_n_holders_under_contention() {
         }));
     }
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(300), t).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(300), t)
+            .await
+            .unwrap()
+            .unwrap();
     }
     monitor.await.unwrap();
     assert!(resource.most() <= N as usize, "{} holders at once", resource.most());
-    assert!(server_most.load(Ordering::SeqCst) <= N as usize, "the server showed more leased slots than N");
+    assert!(
+        server_most.load(Ordering::SeqCst) <= N as usize,
+        "the server showed more leased slots than N"
+    );
     assert_eq!(resource.rejected.load(Ordering::SeqCst), 0);
     // Every permit was given back.
     assert_eq!(held_on_server(&c, "db").await, 0);
@@ -94,11 +103,13 @@ async fn a_different_n_is_refused_with_both_numbers() {
     let c = common::unique("sem-mismatch");
     let _p = client(&c, "jobs", 3).try_acquire().await.unwrap();
     match client(&c, "jobs", 4).try_acquire().await {
-        Err(e @ SemaphoreError::SlotsMismatch {
-            recorded: 3,
-            requested: 4,
-            ..
-        }) => {
+        Err(
+            e @ SemaphoreError::SlotsMismatch {
+                recorded: 3,
+                requested: 4,
+                ..
+            },
+        ) => {
             let text = e.to_string();
             assert!(text.contains('3') && text.contains('4'), "{text}");
         }
@@ -135,7 +146,10 @@ async fn bad_input_is_refused_before_any_request() {
         common::DEV_KEY
     );
     let config = StorageConfig::parse_connection_string(&cs).unwrap();
-    let fenced = AzureMutex::builder(config.clone(), "c1c").fencing(true).build().unwrap();
+    let fenced = AzureMutex::builder(config.clone(), "c1c")
+        .fencing(true)
+        .build()
+        .unwrap();
     let plain = AzureMutex::builder(config, "c1c").build().unwrap();
     for n in [0, azmutex::semaphore::MAX_SLOTS + 1, u32::MAX] {
         assert!(matches!(
@@ -195,7 +209,11 @@ async fn a_recreated_slot_never_repeats_a_token() {
         for _ in 0..2 {
             let mut p = sem.try_acquire().await.unwrap();
             assert_eq!(p.slot(), 0);
-            assert!(p.fencing_token() > last, "{recreate}: token {} after {last}", p.fencing_token());
+            assert!(
+                p.fencing_token() > last,
+                "{recreate}: token {} after {last}",
+                p.fencing_token()
+            );
             last = p.fencing_token();
             p.release().await.unwrap();
         }
@@ -227,12 +245,18 @@ async fn permits_are_renewed_and_lost_like_guards() {
         .unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(30), lost).await.unwrap();
     assert!(
-        matches!(reason, LostReason::Broken | LostReason::NotPresent | LostReason::IdMismatch),
+        matches!(
+            reason,
+            LostReason::Broken | LostReason::NotPresent | LostReason::IdMismatch
+        ),
         "{reason:?}"
     );
     assert!(!permit.is_held());
     assert!(permit.lost_reason().is_some());
-    assert!(permit.release().await.is_err(), "a lost permit's release must not report success");
+    assert!(
+        permit.release().await.is_err(),
+        "a lost permit's release must not report success"
+    );
     // The slot is free for the next client.
     let other = client(&c, "renewed", 1).try_acquire().await.unwrap();
     assert!(other.fencing_token() > permit.fencing_token());

@@ -44,8 +44,10 @@ fn run_slots_end_to_end() {
     let children: Vec<_> = (0..5)
         .map(|_| {
             let mut cmd = azmutex(&c);
-            cmd.args(["-q", "run", "--slots", "2", "pool", "--wait", "120s", "--", "sh", "-c", &script])
-                .stdin(Stdio::null());
+            cmd.args([
+                "-q", "run", "--slots", "2", "pool", "--wait", "120s", "--", "sh", "-c", &script,
+            ])
+            .stdin(Stdio::null());
             cmd.spawn().unwrap()
         })
         .collect();
@@ -91,9 +93,18 @@ fn full_no_wait_mismatch_and_status() {
     let holders: Vec<_> = (0..2)
         .map(|i| {
             let mut cmd = azmutex(&c);
-            cmd.args(["-q", "run", "--slots", "2", "--owner", &format!("holder-{i}"), "db", "--"])
-                .args(["sh", "-c", &script])
-                .stdin(Stdio::null());
+            cmd.args([
+                "-q",
+                "run",
+                "--slots",
+                "2",
+                "--owner",
+                &format!("holder-{i}"),
+                "db",
+                "--",
+            ])
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null());
             cmd.spawn().unwrap()
         })
         .collect();
@@ -102,7 +113,8 @@ fn full_no_wait_mismatch_and_status() {
     // Full: --no-wait exits 75 at once and never runs the command.
     let marker = dir.join("ran");
     let mut cmd = azmutex(&c);
-    cmd.args(["run", "--slots", "2", "--no-wait", "db", "--", "touch"]).arg(&marker);
+    cmd.args(["run", "--slots", "2", "--no-wait", "db", "--", "touch"])
+        .arg(&marker);
     let out = output(cmd);
     let (_, err) = text(&out);
     assert_eq!(out.status.code(), Some(75), "{err}");
@@ -110,7 +122,8 @@ fn full_no_wait_mismatch_and_status() {
     assert!(!marker.exists());
     // --wait that runs out: 75 too.
     let mut cmd = azmutex(&c);
-    cmd.args(["run", "--slots", "2", "--wait", "1s", "db", "--", "touch"]).arg(&marker);
+    cmd.args(["run", "--slots", "2", "--wait", "1s", "db", "--", "touch"])
+        .arg(&marker);
     assert_eq!(output(cmd).status.code(), Some(75));
     assert!(!marker.exists());
 
@@ -163,7 +176,18 @@ fn full_no_wait_mismatch_and_status() {
     let v: serde_json::Value = serde_json::from_slice(&output(cmd).stdout).unwrap();
     assert_eq!(v["held"], 0);
     let mut cmd = azmutex(&c);
-    cmd.args(["-q", "run", "--slots", "2", "--no-wait", "db", "--", "sh", "-c", "test -n \"$AZMUTEX_SLOT\""]);
+    cmd.args([
+        "-q",
+        "run",
+        "--slots",
+        "2",
+        "--no-wait",
+        "db",
+        "--",
+        "sh",
+        "-c",
+        "test -n \"$AZMUTEX_SLOT\"",
+    ]);
     assert_eq!(output(cmd).status.code(), Some(0));
 }
 
@@ -221,8 +245,22 @@ fn a_broken_slot_stops_the_command_with_70() {
     let beat = dir.join("beat");
     let script = format!("while true; do date +%s%N > {}; sleep 0.1; done", beat.display());
     let mut cmd = azmutex(&c);
-    cmd.args(["-q", "run", "--slots", "1", "--lease", "15", "--kill-grace", "1s", "x", "--", "sh", "-c", &script])
-        .stdin(Stdio::null());
+    cmd.args([
+        "-q",
+        "run",
+        "--slots",
+        "1",
+        "--lease",
+        "15",
+        "--kill-grace",
+        "1s",
+        "x",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .stdin(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     wait_held(&c, "x", 1);
     let rt = rt();

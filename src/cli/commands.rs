@@ -109,7 +109,17 @@ fn print_lease(lease: &Lease, json: bool) -> bool {
 pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
     let lease_duration = duration(args.lease, args.infinite)?;
     if let Some(slots) = args.slots {
-        return super::slots::acquire(ctx, args, slots, lease_duration).await;
+        let ask = super::slots::Ask {
+            name: &args.lock,
+            slots,
+            no_wait: args.wait.is_none(),
+            wait: args.wait,
+        };
+        let holder = azmutex::Holder {
+            pid: None,
+            ..super::run::holder(args.owner.clone())
+        };
+        return super::slots::acquire(ctx, ask, holder, lease_duration, args.json).await;
     }
     let lock = LockName::new(args.lock)?;
     // This process exits right after printing the lease id: its pid would name a process that
@@ -243,7 +253,7 @@ pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
     let info = ctx.mutex(false, None)?.inspect(args.lock.as_str()).await?;
     // No lock blob of that name: it may be a semaphore's.
     if !info.exists {
-        if let Some(code) = super::slots::status(ctx, &args).await? {
+        if let Some(code) = super::slots::status(ctx, &args.lock, args.json).await? {
             return Ok(code);
         }
     }

@@ -261,10 +261,16 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
         let cancel = async {
             caught = Some(signals.next().await);
         };
-        match super::slots::acquire_for_run(ctx, &args, slots, mutex.clone(), options, cancel).await? {
+        let ask = super::slots::Ask {
+            name: &args.lock,
+            slots,
+            no_wait: args.no_wait,
+            wait: args.wait,
+        };
+        match super::slots::acquire_for_run(ctx, ask, mutex.clone(), options, cancel).await? {
             super::slots::Got::Slot(g, n) => {
                 slot = Some(n);
-                g
+                *g
             }
             super::slots::Got::Busy => return Ok(args.conflict_exit_code),
             super::slots::Got::Cancelled => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),

@@ -6,10 +6,21 @@ use std::time::{Duration, Instant};
 use azmutex::semaphore::{SemaphoreStatus, MAX_SLOTS};
 use azmutex::{AzureMutex, LeaseDuration, LockGuard, LockerOptions, Semaphore, SemaphoreError, SemaphoreOptions};
 
-use super::commands::{AcquireArgs, StatusArgs};
 use super::output::{json_str, out, printable, rfc3339, say};
-use super::run::RunArgs;
 use super::{exit, Context, Failure};
+
+/// What `run --slots` and `acquire --slots` were asked (this file uses neither command's
+/// module: they use it).
+pub struct Ask<'a> {
+    /// The semaphore's name.
+    pub name: &'a str,
+    /// The number of slots.
+    pub slots: u32,
+    /// `--no-wait` (`run`).
+    pub no_wait: bool,
+    /// `--wait`.
+    pub wait: Option<Duration>,
+}
 
 /// What `--slots` accepts: 1 to 1,000.
 pub fn parse_slots(s: &str) -> Result<u32, String> {
@@ -22,7 +33,7 @@ pub fn parse_slots(s: &str) -> Result<u32, String> {
 /// How `run --slots` got on.
 pub enum Got {
     /// A slot: its guard and number.
-    Slot(LockGuard, u32),
+    Slot(Box<LockGuard>, u32),
     /// Full (`--no-wait`) or the wait timed out.
     Busy,
     /// A signal ended the wait.
@@ -94,13 +105,13 @@ fn holder_text(h: Option<&azmutex::HolderInfo>) -> String {
 /// `run --slots N`: a slot's guard, with the messages and exit codes of `run`.
 pub async fn acquire_for_run(
     ctx: &Context,
-    args: &RunArgs,
-    slots: u32,
+    args: Ask<'_>,
     mutex: AzureMutex,
     options: LockerOptions,
     cancel: impl Future<Output = ()>,
 ) -> Result<Got, Failure> {
-    let sem = semaphore(mutex, &args.lock, slots, options)?;
+    let slots = args.slots;
+    let sem = semaphore(mutex, args.name, slots, options)?;
     let started = Instant::now();
     let result = if args.no_wait {
         sem.try_acquire().await
@@ -112,7 +123,7 @@ pub async fn acquire_for_run(
                 let limit = args.wait.map(|w| format!(", up to {w:?}")).unwrap_or_default();
                 say(format_args!(
                     "azmutex: waiting for a slot of semaphore {:?} ({slots} slots, all held{}){limit}",
-                    args.lock,
+                    args.name,
                     describe_holders(&sem).await
                 ));
             }
@@ -129,18 +140,18 @@ pub async fn acquire_for_run(
             if !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
                 say(format_args!(
                     "azmutex: acquired slot {slot} of semaphore {:?} after waiting {:.1}s (fencing token {})",
-                    args.lock,
+                    args.name,
                     started.elapsed().as_secs_f64(),
                     guard.fencing_token().map_or("-".into(), |t| t.to_string())
                 ));
             }
-            Ok(Got::Slot(guard, slot))
+            Ok(Got::Slot(Box::new(guard), slot))
         }
         Err(SemaphoreError::Full { .. }) => {
             if !ctx.quiet {
                 say(format_args!(
                     "azmutex: semaphore {:?} is full ({slots} of {slots} slots held{}); not waiting (--no-wait)",
-                    args.lock,
+                    args.name,
                     describe_holders(&sem).await
                 ));
             }
@@ -150,7 +161,7 @@ pub async fn acquire_for_run(
             if !ctx.quiet {
                 say(format_args!(
                     "azmutex: gave up waiting for a slot of semaphore {:?} after {:.1}s",
-                    args.lock,
+                    args.name,
                     waited.as_secs_f64()
                 ));
             }
@@ -163,36 +174,35 @@ pub async fn acquire_for_run(
 
 /// `acquire --slots N`: prints the lease id and the slot's lock name (renew and release it
 /// with those), or JSON with the slot number too.
-pub async fn acquire(ctx: &Context, args: AcquireArgs, slots: u32, lease: LeaseDuration) -> Result<u8, Failure> {
-    let holder = azmutex::Holder {
-        pid: None,
-        ..super::run::holder(args.owner.clone())
-    };
+pub async fn acquire(
+    ctx: &Context,
+    args: Ask<'_>,
+    holder: azmutex::Holder,
+    lease: LeaseDuration,
+    json: bool,
+) -> Result<u8, Failure> {
     let mutex = ctx.mutex(true, Some(holder))?;
     let options = LockerOptions {
         lease,
         report_holder: false,
         ..LockerOptions::default()
     };
-    let sem = semaphore(mutex, &args.lock, slots, options)?;
+    let sem = semaphore(mutex, args.name, args.slots, options)?;
     let (lease, slot) = match sem.acquire_detached(Some(args.wait.unwrap_or(Duration::ZERO))).await {
         Ok(got) => got,
         Err(e @ (SemaphoreError::Full { .. } | SemaphoreError::TimedOut { .. })) => {
-            return Err(Failure::new(
-                exit::BUSY,
-                format!("{e}{}", describe_holders(&sem).await),
-            ))
+            return Err(Failure::new(exit::BUSY, format!("{e}{}", describe_holders(&sem).await)))
         }
         Err(e) => return Err(failure(e)),
     };
-    let printed = if args.json {
+    let printed = if json {
         let deadline = match lease.deadline() {
             Some(d) => json_str(&rfc3339(super::output::wall_clock(d))),
             None => "null".into(),
         };
         out(format_args!(
             "{{\"semaphore\":{},\"slot\":{slot},\"lock\":{},\"lease_id\":\"{}\",\"fencing_token\":{},\"deadline\":{deadline}}}",
-            json_str(&args.lock),
+            json_str(args.name),
             json_str(lease.lock().as_str()),
             lease.id(),
             lease.fencing_token().map_or("null".to_string(), |t| t.to_string()),
@@ -219,15 +229,15 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs, slots: u32, lease: LeaseD
 
 /// `status NAME` of a semaphore: `Ok(None)` when there is none of that name (or listing is not
 /// allowed: then `status` shows the lock as before).
-pub async fn status(ctx: &Context, args: &StatusArgs) -> Result<Option<u8>, Failure> {
+pub async fn status(ctx: &Context, name: &str, json: bool) -> Result<Option<u8>, Failure> {
     let mutex = ctx.mutex(false, None)?;
-    let status = match Semaphore::status_of(&mutex, args.lock.as_str()).await {
+    let status = match Semaphore::status_of(&mutex, name).await {
         Ok(Some(s)) => s,
         Ok(None) => return Ok(None),
         Err(SemaphoreError::Storage(azmutex::Error::Auth { .. })) => return Ok(None),
         Err(e) => return Err(failure(e)),
     };
-    print_status(&status, args.json);
+    print_status(&status, json);
     Ok(Some(0))
 }
 
@@ -282,7 +292,9 @@ fn print_status(s: &SemaphoreStatus, json: bool) {
                 st.slot,
                 holder_text(st.holder.as_ref()),
                 st.state.as_str(),
-                st.fencing_token.map(|t| format!(", fencing token {t}")).unwrap_or_default()
+                st.fencing_token
+                    .map(|t| format!(", fencing token {t}"))
+                    .unwrap_or_default()
             ));
         }
     }

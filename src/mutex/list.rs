@@ -108,7 +108,9 @@ impl AzureMutex {
         for raw in raws {
             let Some(name) = raw.name else { continue };
             let p = |k: &str| raw.props.get(k).map(String::as_str);
-            let state = p("LeaseState").and_then(LeaseState::parse).unwrap_or(LeaseState::Available);
+            let state = p("LeaseState")
+                .and_then(LeaseState::parse)
+                .unwrap_or(LeaseState::Available);
             let locked = p("LeaseStatus") == Some("locked");
             let props = Props {
                 page: p("BlobType") == Some("PageBlob"),
@@ -178,8 +180,13 @@ impl AzureMutex {
         create_only: bool,
     ) -> Result<bool, Error> {
         let deadline = self.inner.client.default_deadline();
-        let mut req = RestRequest::new("put-record", Method::PUT, self.inner.container.as_str(), Some(name.as_str()))
-            .header("x-ms-blob-type", "BlockBlob");
+        let mut req = RestRequest::new(
+            "put-record",
+            Method::PUT,
+            self.inner.container.as_str(),
+            Some(name.as_str()),
+        )
+        .header("x-ms-blob-type", "BlockBlob");
         if create_only {
             req = req.header("if-none-match", "*");
         }
@@ -213,7 +220,11 @@ impl AzureMutex {
             self.inner.container.as_str(),
             Some(name.as_str()),
         );
-        let resp = self.inner.client.send(&req, self.inner.client.default_deadline()).await?;
+        let resp = self
+            .inner
+            .client
+            .send(&req, self.inner.client.default_deadline())
+            .await?;
         match resp.status {
             200..=299 | 404 => Ok(()),
             _ => Err(self.classify(name, &resp, Op::Inspect)),

@@ -82,7 +82,9 @@ impl Semaphore {
         tokio::pin!(cancel);
         let started = Instant::now();
         let name = self.layout.name.to_string();
-        let cancelled = || SemaphoreError::Cancelled { semaphore: name.clone() };
+        let cancelled = || SemaphoreError::Cancelled {
+            semaphore: name.clone(),
+        };
         let mut record: Option<Record> = None;
         let mut failing_since: Option<Instant> = None;
         let mut backoff = self.options.poll_min;
