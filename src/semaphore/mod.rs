@@ -52,10 +52,11 @@ pub struct SemaphoreOptions {
     /// 10): each waiter pauses `waiters / polls_per_second` (jittered by ±50 %, within
     /// `poll_min`..`poll_max`).
     pub polls_per_second: u32,
-    /// Whether waiters record themselves (one small blob each, written when the wait starts,
-    /// refreshed every 20 s or more, deleted when it ends) so that every waiter can count them
-    /// (default true). Without it each waiter polls every `poll_min`..`poll_max` with backoff,
-    /// and the total rate grows with the number of waiters.
+    /// Whether waiters record themselves (one small blob each, written when the wait first
+    /// finds the semaphore full, refreshed every 20 s or more, deleted when it ends) so that
+    /// every waiter can count them (default true). Without it each waiter polls as a [`Locker`]
+    /// does (`locker.poll_initial`, growing ×1.5 up to `locker.poll_max`), and the total rate
+    /// grows with the number of waiters.
     pub register_waiters: bool,
 }
 

@@ -89,6 +89,7 @@ impl Semaphore {
         let mut failing_since: Option<Instant> = None;
         let mut backoff = self.options.poll_min;
         let mut deleted: Vec<String> = Vec::new();
+        let mut unregistered: Option<Duration> = None;
         loop {
             let outcome = tokio::select! {
                 r = self.attempt(take) => r,
@@ -105,7 +106,12 @@ impl Semaphore {
                     if self.options.register_waiters {
                         self.pause(counted)
                     } else {
-                        self.pause(1)
+                        // As a Locker polls: first pause poll_initial, ×1.5 up to poll_max,
+                        // each jittered down to half.
+                        let locker = &self.options.locker;
+                        let p = unregistered.unwrap_or(locker.poll_initial);
+                        unregistered = Some(p.mul_f64(1.5).min(locker.poll_max));
+                        p.mul_f64(0.5 + fastrand::f64() / 2.0)
                     }
                 }
                 Err(e) if e.is_transient() => {
