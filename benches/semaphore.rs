@@ -207,11 +207,13 @@ async fn handoff(container: &str) {
 /// 4. Requests per second of one full semaphore with `w` waiters.
 async fn rate(container: &str, w: usize, register: bool) {
     let name = format!("rate-{w}-{register}");
-    let mut options = SemaphoreOptions::default();
-    options.register_waiters = register;
-    options.locker = LockerOptions {
-        report_holder: false,
-        ..LockerOptions::default()
+    let options = SemaphoreOptions {
+        register_waiters: register,
+        locker: LockerOptions {
+            report_holder: false,
+            ..LockerOptions::default()
+        },
+        ..SemaphoreOptions::default()
     };
     // Two holders for the whole run.
     let holders: Vec<_> = (0..2)
