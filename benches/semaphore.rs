@@ -252,7 +252,7 @@ async fn rate(container: &str, w: usize, register: bool) {
     drop(held);
     println!(
         "  full semaphore (N = 2), W = {w:>3} waiters{}: {:.1} requests/s from all waiters ({:.2} per waiter); \
-         holders' renewals: {holder_requests} in all",
+         holders' requests (acquire, renewals): {holder_requests}",
         if register { ", recording themselves" } else { ", not recording themselves (Locker-style polling)" },
         (to - from) as f64 / secs,
         (to - from) as f64 / secs / w as f64
