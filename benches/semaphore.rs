@@ -103,7 +103,10 @@ async fn cost(container: &str) {
             avg - 1.0
         );
     }
-    assert!(kept.iter().all(|p| p.is_held()), "a held slot was lost during the measurement");
+    assert!(
+        kept.iter().all(|p| p.is_held()),
+        "a held slot was lost during the measurement"
+    );
 }
 
 /// 2. Holders never above N under contention.
@@ -253,7 +256,11 @@ async fn rate(container: &str, w: usize, register: bool) {
     println!(
         "  full semaphore (N = 2), W = {w:>3} waiters{}: {:.1} requests/s from all waiters ({:.2} per waiter); \
          holders' requests (acquire, renewals): {holder_requests}",
-        if register { ", recording themselves" } else { ", not recording themselves (Locker-style polling)" },
+        if register {
+            ", recording themselves"
+        } else {
+            ", not recording themselves (Locker-style polling)"
+        },
         (to - from) as f64 / secs,
         (to - from) as f64 / secs / w as f64
     );

@@ -40,6 +40,13 @@
 //! program. The lease id and fencing token identify the term: a resource that records the
 //! highest fencing token it has seen can refuse a deposed leader's late writes.
 //!
+//! ## Semaphores
+//!
+//! [`Semaphore`]: at most N holders at once. Each of the N slots is a lock blob; a [`Permit`]
+//! is a [`LockGuard`] on one of them plus the slot number and the slot's own fencing token.
+//! One [List Blobs](https://learn.microsoft.com/en-us/rest/api/storageservices/list-blobs)
+//! request per attempt finds the free slots; waiters space their polls by their number.
+//!
 //! ## Fencing tokens
 //!
 //! With [`AzureMutexBuilder::fencing`], every acquire returns a number strictly greater than

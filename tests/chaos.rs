@@ -45,9 +45,9 @@
 //! whose token endpoint goes down now and then (the run then uses an HTTPS Azurite; see
 //! [`entra`]); `scripts/chaos` wraps them.
 
-mod common;
 #[path = "common/chaos_semaphore.rs"]
 mod chaos_semaphore;
+mod common;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

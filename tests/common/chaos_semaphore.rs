@@ -133,7 +133,13 @@ async fn run(
     let records: Shared = Arc::default();
     let t0 = Instant::now();
     let proxies: Vec<Arc<FaultProxy>> = (0..clients)
-        .map(|i| Arc::new(FaultProxy::start_with(target, seed ^ (0x5e3a_0000 + i as u64), tls.clone())))
+        .map(|i| {
+            Arc::new(FaultProxy::start_with(
+                target,
+                seed ^ (0x5e3a_0000 + i as u64),
+                tls.clone(),
+            ))
+        })
         .collect();
     // The harness's own way in: a proxy that stays healthy.
     let direct = FaultProxy::start_with(target, seed ^ 0x5e3a_ffff, tls.clone());
@@ -229,7 +235,14 @@ async fn run(
                 3 => (true, true),
                 _ => (false, false),
             };
-            tokio::spawn(break_slot(records.clone(), breaker.clone(), container.clone(), slot, at_once, delete));
+            tokio::spawn(break_slot(
+                records.clone(),
+                breaker.clone(),
+                container.clone(),
+                slot,
+                at_once,
+                delete,
+            ));
             next_break = now + Duration::from_secs_f64(6.0 + 14.0 * rng.f64());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -242,7 +255,11 @@ async fn run(
     let _ = stop_wait.wait_for(|s| *s).await;
     for t in tasks {
         if tokio::time::timeout(Duration::from_secs(60), t).await.is_err() {
-            records.lock().unwrap().errors.push("a client did not stop within 60 s".into());
+            records
+                .lock()
+                .unwrap()
+                .errors
+                .push("a client did not stop within 60 s".into());
         }
     }
     let stopped = Instant::now();
@@ -358,7 +375,11 @@ async fn client(i: usize, sem: Semaphore, records: Shared, mut rng: fastrand::Rn
             });
             r.sections.len() - 1
         };
-        let writes = if rng.u8(..10) < 3 { rng.u32(100..=200) } else { rng.u32(2..=40) };
+        let writes = if rng.u8(..10) < 3 {
+            rng.u32(100..=200)
+        } else {
+            rng.u32(2..=40)
+        };
         let lost = permit.lost();
         tokio::pin!(lost);
         for _ in 0..writes {
@@ -422,7 +443,10 @@ fn verdict(r: &Records, slots: u32, clients: usize, episodes: usize, free_after:
     };
     // S1
     if r.server_most > slots as usize {
-        v.push(format!("(S1) the server showed {} locked slots of {slots}", r.server_most));
+        v.push(format!(
+            "(S1) the server showed {} locked slots of {slots}",
+            r.server_most
+        ));
     }
     if !r.server_stray.is_empty() {
         v.push(format!("(S1) locked slots beyond {slots}: {:?}", r.server_stray));
@@ -472,10 +496,15 @@ fn verdict(r: &Records, slots: u32, clients: usize, episodes: usize, free_after:
     // S4
     match free_after {
         Some(d) if d <= LEASE + Duration::from_millis(500) => {}
-        other => v.push(format!("(S4) slots not free within one lease after the clients stopped: {other:?}")),
+        other => v.push(format!(
+            "(S4) slots not free within one lease after the clients stopped: {other:?}"
+        )),
     }
     if r.sections.len() < 2 {
-        v.push(format!("(S) only {} semaphore sections ran: nothing checked", r.sections.len()));
+        v.push(format!(
+            "(S) only {} semaphore sections ran: nothing checked",
+            r.sections.len()
+        ));
     }
     let mut summary = String::new();
     let exempted = r.sections.iter().filter(|s| exempt(s)).count();
