@@ -126,6 +126,9 @@ fn full_no_wait_mismatch_and_status() {
         .arg(&marker);
     assert_eq!(output(cmd).status.code(), Some(75));
     assert!(!marker.exists());
+    // It recorded itself while it waited, and took its record away before exiting.
+    let left = rt().block_on(common::semaphore::blobs_named(&c, "db", "waiter-"));
+    assert!(left.is_empty(), "waiter records left behind: {left:?}");
 
     // Another N: refused with both numbers, 78.
     let mut cmd = azmutex(&c);

@@ -30,6 +30,8 @@ struct Record {
     name: LockName,
     refreshed: Instant,
     every: Duration,
+    /// Deleted already (by [`Record::remove`]): nothing to do on drop.
+    removed: bool,
 }
 
 impl Record {
@@ -47,8 +49,20 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Deletes the record now (bounded), for a wait that ends without a slot: the caller may
+    /// exit right after, before a background deletion would run.
+    async fn remove(mut self) {
+        self.removed = true;
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, self.mutex.delete_record(&self.name)).await;
+    }
+}
+
 impl Drop for Record {
     fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
         let (mutex, name) = (self.mutex.clone(), self.name.clone());
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
@@ -79,13 +93,28 @@ impl Semaphore {
         limit: Option<Instant>,
         cancel: impl Future<Output = ()>,
     ) -> Result<(K::Out, u32), SemaphoreError> {
+        let mut record: Option<Record> = None;
+        let result = self.wait_with(take, limit, cancel, &mut record).await;
+        if let (Err(_), Some(r)) = (&result, record.take()) {
+            r.remove().await;
+        }
+        // With a slot, the record is deleted in the background as it drops here.
+        result
+    }
+
+    async fn wait_with<K: Take>(
+        &self,
+        take: &K,
+        limit: Option<Instant>,
+        cancel: impl Future<Output = ()>,
+        record: &mut Option<Record>,
+    ) -> Result<(K::Out, u32), SemaphoreError> {
         tokio::pin!(cancel);
         let started = Instant::now();
         let name = self.layout.name.to_string();
         let cancelled = || SemaphoreError::Cancelled {
             semaphore: name.clone(),
         };
-        let mut record: Option<Record> = None;
         let mut failing_since: Option<Instant> = None;
         let mut backoff = self.options.poll_min;
         let mut deleted: Vec<String> = Vec::new();
@@ -96,12 +125,12 @@ impl Semaphore {
                 _ = &mut cancel => return Err(cancelled()),
             };
             let pause = match outcome {
-                Ok(Ok(got)) => return Ok(got), // the record is deleted as it drops
+                Ok(Ok(got)) => return Ok(got),
                 Ok(Err(Full { waiters, stale })) => {
                     failing_since = None;
                     backoff = self.options.poll_min;
                     let counted = waiters + usize::from(record.is_none());
-                    self.keep_record(&mut record, counted).await;
+                    self.keep_record(record, counted).await;
                     self.delete_stale(stale, &mut deleted).await;
                     if self.options.register_waiters {
                         self.pause(counted)
@@ -170,6 +199,7 @@ impl Semaphore {
                         name,
                         refreshed: Instant::now(),
                         every,
+                        removed: false,
                     });
                 }
             }
