@@ -369,3 +369,62 @@ async fn a_free_slot_costs_one_list_and_two_requests() {
     let _p = fresh.try_acquire().await.unwrap();
     assert_eq!(fresh.mutex().client().requests_sent() - before, 3);
 }
+
+/// A server (or something in its place) answering List Blobs with an endless body, a cut
+/// listing or garbage: an error, never a permit, a "full" or a shorter list, and no hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_listings_are_errors() {
+    use std::io::{Read, Write};
+    fn serve(body: &'static str, endless: bool) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || loop {
+                    // One request head, then the answer.
+                    let mut seen = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !seen.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        seen.push(byte[0]);
+                    }
+                    if endless {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                        let chunk = format!("{:x}\r\n{body}\r\n", body.len());
+                        while conn.write_all(chunk.as_bytes()).is_ok() {}
+                        return;
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if conn.write_all(head.as_bytes()).is_err() || conn.write_all(body.as_bytes()).is_err() {
+                        return;
+                    }
+                });
+            }
+        });
+        addr
+    }
+    let cases = [
+        ("<Blob><Name>s/slot-0000</Name></Blob>", true),
+        (
+            "<?xml version=\"1.0\"?><EnumerationResults><Blobs><Blob><Name>s/semaphore</Name>\
+             <Metadata><azmutexslots>2</azmutexslots></Metadata></Blob><Blob><Name>s/slot-0000</Name>",
+            false,
+        ),
+        ("not xml at all <<<>>>", false),
+    ];
+    for (body, endless) in cases {
+        let addr = serve(body, endless);
+        let mutex = common::via(addr, "c1c", true);
+        let sem = Semaphore::with_options(mutex, "s", 2, options(15)).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(60), sem.try_acquire())
+            .await
+            .expect("a hostile listing hung the acquire");
+        match result {
+            Err(SemaphoreError::Storage(azmutex::Error::Unexpected { .. })) => {}
+            other => panic!("{body:?}: expected an error, got {other:?}"),
+        }
+    }
+}
