@@ -31,8 +31,7 @@ Exit codes:
   the command's own (128+N if killed by signal N); 75 busy or wait timed out
   (--conflict-exit-code); 70 lock lost while the command ran, or the release could not confirm
   it was ours; 69 storage unreachable; 77 auth refused; 78 bad configuration (also --slots N
-  other than the semaphore's); 126/127 the
-  command cannot be run / was not found; 2 usage error
+  other than the semaphore's); 126/127 the command cannot be run / was not found; 2 usage error
 
 Examples:
   azmutex run nightly-report -- ./make-report.sh
