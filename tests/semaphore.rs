@@ -422,8 +422,11 @@ async fn hostile_listings_are_errors() {
         let result = tokio::time::timeout(Duration::from_secs(60), sem.try_acquire())
             .await
             .expect("a hostile listing hung the acquire");
+        // Not a listing (Unexpected), or, for the endless body on a busy machine, a timeout
+        // while reading its first 8 MiB: either way an error, never a permit or "full".
         match result {
             Err(SemaphoreError::Storage(azmutex::Error::Unexpected { .. })) => {}
+            Err(SemaphoreError::Storage(e)) if endless && e.is_transient() => {}
             other => panic!("{body:?}: expected an error, got {other:?}"),
         }
     }

@@ -318,6 +318,9 @@ impl Semaphore {
 /// How an attempt takes one slot: `Ok(None)` when it is busy.
 pub(super) trait Take: Sync {
     type Out: Send;
+    /// Whether the caller is likely to exit right after (a detached lease for a script): then
+    /// the waiter record is deleted before returning, not in the background.
+    const SHORT_LIVED: bool = false;
     fn take(&self, locker: &Locker) -> impl Future<Output = Result<Option<Self::Out>, LockError>> + Send;
 }
 
@@ -338,6 +341,7 @@ impl Take for Guarded {
 pub(super) struct Detached;
 impl Take for Detached {
     type Out = Lease;
+    const SHORT_LIVED: bool = true;
     async fn take(&self, locker: &Locker) -> Result<Option<Lease>, LockError> {
         match locker.lock_detached(Some(Duration::ZERO)).await {
             Ok(l) => Ok(Some(l)),

@@ -95,10 +95,13 @@ impl Semaphore {
     ) -> Result<(K::Out, u32), SemaphoreError> {
         let mut record: Option<Record> = None;
         let result = self.wait_with(take, limit, cancel, &mut record).await;
-        if let (Err(_), Some(r)) = (&result, record.take()) {
-            r.remove().await;
+        // Without a slot (or for a caller about to exit) the record is deleted now; with a
+        // permit, in the background as it drops here.
+        if result.is_err() || K::SHORT_LIVED {
+            if let Some(r) = record.take() {
+                r.remove().await;
+            }
         }
-        // With a slot, the record is deleted in the background as it drops here.
         result
     }
 
