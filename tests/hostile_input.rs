@@ -113,16 +113,41 @@ fn a_huge_file_in_ssl_cert_dir_is_skipped_not_read() {
     // Named like an OpenSSL hash link, as the platform verifier's reader wants.
     sparse(&dir.join("5ad8a5d6.0"), 768 * 1024 * 1024);
     std::fs::copy("/etc/ssl/certs/ca-certificates.crt", dir.join("3513523f.0")).ok();
-    let mut env = azurite_env();
-    env.push(("SSL_CERT_DIR", dir.display().to_string()));
-    let container = common::unique("hostile-certdir");
+    // An https endpoint, so that the roots are read (an http one reads none): a local TLS
+    // server whose CA is not in the directory, so the handshake fails as untrusted (78) after
+    // the directory was read.
+    let pki = token_server::make_pki(scratch("azmutex-hostile-certdir-pki"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(token_server::TokenServer::start(
+        Some((&pki.cert_pem, &pki.key_pem)),
+        3600,
+    ));
+    let env = vec![
+        ("SSL_CERT_DIR", dir.display().to_string()),
+        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
+    ];
+    let url = format!("{}/devstoreaccount1", server.base);
     let r = run(
         &env,
-        &["--container", &container, "status", "job"],
+        &[
+            "--account-url",
+            &url,
+            "--account-name",
+            "devstoreaccount1",
+            "--timeout",
+            "3s",
+            "status",
+            "job",
+        ],
         Duration::from_secs(60),
     );
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert_eq!(r.code, Some(78), "{}", r.out);
+    assert!(
+        r.out.contains("--ca-cert"),
+        "untrusted, after reading the roots: {}",
+        r.out
+    );
     assert!(
         r.max_rss < 100 * 1024 * 1024,
         "peak RSS {} MB: {}",
@@ -150,16 +175,36 @@ fn special_files_named_for_certificates_never_block() {
         Duration::from_secs(30),
     );
     assert_eq!(r.code, Some(0), "{}", r.out);
-    // As SSL_CERT_FILE and --ca-cert: refused (78), naming the problem.
-    let mut env = azurite_env();
-    env.push(("SSL_CERT_FILE", dir.join("fifo.pem").display().to_string()));
+    // As SSL_CERT_FILE, for an https endpoint: refused (78), naming the problem. (For an http
+    // endpoint it is not read at all: `http_endpoints_read_no_certificate_file`.)
+    let pki = token_server::make_pki(scratch("azmutex-hostile-fifo-pki"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(token_server::TokenServer::start(
+        Some((&pki.cert_pem, &pki.key_pem)),
+        3600,
+    ));
+    let env = vec![
+        ("SSL_CERT_FILE", dir.join("fifo.pem").display().to_string()),
+        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
+    ];
+    let url = format!("{}/devstoreaccount1", server.base);
     let r = run(
         &env,
-        &["--container", &container, "status", "job"],
+        &[
+            "--account-url",
+            &url,
+            "--account-name",
+            "devstoreaccount1",
+            "--timeout",
+            "3s",
+            "status",
+            "job",
+        ],
         Duration::from_secs(30),
     );
     assert_eq!(r.code, Some(78), "{}", r.out);
     assert!(r.out.contains("not a regular file"), "{}", r.out);
+    // As --ca-cert: refused (78) whatever the endpoint, as the user named it.
     let fifo = dir.join("fifo.pem").display().to_string();
     for file in [fifo.as_str(), "/dev/zero", "/dev/stdin", "/proc/self/fd/0"] {
         let r = run(
@@ -171,6 +216,28 @@ fn special_files_named_for_certificates_never_block() {
         assert!(r.elapsed < Duration::from_secs(10), "{file}: {}", r.out);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Promise (issue 23): a client for an `http://` endpoint reads no certificate file: with
+/// `SSL_CERT_FILE` naming a FIFO (which any read would refuse, 78) and `SSL_CERT_DIR` naming a
+/// directory that is not there, `status` works. On bc85010 the system's roots were read for
+/// every client, `http://` or not (4 ms of a 9 ms command), and this exited 78.
+#[test]
+fn http_endpoints_read_no_certificate_file() {
+    let dir = scratch("azmutex-hostile-nocerts");
+    mkfifo(&dir.join("fifo.pem"));
+    let mut env = azurite_env();
+    env.push(("SSL_CERT_FILE", dir.join("fifo.pem").display().to_string()));
+    env.push(("SSL_CERT_DIR", dir.join("missing").display().to_string()));
+    let container = common::unique("hostile-nocerts");
+    let r = run(
+        &env,
+        &["--container", &container, "status", "job"],
+        Duration::from_secs(30),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    assert!(!r.out.contains("CA certificates"), "{}", r.out);
 }
 
 /// Promise (medium item): a machine with no CA roots at all still reaches `http://` endpoints;

@@ -227,7 +227,7 @@ fn acquire_slots_for_scripts() {
     // Released with the printed lock name and id, the slot is free again; text output is
     // "LEASE_ID LOCK".
     let mut cmd = azmutex(&c);
-    cmd.args(["release", &lock, "--lease-id", &id, "--lease", "30"]);
+    cmd.args(["release", &lock, "--lease-id", &id]);
     assert_eq!(output(cmd).status.code(), Some(0));
     let mut cmd = azmutex(&c);
     cmd.args(["acquire", "--slots", "1", "one"]);

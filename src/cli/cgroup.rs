@@ -100,6 +100,11 @@ impl Cgroup {
         }
     }
 
+    /// The cgroup's directory, opened for `clone3`'s `CLONE_INTO_CGROUP`.
+    pub fn open_dir(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        std::fs::File::open(&self.dir).map(std::os::fd::OwnedFd::from)
+    }
+
     /// `cgroup.procs`, for [`move_self`] in the forked child.
     pub fn procs_path(&self) -> &CString {
         &self.procs

@@ -47,12 +47,24 @@ pub struct LeaseArgs {
     /// The lease id printed by `azmutex acquire`.
     #[arg(long)]
     pub lease_id: String,
-    /// The lease duration in seconds (for the printed deadline).
-    #[arg(long, default_value_t = 60)]
+    /// The lease duration in seconds, as given to `acquire`. The printed deadline is how long
+    /// the renewed lease lasts at least, counted from when the renewal was sent; the default,
+    /// 15 (the shortest lease Azure grants), never prints a deadline later than the real one.
+    #[arg(long, default_value_t = 15)]
     pub lease: u64,
-    /// `renew`: print JSON (lock, lease id, deadline) instead of the deadline alone.
+    /// Print JSON (lock, lease id, deadline) instead of the deadline alone.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `release` options.
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// The lock's name.
+    pub lock: String,
+    /// The lease id printed by `azmutex acquire`.
+    #[arg(long)]
+    pub lease_id: String,
 }
 
 /// `status` options.
@@ -61,7 +73,7 @@ pub struct StatusArgs {
     /// The lock's (or semaphore's) name. A semaphore shows its number of slots, the held slots
     /// with holder and fencing token, and how many clients wait.
     pub lock: String,
-    /// Print JSON with keys lock, state, status, duration, holder, fencing_token.
+    /// Print JSON with keys lock, locked, state, status, duration, holder, fencing_token.
     #[arg(long)]
     pub json: bool,
 }
@@ -74,8 +86,9 @@ pub struct BreakArgs {
     /// Seconds (0-60) the broken lease keeps locking. Default: a fixed lease runs out (nobody
     /// overlaps with the old holder), an infinite one breaks at once. `--period 0` frees the
     /// lock at once, while the old holder may still act until its next renewal (up to a third
-    /// of its lease): writes it makes meanwhile are refused only by resources that check the
-    /// fencing token.
+    /// of its lease), and under `azmutex run` a command that ignores SIGTERM up to the kill grace
+    /// longer (`--kill-grace`, 5 s by default): writes made meanwhile are refused only by
+    /// resources that check the fencing token.
     #[arg(long)]
     pub period: Option<u64>,
 }
@@ -152,6 +165,11 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
                 .await?
         }
     };
+    tracing::info!(
+        lock = %lease.lock(),
+        fencing_token = lease.fencing_token().map_or("-".into(), |t| t.to_string()),
+        "lock acquired"
+    );
     if !print_lease(&lease, args.json) {
         // Nobody got the lease id: give the lease back rather than strand it.
         let released = ctx.mutex(false, None)?.release(&lease).await;
@@ -176,10 +194,11 @@ pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     let mut lease = resume(&args)?;
     match ctx.mutex(false, None)?.renew(&mut lease).await {
         Ok(_) => {}
-        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args, reason)),
+        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args.lock, reason)),
         Err(e) => return Err(e.into()),
     }
     let deadline = lease.deadline().map(|d| rfc3339(wall_clock(d)));
+    tracing::info!(lock = %lease.lock(), deadline = deadline.as_deref().unwrap_or("infinite"), "lease renewed");
     if args.json {
         out(format_args!(
             "{{\"lock\":{},\"lease_id\":\"{}\",\"deadline\":{}}}",
@@ -193,14 +212,13 @@ pub async fn renew(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// A renew or release that found the lease not (or no longer) ours.
-fn not_ours(args: &LeaseArgs, reason: LostReason) -> Failure {
+/// A renew or release that found the lease not (or no longer) ours. Which of the causes it
+/// was, the service does not say (a lease released, expired or broken is simply not this id's),
+/// so none is guessed.
+fn not_ours(lock: &str, _reason: LostReason) -> Failure {
     Failure::new(
         super::exit::LOST,
-        format!(
-            "lock {:?} is not leased with this id (already released, expired or broken; {reason})",
-            args.lock
-        ),
+        format!("lock {lock:?} is not leased with this id (already released, expired or broken)"),
     )
 }
 
@@ -208,8 +226,13 @@ fn not_ours(args: &LeaseArgs, reason: LostReason) -> Failure {
 /// unconfirmed release (an earlier attempt's answer was lost and the retry found the lease
 /// gone: most likely released by that attempt, but possibly broken and taken by another client
 /// meanwhile) exits 70, with the message `run` prints for the same case.
-pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
-    let mut lease = resume(&args)?;
+pub async fn release(ctx: &Context, args: ReleaseArgs) -> Result<u8, Failure> {
+    // The duration only matters for deadlines, which a release does not print.
+    let mut lease = Lease::resume(
+        LockName::new(args.lock.as_str())?,
+        LeaseId::parse(&args.lease_id)?,
+        LeaseDuration::MIN,
+    );
     let mutex = ctx.mutex(false, None)?;
     // A release is answered 200 on a broken lease too: a renewal first shows that the lease
     // was still ours (not broken, not taken) when the script let go of it.
@@ -218,18 +241,21 @@ pub async fn release(ctx: &Context, args: LeaseArgs) -> Result<u8, Failure> {
         // Free it anyway if it is still under our id (a broken lease is), then report.
         let _ = mutex.release(&lease).await;
         return Err(match e {
-            azmutex::Error::LeaseLost { reason, .. } => not_ours(&args, reason),
+            azmutex::Error::LeaseLost { reason, .. } => not_ours(&args.lock, reason),
             e => e.into(),
         });
     }
     lease = probe;
     let released = match mutex.release(&lease).await {
         Ok(r) => r,
-        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args, reason)),
+        Err(azmutex::Error::LeaseLost { reason, .. }) => return Err(not_ours(&args.lock, reason)),
         Err(e) => return Err(e.into()),
     };
     match released {
-        Released::Confirmed => Ok(0),
+        Released::Confirmed => {
+            tracing::info!(lock = %lease.lock(), "lock released");
+            Ok(0)
+        }
         Released::Unconfirmed => Err(Failure::new(
             super::exit::LOST,
             format!(

@@ -11,6 +11,7 @@ mod descendants;
 mod process;
 mod run;
 mod slots;
+mod spawn;
 mod watchdog;
 
 use std::path::PathBuf;
@@ -178,7 +179,7 @@ pub enum Command {
     /// Renew a lease acquired with `azmutex acquire`.
     Renew(commands::LeaseArgs),
     /// Release a lease acquired with `azmutex acquire`.
-    Release(commands::LeaseArgs),
+    Release(commands::ReleaseArgs),
     /// Show the lock's lease state, holder and fencing token.
     Status(commands::StatusArgs),
     /// Break the lock's lease, whoever holds it.
@@ -331,7 +332,16 @@ pub fn main() -> ExitCode {
             )));
         }
     };
-    finish(runtime.block_on(dispatch(cli)))
+    let result = runtime.block_on(dispatch(cli));
+    let requests: u64 = clients().iter().map(|c| c.requests_sent()).sum();
+    tracing::debug!(requests, "HTTP requests sent to storage");
+    finish(result)
+}
+
+/// The storage clients this process made, for the request count `-vv` prints at the end.
+fn clients() -> std::sync::MutexGuard<'static, Vec<azmutex::BlobClient>> {
+    static CLIENTS: std::sync::Mutex<Vec<azmutex::BlobClient>> = std::sync::Mutex::new(Vec::new());
+    CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
@@ -428,9 +438,12 @@ async fn dispatch(cli: Cli) -> Result<u8, Failure> {
     if development && !development_storage_listens().await {
         return Err(Failure::new(
             exit::CONFIG,
-            "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
-             storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
-             Entra ID, or start Azurite (scripts/demo starts one)",
+            format!(
+                "no storage configured, and nothing listens on 127.0.0.1:10000 (local development \
+                 storage): set AZURE_STORAGE_CONNECTION_STRING, or --account-name with a key, SAS or \
+                 Entra ID, or start Azurite (scripts/demo starts one){}",
+                unknown_variables_hint()
+            ),
         ));
     }
     let ctx = Context {
@@ -474,12 +487,14 @@ impl Context {
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }
-        builder.build().map_err(|e| match &e {
+        let mutex = builder.build().map_err(|e| match &e {
             InvalidInput::Option {
                 option: "api_version", ..
             } => option_failure(e, "--api-version"),
             _ => Failure::from(e),
-        })
+        })?;
+        clients().push(mutex.client().clone());
+        Ok(mutex)
     }
 }
 
@@ -516,6 +531,16 @@ fn option_failure(e: InvalidInput, flag: &str) -> Failure {
         f.message = f.message.replace(name, &format!("`{flag}`"));
     }
     f
+}
+
+/// `AZURE_STORAGE_*` variables that are set but read by no Azure tool, as a hint to append to a
+/// "nothing configured" message (empty when there are none).
+fn unknown_variables_hint() -> String {
+    let unknown = StorageConfig::unknown_env_variables();
+    if unknown.is_empty() {
+        return String::new();
+    }
+    format!("; set but not read: {}", unknown.join(", "))
 }
 
 /// The storage configuration from the flags, which clap has already merged with their
@@ -557,10 +582,24 @@ fn storage_config(conn: &Connection, quiet: bool) -> Result<(StorageConfig, bool
     match config {
         Some(config) => Ok((config, false)),
         None => {
-            if !quiet {
+            let misspelt = StorageConfig::misspelt_env_variables();
+            if !misspelt.is_empty() {
+                // A typo in a variable's name must not lock on an emulator that protects nothing.
+                return Err(Failure::new(
+                    exit::CONFIG,
+                    format!(
+                        "no storage configured, but {} is set: a misspelt variable? (refused rather than \
+                         using local development storage)",
+                        misspelt.join(", ")
+                    ),
+                ));
+            }
+            let hint = unknown_variables_hint();
+            // A misspelt variable is worth saying even with --quiet: it is why nothing was found.
+            if !quiet || !hint.is_empty() {
                 say(format_args!(
                     "azmutex: no storage configured; using local development storage \
-                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000)"
+                     (UseDevelopmentStorage=true, Azurite on 127.0.0.1:10000){hint}"
                 ));
             }
             Ok((StorageConfig::development(), true))

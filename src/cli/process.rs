@@ -21,7 +21,9 @@ use super::descendants::{descendants, signal_descendants, ProcEntry};
 use super::watchdog::{boottime_ns, shared_deadline, watchdog, NO_DEADLINE, WATCHDOG_KNOWN, WATCHDOG_TABLE};
 use std::time::{Duration, Instant};
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use super::spawn::Child;
 
 /// The terminal on which azmutex runs in the foreground, if any: a standard stream that is a
 /// terminal whose foreground process group is ours.

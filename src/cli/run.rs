@@ -4,9 +4,9 @@ use std::ffi::OsString;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use super::spawn::Child;
 use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
-use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::output::{parse_duration, printable, rfc3339, say};
@@ -344,21 +344,24 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
     }
 
     let terminal = process::foreground_terminal();
-    let mut command = Command::new(&args.command[0]);
-    command
-        .args(&args.command[1..])
-        .env("AZMUTEX_LOCK", &args.lock)
-        .env("AZMUTEX_LEASE_ID", guard.lease_id().to_string())
-        .env(
+    let mut env = vec![
+        ("AZMUTEX_LOCK", args.lock.clone()),
+        ("AZMUTEX_LEASE_ID", guard.lease_id().to_string()),
+        (
             "AZMUTEX_FENCING_TOKEN",
             guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
-        );
+        ),
+    ];
     if let Some(n) = slot {
-        command.env("AZMUTEX_SLOT", n.to_string());
+        env.push(("AZMUTEX_SLOT", n.to_string()));
     }
     let cgroup = super::cgroup::Cgroup::create();
-    process::own_group(&mut command, terminal, cgroup.as_ref());
-    let child = match command.spawn() {
+    let spec = super::spawn::Spec {
+        command: &args.command,
+        env: &env,
+        terminal,
+    };
+    let child = match super::spawn::spawn(&spec, cgroup.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             if let Some(cg) = &cgroup {

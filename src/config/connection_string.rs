@@ -215,7 +215,8 @@ pub(super) fn credential(
         }
         (None, None) => Err(ConfigError::Missing {
             key: names.key,
-            why: "a lock needs write access: give an account key or a SAS token",
+            why: "a lock needs write access: give an account key or a SAS token, or authorize with Entra ID \
+                  (feature `entra`: `StorageConfig::from_env`, `StorageConfig::entra`, the CLI's `--auth`)",
         }),
     }
 }

@@ -7,16 +7,72 @@ use crate::auth::Credential;
 use super::*;
 
 impl StorageConfig {
-    /// Builds a configuration from the environment variables the Azure CLI reads:
-    /// `AZURE_STORAGE_CONNECTION_STRING`, or `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or
-    /// `AZURE_STORAGE_SAS_TOKEN` (and optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom
-    /// blob endpoint). `Ok(None)` when none of them is set.
+    /// Builds a configuration from the environment variables the Azure CLI reads, as the
+    /// `azmutex` CLI does with `--auth auto`: `AZURE_STORAGE_CONNECTION_STRING`, or
+    /// `AZURE_STORAGE_ACCOUNT` with `AZURE_STORAGE_KEY` or `AZURE_STORAGE_SAS_TOKEN` (and
+    /// optionally `AZURE_STORAGE_SERVICE_ENDPOINT` for a custom blob endpoint). With the `entra`
+    /// feature (on by default), an account name or endpoint without a key or SAS token means
+    /// Entra ID's default chain (see [`crate::EntraCredential`]); a token error then says first
+    /// that no key or SAS token was found, and names any `AZURE_STORAGE_*` variable that is set
+    /// but not one of these (a misspelt variable is the usual cause). `Ok(None)` when none of
+    /// them is set, unless a variable close to one of them is (`AZURE_STORAGE_CONNECTON_STRING`):
+    /// that is an error ([`StorageConfig::misspelt_env_variables`]).
     ///
     /// A variable that is set but empty is an error ([`ConfigError::EmptyVariable`]), never
     /// "not configured": a deployment whose secret did not arrive must not silently lock on
     /// local development storage.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        Self::from_vars(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+        let found = Self::from_env_unchecked()?;
+        let misspelt = Self::misspelt_env_variables();
+        if found.is_none() && !misspelt.is_empty() {
+            // A deployment whose variable name has a typo must not lock on development storage.
+            return Err(ConfigError::InvalidValue {
+                key: "AZURE_STORAGE_*",
+                reason: format!(
+                    "nothing is configured, but {} is set: a misspelt variable? (refused rather than \
+                     falling back to local development storage)",
+                    misspelt.join(", ")
+                ),
+            });
+        }
+        Ok(found)
+    }
+
+    fn from_env_unchecked() -> Result<Option<Self>, ConfigError> {
+        let var = |name: &str| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned());
+        #[cfg(feature = "entra")]
+        {
+            Self::from_vars_with_auth(var, AuthChoice::Auto, |choice| {
+                let builder = crate::auth::entra::EntraCredential::builder();
+                let credential = match choice {
+                    AuthChoice::Entra(kind) => builder.build(kind)?,
+                    _ => builder.chain()?,
+                };
+                Ok(Credential::Bearer(std::sync::Arc::new(credential)))
+            })
+        }
+        #[cfg(not(feature = "entra"))]
+        {
+            Self::from_vars(var)
+        }
+    }
+
+    /// The `AZURE_STORAGE_*` variables set in this process that no Azure tool reads, each named
+    /// with the variable it was probably meant to be (`` `AZURE_STORAGE_ACCESS_KEY` (did you
+    /// mean `AZURE_STORAGE_KEY`?) ``). Only names are read, never values; a name that looks like
+    /// a secret is described instead of quoted.
+    pub fn unknown_env_variables() -> Vec<String> {
+        unknown_storage_variables(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    }
+
+    /// Those of [`StorageConfig::unknown_env_variables`] that are close to a variable this crate
+    /// reads (`AZURE_STORAGE_CONNECTON_STRING`): most likely a misspelling. [`StorageConfig::from_env`]
+    /// refuses to report "nothing configured" while one is set.
+    pub fn misspelt_env_variables() -> Vec<String> {
+        Self::unknown_env_variables()
+            .into_iter()
+            .filter(|v| v.contains("(did you mean"))
+            .collect()
     }
 
     /// [`StorageConfig::from_env`] reading variables through `var` (for tests and embedding).
@@ -118,9 +174,19 @@ impl StorageConfig {
         )?;
         // Before any token is asked for: a bearer token never goes over plain http.
         check_bearer_endpoint(endpoint_key, &endpoint, false)?;
+        let credential = entra(auth)?;
+        #[cfg(feature = "entra")]
+        let credential = match (auth, credential) {
+            // No key or SAS was found, so `Auto` fell through to Entra ID: its errors say so first.
+            (AuthChoice::Auto, Credential::Bearer(inner)) => Credential::Bearer(std::sync::Arc::new(FellThrough {
+                inner,
+                note: fall_through_note(&StorageConfig::unknown_env_variables()),
+            })),
+            (_, credential) => credential,
+        };
         Ok(Some(Self {
             endpoint,
-            credential: entra(auth)?,
+            credential,
             proxy: None,
         }))
     }
@@ -143,5 +209,92 @@ pub(super) fn env_endpoint(
             key: "AZURE_STORAGE_ACCOUNT",
             why,
         }),
+    }
+}
+
+/// The `AZURE_STORAGE_*` variables the Azure CLI reads (this crate reads all but the last).
+const STORAGE_VARIABLES: [&str; 6] = [
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_SERVICE_ENDPOINT",
+    "AZURE_STORAGE_AUTH_MODE",
+];
+
+/// [`StorageConfig::unknown_env_variables`] among `names`.
+pub(super) fn unknown_storage_variables(names: impl Iterator<Item = String>) -> Vec<String> {
+    const PREFIX: &str = "AZURE_STORAGE_";
+    let mut found: Vec<String> = names
+        .filter(|n| n.starts_with(PREFIX) && !STORAGE_VARIABLES.contains(&n.as_str()))
+        .map(|n| {
+            if crate::scrub::looks_like_secret(&n) {
+                return format!(
+                    "a variable whose name looks like a secret ({} characters)",
+                    n.chars().count()
+                );
+            }
+            let tail = &n[PREFIX.len()..];
+            let last = |s: &str| s.rsplit('_').next().unwrap_or(s).to_string();
+            let meant = STORAGE_VARIABLES[..5]
+                .iter()
+                .find(|k| edit_distance(&k[PREFIX.len()..], tail) <= 2)
+                .or_else(|| {
+                    STORAGE_VARIABLES[..5]
+                        .iter()
+                        .find(|k| last(&k[PREFIX.len()..]) == last(tail))
+                })
+                .or_else(|| {
+                    STORAGE_VARIABLES[..5].iter().find(|k| {
+                        let k = &k[PREFIX.len()..];
+                        tail.len() >= 3 && (k.contains(tail) || tail.contains(k))
+                    })
+                });
+            match meant {
+                Some(k) => format!("`{n}` (did you mean `{k}`?)"),
+                None => format!("`{n}`"),
+            }
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// What an error says first when `Auto` fell through to Entra ID.
+#[cfg(feature = "entra")]
+pub(super) fn fall_through_note(unknown: &[String]) -> String {
+    let mut note = "no account key, SAS token or connection string was found (AZURE_STORAGE_KEY, \
+                    AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING), so Entra ID was tried"
+        .to_string();
+    if !unknown.is_empty() {
+        note.push_str(&format!("; set but not read: {}", unknown.join(", ")));
+    }
+    note
+}
+
+/// A token provider whose errors begin with why Entra ID was used at all.
+#[cfg(feature = "entra")]
+struct FellThrough {
+    inner: std::sync::Arc<dyn crate::auth::TokenProvider>,
+    note: String,
+}
+
+#[cfg(feature = "entra")]
+impl crate::auth::TokenProvider for FellThrough {
+    fn token(&self) -> crate::auth::TokenFuture<'_> {
+        use crate::auth::entra::EntraError;
+        use crate::auth::{TokenError, TransientTokenError};
+        Box::pin(async move {
+            self.inner.token().await.map_err(|e| -> TokenError {
+                let note = self.note.clone();
+                match e.downcast::<EntraError>() {
+                    Ok(source) => Box::new(EntraError::Explained { note, source }),
+                    Err(e) => match e.downcast::<TransientTokenError>() {
+                        Ok(t) => Box::new(TransientTokenError(format!("{note}; {}", t.0))),
+                        Err(e) => format!("{note}; {e}").into(),
+                    },
+                }
+            })
+        })
     }
 }

@@ -106,7 +106,8 @@ fn malformed_strings_each_get_their_own_error() {
             "AccountName=acct".into(),
             Missing {
                 key: "AccountKey",
-                why: "a lock needs write access: give an account key or a SAS token",
+                why: "a lock needs write access: give an account key or a SAS token, or authorize with Entra ID \
+                      (feature `entra`: `StorageConfig::from_env`, `StorageConfig::entra`, the CLI's `--auth`)",
             },
         ),
         (
@@ -304,4 +305,67 @@ fn environment_variables() {
             ..
         }
     ));
+}
+
+#[test]
+fn unknown_storage_variables_are_named_with_what_was_meant() {
+    let names = [
+        "AZURE_STORAGE_ACCESS_KEY",
+        "AZURE_STORAGE_CONNECTIONSTRING",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_SAS",
+        "AZURE_STORAGE_BLOB_ENDPOINT",
+        "AZURE_STORAGE_SOMETHING",
+        // Read by this crate or by the Azure CLI: never "unknown".
+        "AZURE_STORAGE_KEY",
+        "AZURE_STORAGE_AUTH_MODE",
+        "AZURE_CLIENT_ID",
+        "PATH",
+    ];
+    let found = env::unknown_storage_variables(names.iter().map(|s| s.to_string()));
+    assert_eq!(
+        found,
+        [
+            "`AZURE_STORAGE_ACCESS_KEY` (did you mean `AZURE_STORAGE_KEY`?)",
+            "`AZURE_STORAGE_ACCOUNT_NAME` (did you mean `AZURE_STORAGE_ACCOUNT`?)",
+            "`AZURE_STORAGE_BLOB_ENDPOINT` (did you mean `AZURE_STORAGE_SERVICE_ENDPOINT`?)",
+            "`AZURE_STORAGE_CONNECTIONSTRING` (did you mean `AZURE_STORAGE_CONNECTION_STRING`?)",
+            "`AZURE_STORAGE_SAS` (did you mean `AZURE_STORAGE_SAS_TOKEN`?)",
+            "`AZURE_STORAGE_SOMETHING`",
+        ]
+    );
+    // A name that is really a pasted key is described, never printed.
+    let key = format!(
+        "AZURE_STORAGE_{}",
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq"
+    );
+    let found = env::unknown_storage_variables(std::iter::once(key.clone()));
+    assert_eq!(found.len(), 1);
+    assert!(!found[0].contains("Eby8vdM02x"), "{found:?}");
+}
+
+#[cfg(feature = "entra")]
+#[test]
+fn a_fall_through_to_entra_id_says_so_first_and_keeps_the_classification() {
+    use crate::auth::entra::{EntraError, EntraKind};
+    let note = env::fall_through_note(&["`AZURE_STORAGE_ACCESS_KEY` (did you mean `AZURE_STORAGE_KEY`?)".into()]);
+    assert!(
+        note.starts_with("no account key, SAS token or connection string was found"),
+        "{note}"
+    );
+    assert!(note.contains("AZURE_STORAGE_ACCESS_KEY"), "{note}");
+    let definite = EntraError::Explained {
+        note: note.clone(),
+        source: Box::new(EntraError::Chain { tried: vec![] }),
+    };
+    assert!(definite.is_definite());
+    assert!(definite.to_string().starts_with("no account key"), "{definite}");
+    let transient = EntraError::Explained {
+        note,
+        source: Box::new(EntraError::Transient {
+            kind: EntraKind::ManagedIdentity,
+            why: "503".into(),
+        }),
+    };
+    assert!(!transient.is_definite());
 }

@@ -98,15 +98,17 @@ impl From<InvalidInput> for LockError {
     }
 }
 
+/// ` (held by …)`: the recorded holder. Anyone who can take the lock can write the record, so
+/// every text in it is printed inert (control and formatting characters escaped) and short.
 fn holder_suffix(h: &Option<HolderInfo>) -> String {
     match h {
         Some(h) => {
             let mut parts = Vec::new();
             if let Some(o) = &h.holder.owner {
-                parts.push(o.clone());
+                parts.push(format!("\"{}\"", crate::error::sanitize_text(o, 200)));
             }
             if let Some(host) = &h.holder.host {
-                parts.push(format!("host {host}"));
+                parts.push(format!("host {}", crate::error::sanitize_text(host, 100)));
             }
             if let Some(pid) = h.holder.pid {
                 parts.push(format!("pid {pid}"));

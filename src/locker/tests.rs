@@ -159,3 +159,31 @@ fn validity_counts_from_the_send_time_on_both_clocks() {
     // Suspended: the monotonic clock stood still, the wall clock did not.
     assert!(!v.holds(sent + Duration::from_secs(1), wall + Duration::from_secs(29)));
 }
+
+/// A holder record is written by whoever takes the lock: the busy and timed-out errors print it
+/// inert (escapes, bidi overrides) and short (on a0ecc2f a busy `acquire --wait` printed a
+/// terminal title sequence and 5,000 characters as they were).
+#[test]
+fn a_hostile_holder_record_is_printed_inert_and_short() {
+    use crate::mutex::{Holder, HolderInfo};
+    let owner = format!("\u{1b}]0;PWNED\u{7}\u{1b}[31mRED\u{202e}XYZ{}", "x".repeat(5000));
+    let err = LockError::TimedOut {
+        lock: "job".into(),
+        waited: std::time::Duration::from_secs(1),
+        holder: Some(HolderInfo {
+            holder: Holder {
+                owner: Some(owner),
+                host: Some("h\u{1b}[2J".into()),
+                pid: Some(7),
+            },
+            since: None,
+        }),
+    };
+    let text = err.to_string();
+    assert!(
+        !text.chars().any(crate::error::is_unsafe_char),
+        "raw control or formatting characters: {text:?}"
+    );
+    assert!(text.contains("\\u{1b}]0;PWNED"), "{text}");
+    assert!(text.chars().count() < 400, "{} characters", text.chars().count());
+}

@@ -136,7 +136,7 @@ impl Waiter {
                     if validity.holds(Instant::now(), SystemTime::now()) {
                         tracing::info!(
                             lock = %self.lock,
-                            fencing_token = ?lease.fencing_token(),
+                            fencing_token = lease.fencing_token().map_or("-".into(), |t| t.to_string()),
                             waited_ms = started.elapsed().as_millis() as u64,
                             "lock acquired"
                         );

@@ -113,7 +113,7 @@ impl BlobClient {
                 }
             })?;
         }
-        let http = crate::transport::http_client(&options, config.proxy.as_ref())?;
+        let http = crate::transport::http_client(&options, config.proxy.as_ref(), config.endpoint.scheme() == "https")?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,

@@ -40,7 +40,31 @@ const MAX_RESPONSE_HEADERS: usize = 1024;
 /// those named certificates (or one from `SSL_CERT_FILE`) is trusted as that server even if
 /// the certificate is self-signed with `CA:TRUE` (pinning), after its dates and host name are
 /// checked.
-pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Result<reqwest::Client, InvalidInput> {
+///
+/// The system's roots are read only when a TLS connection may be made: `tls_endpoint` (the
+/// endpoint is `https://`, or the client serves token requests) or a proxy reached over
+/// `https://`. A client for an `http://` endpoint reads no certificate file (it costs a few
+/// milliseconds per process, a third of a one-shot command's time); the named certificates are
+/// still checked, as the user gave them.
+pub(crate) fn http_client(
+    options: &ClientOptions,
+    proxy: Option<&Url>,
+    tls_endpoint: bool,
+) -> Result<reqwest::Client, InvalidInput> {
+    let proxies = match (proxy, &options.proxy) {
+        (Some(url), _) => Proxies {
+            http: Some(url.clone()),
+            https: Some(url.clone()),
+            no_proxy: None,
+        },
+        (None, ProxyConfig::FromEnvironment) => Proxies::from_env()?,
+        (None, ProxyConfig::Direct) => Proxies::default(),
+        (None, ProxyConfig::Explicit(p)) => p.clone(),
+    };
+    let tls_proxy = [&proxies.http, &proxies.https]
+        .into_iter()
+        .flatten()
+        .any(|u| u.scheme() == "https");
     let mut builder = reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
         // A lock blob may carry many metadata items (Azure allows 8 KiB of them), each one
@@ -52,19 +76,9 @@ pub(crate) fn http_client(options: &ClientOptions, proxy: Option<&Url>) -> Resul
         // re-sent elsewhere would carry its client secret, assertion or identity header there.
         // A 3xx comes back as an answer, and is refused by whoever reads it.
         .redirect(reqwest::redirect::Policy::none())
-        .tls_backend_preconfigured(tls_config(&options.ca_certificates_pem)?)
+        .tls_backend_preconfigured(tls_config(&options.ca_certificates_pem, tls_endpoint || tls_proxy)?)
         // Proxies are ours to choose (below), never reqwest's own reading of the environment.
         .no_proxy();
-    let proxies = match (proxy, &options.proxy) {
-        (Some(url), _) => Proxies {
-            http: Some(url.clone()),
-            https: Some(url.clone()),
-            no_proxy: None,
-        },
-        (None, ProxyConfig::FromEnvironment) => Proxies::from_env()?,
-        (None, ProxyConfig::Direct) => Proxies::default(),
-        (None, ProxyConfig::Explicit(p)) => p.clone(),
-    };
     let no_proxy = proxies.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
     let proxy_error = |e: reqwest::Error| InvalidInput::Option {
         option: "proxy",

@@ -20,7 +20,9 @@ use super::*;
 /// here, bounded ([`system_roots`]), once per process, instead of by the platform verifier
 /// (which reads `SSL_CERT_DIR` whole, with no limits, for every client). With no roots at all,
 /// `https://` endpoints fail their handshake as untrusted and `http://` ones still work.
-pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::ClientConfig, InvalidInput> {
+/// Without `system` (no TLS connection expected) the system's roots are not read: only the
+/// named certificates are trusted.
+pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>], system: bool) -> Result<rustls::ClientConfig, InvalidInput> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
@@ -34,11 +36,20 @@ pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>]) -> Result<rustls::Clie
         named.extend(certs);
     }
     let mut pinned = named.clone();
-    let roots = system_roots()?;
+    let roots = if system {
+        system_roots()?
+    } else {
+        Arc::new(SystemRoots::default())
+    };
     // SSL_CERT_FILE names certificates explicitly too (OpenSSL accepts a self-signed server
     // certificate listed there).
     pinned.extend(roots.from_cert_file.iter().cloned());
-    let inner = chain_verifier(named, &roots, provider.clone())?;
+    // No TLS expected and nothing named: no chain to check (and no "no roots" warning).
+    let inner = if system || !named.is_empty() {
+        chain_verifier(named, &roots, provider.clone())?
+    } else {
+        None
+    };
     let verifier = PinningVerifier {
         inner,
         pinned,

@@ -66,6 +66,16 @@ pub enum EntraError {
         /// Each kind tried, with its error.
         tried: Vec<(EntraKind, EntraError)>,
     },
+    /// An error with what led to Entra ID first: e.g. that no account key or SAS token was
+    /// found, so the configuration fell through to the default chain (a misspelt variable is the
+    /// usual cause). Classified as its source is.
+    #[error("{note}; {source}")]
+    Explained {
+        /// What led here (never a secret: names of variables and settings only).
+        note: String,
+        /// The error itself.
+        source: Box<EntraError>,
+    },
 }
 
 impl EntraError {
@@ -75,6 +85,7 @@ impl EntraError {
     pub fn is_definite(&self) -> bool {
         match self {
             EntraError::Transient { .. } | EntraError::NoToken { .. } => false,
+            EntraError::Explained { source, .. } => source.is_definite(),
             EntraError::Chain { tried } => tried.iter().all(|(_, e)| {
                 e.is_definite() || matches!(e, EntraError::Transient { why, .. } if why.starts_with(PROBE_PREFIX))
             }),
@@ -100,6 +111,7 @@ impl EntraError {
     pub fn tls_problem(&self) -> Option<&TlsProblem> {
         match self {
             EntraError::Tls { problem, .. } => Some(problem),
+            EntraError::Explained { source, .. } => source.tls_problem(),
             _ => None,
         }
     }

@@ -57,7 +57,7 @@ pub(crate) struct TokenHttp {
 impl TokenHttp {
     pub(crate) fn new(options: &ClientOptions, proxy: Option<&Url>) -> Result<Self, crate::error::InvalidInput> {
         Ok(Self {
-            client: crate::transport::http_client(options, proxy)?,
+            client: crate::transport::http_client(options, proxy, true)?,
             timeout: options.request_timeout.max(Duration::from_millis(1)),
             options: options.clone(),
             proxy: proxy.cloned(),
