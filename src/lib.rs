@@ -40,6 +40,13 @@
 //! [`Election::leader`] and [`Election::observe`] say who leads (`None` when nobody does).
 //! See the [`election`] module and `examples/leader.rs`.
 //!
+//! ## Semaphores
+//!
+//! [`Semaphore`]: at most N holders at once. Each of the N slots is a lock blob; a [`Permit`]
+//! is a [`LockGuard`] on one of them plus the slot number and the slot's own fencing token.
+//! One [List Blobs](https://learn.microsoft.com/en-us/rest/api/storageservices/list-blobs)
+//! request per attempt finds the free slots; waiters space their polls by their number.
+//!
 //! ## Fencing tokens
 //!
 //! With [`AzureMutexBuilder::fencing`], every acquire returns a number strictly greater than
@@ -73,6 +80,7 @@ mod redact;
 pub mod rest;
 #[doc(hidden)]
 pub mod scrub;
+pub mod semaphore;
 pub mod transport;
 pub mod types;
 
@@ -87,9 +95,11 @@ pub use election::{Election, Leader, Leadership, Observer};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
 pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
 pub use mutex::{
-    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released,
+    AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, ListedBlob, Listing,
+    LockInfo, Released,
 };
 pub use rest::{BlobClient, ClientOptions, Proxies, ProxyConfig, RetryPolicy};
+pub use semaphore::{Permit, Semaphore, SemaphoreError, SemaphoreOptions, SemaphoreStatus, SlotStatus};
 pub use types::{BreakPeriod, ContainerName, LeaseDuration, LeaseId, LockName};
 
 /// The container the `azmutex` CLI uses unless told otherwise (`--container`). Use it in

@@ -21,6 +21,11 @@
 //! 7. while a proxy answers 503 with `Retry-After`, a holder renews one lease at most once a
 //!    second.
 //!
+//! Semaphore clients (`AZMUTEX_CHAOS_SEMAPHORES`, default 3, on 2 slots) run beside them on a
+//! semaphore of their own, with checks S1–S4 (never more than N holders, on the server and at
+//! a protected resource; per-slot tokens; slots free at the end): see
+//! `tests/common/chaos_semaphore.rs`.
+//!
 //! Faults at the proxies: partitions, lost answers, delays, resets, 500 and 503 (also with
 //! `Retry-After: 1..=30`) before or after forwarding, and Azure Stack Hub's refusal of
 //! `x-ms-version` (400 `InvalidHeaderValue`). One CLI run in four has its stderr stalled (a
@@ -42,6 +47,8 @@
 
 #[path = "common/chaos_elect.rs"]
 mod chaos_elect;
+#[path = "common/chaos_semaphore.rs"]
+mod chaos_semaphore;
 mod common;
 
 use std::collections::HashMap;
@@ -140,6 +147,8 @@ struct Settings {
     lockers: usize,
     /// One more Locker client, authenticating with Entra ID (see [`entra`]).
     entra: bool,
+    /// Semaphore clients beside them (on a semaphore of their own).
+    semaphores: usize,
 }
 
 impl Settings {
@@ -160,6 +169,7 @@ impl Settings {
             cli: count("AZMUTEX_CHAOS_CLI", 2),
             lockers: count("AZMUTEX_CHAOS_LOCKERS", 2),
             entra: var("AZMUTEX_CHAOS_ENTRA").is_some_and(|v| v.trim() == "1"),
+            semaphores: count("AZMUTEX_CHAOS_SEMAPHORES", 3),
         }
     }
 
@@ -1846,12 +1856,13 @@ fn renewal_detail(requests: &[common::faults::RequestRecord], t0: Instant) -> St
 async fn chaos() {
     let settings = Settings::from_env();
     println!(
-        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients{})",
+        "chaos: AZMUTEX_CHAOS_SEED={} ({:?} of chaos, {} CLI + {} Locker clients{}; {} semaphore clients on 2 slots)",
         settings.seed,
         settings.chaos,
         settings.cli,
         settings.lockers,
-        if settings.entra { " + 1 Entra Locker client" } else { "" }
+        if settings.entra { " + 1 Entra Locker client" } else { "" },
+        settings.semaphores
     );
     let entra = if settings.entra {
         Some(entra::start().await)
@@ -1912,6 +1923,17 @@ async fn chaos() {
             .collect(),
     });
     let plan = schedule(&settings);
+    let semaphores = (settings.semaphores > 0).then(|| {
+        chaos_semaphore::start(
+            target,
+            tls.clone(),
+            &container,
+            settings.seed,
+            settings.semaphores,
+            2,
+            settings.chaos,
+        )
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let t0 = Instant::now();
@@ -2021,6 +2043,10 @@ async fn chaos() {
     }
     let all_stopped = Instant::now();
     monitor.abort();
+    let semaphore_report = match semaphores {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
 
     // (4) the lock is free again within one lease duration.
     let mut free_after = None;
@@ -2266,6 +2292,10 @@ async fn chaos() {
         if RENEWAL_RATE_CHECKED { "checked (rule 7)" } else { "reported only" }
     );
     let _ = writeln!(out, "{elect_summary}");
+    if let Some(report) = &semaphore_report {
+        out.push_str(&report.summary);
+        verdict.violations.extend(report.violations.iter().cloned());
+    }
     println!("{out}");
     if r.sections.len() < 2 {
         verdict.violations.push(format!(

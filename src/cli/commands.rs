@@ -32,6 +32,11 @@ pub struct AcquireArgs {
     /// the host is recorded, the pid of this short-lived process is not).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Take one of N slots of the semaphore NAME (1-1000; every user must give the same N).
+    /// Prints the lease id and the slot's lock name (renew or release that lock with that id),
+    /// or with --json also the slot number.
+    #[arg(long, value_name = "N", value_parser = super::slots::parse_slots)]
+    pub slots: Option<u32>,
 }
 
 /// `renew` / `release` options.
@@ -65,7 +70,8 @@ pub struct ReleaseArgs {
 /// `status` options.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The lock's name.
+    /// The lock's (or semaphore's) name. A semaphore shows its number of slots, the held slots
+    /// with holder and fencing token, and how many clients wait.
     pub lock: String,
     /// Print JSON with keys lock, locked, state, status, duration, holder, fencing_token, leader.
     #[arg(long)]
@@ -115,6 +121,19 @@ fn print_lease(lease: &Lease, json: bool) -> bool {
 
 pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
     let lease_duration = duration(args.lease, args.infinite)?;
+    if let Some(slots) = args.slots {
+        let ask = super::slots::Ask {
+            name: &args.lock,
+            slots,
+            no_wait: args.wait.is_none(),
+            wait: args.wait,
+        };
+        let holder = azmutex::Holder {
+            pid: None,
+            ..super::run::holder(args.owner.clone())
+        };
+        return super::slots::acquire(ctx, ask, holder, lease_duration, args.json).await;
+    }
     let lock = LockName::new(args.lock)?;
     // This process exits right after printing the lease id: its pid would name a process that
     // is gone, so only the owner and the host are recorded.
@@ -258,6 +277,12 @@ fn resume(args: &LeaseArgs) -> Result<Lease, Failure> {
 
 pub async fn status(ctx: &Context, args: StatusArgs) -> Result<u8, Failure> {
     let info = ctx.mutex(false, None)?.inspect(args.lock.as_str()).await?;
+    // No lock blob of that name: it may be a semaphore's.
+    if !info.exists {
+        if let Some(code) = super::slots::status(ctx, &args.lock, args.json).await? {
+            return Ok(code);
+        }
+    }
     let duration = match info.duration {
         Some(LeaseKind::Fixed) => Some("fixed"),
         Some(LeaseKind::Infinite) => Some("infinite"),

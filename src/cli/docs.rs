@@ -189,6 +189,7 @@ fn extra_sections(page: &str) -> String {
                     ("AZMUTEX_LOCK", "Given to the command: the lock's name."),
                     ("AZMUTEX_LEASE_ID", "Given to the command: the lease id."),
                     ("AZMUTEX_FENCING_TOKEN", "Given to the command: a number larger than any earlier holder's, for resources that refuse stale writers."),
+                    ("AZMUTEX_SLOT", "With --slots: the slot's number (0 to N-1); the fencing token is then that slot's own."),
                 ],
             );
             section("EXIT STATUS", exit_status);
@@ -206,6 +207,10 @@ fn extra_sections(page: &str) -> String {
                     (
                         "azmutex run backup --no-wait -- ./backup.sh",
                         "Exit 75 at once if another backup holds the lock.",
+                    ),
+                    (
+                        "azmutex run test-db --slots 3 -- ./integration-tests.sh",
+                        "A semaphore: at most 3 of these run at once, each on its own slot.",
                     ),
                 ],
             );

@@ -15,6 +15,7 @@ mod run;
 mod signals;
 mod typed_secrets;
 use typed_secrets::{redact_typed_secrets, CLAP_VARIABLES};
+mod slots;
 mod spawn;
 mod watchdog;
 

@@ -21,6 +21,8 @@ The command gets:
   AZMUTEX_LEASE_ID        the lease id
   AZMUTEX_FENCING_TOKEN   a number larger than any earlier holder's: pass it to resources
                           that can refuse stale writers
+  AZMUTEX_SLOT            with --slots: the slot's number (0 to N-1); the fencing token is
+                          then the slot's own
 
 The command runs in a process group of its own; when the lock may be lost, it and every other
 descendant (also those that left the group: setsid, daemons) get SIGTERM, then SIGKILL 2 s
@@ -29,13 +31,15 @@ before the lease can end.
 Exit codes:
   the command's own (128+N if killed by signal N); 75 busy or wait timed out
   (--conflict-exit-code); 70 lock lost while the command ran, or the release could not confirm
-  it was ours; 69 storage unreachable; 77 auth refused; 78 bad configuration; 126/127 the
-  command cannot be run / was not found; 2 usage error
+  it was ours; 69 storage unreachable; 77 auth refused; 78 bad configuration (also --slots N
+  other than the semaphore's); 126/127 the command cannot be run / was not found; 2 usage error
 
 Examples:
   azmutex run nightly-report -- ./make-report.sh
   azmutex run deploy --wait 10m --lease 60 -- sh -c 'terraform apply -auto-approve'
-  azmutex run backup --no-wait -- ./backup.sh || echo \"another backup is running\"";
+  azmutex run backup --no-wait -- ./backup.sh || echo \"another backup is running\"
+  azmutex run test-db --slots 3 -- ./integration-tests.sh   # at most 3 at once
+  azmutex run partner-api --slots 10 --no-wait -- ./sync.sh  # 75 when all 10 are taken";
 
 /// `run` options.
 #[derive(Args, Debug)]
@@ -65,6 +69,11 @@ pub struct RunArgs {
     /// command's program name; its arguments are never shown, as they may hold secrets).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Hold one of N slots of the semaphore NAME instead of a lock: at most N commands run at
+    /// once (1-1000; every user must give the same N, or is refused with exit 78). The command
+    /// also gets AZMUTEX_SLOT.
+    #[arg(long, value_name = "N", value_parser = super::slots::parse_slots)]
+    pub slots: Option<u32>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -191,11 +200,31 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
         name.to_string_lossy().chars().take(200).collect()
     });
     let mutex = ctx.mutex(true, Some(holder(Some(owner))))?;
-    let locker = Locker::with_options(mutex.clone(), args.lock.as_str(), options)?;
+    let locker = Locker::with_options(mutex.clone(), args.lock.as_str(), options.clone())?;
     let mut signals = Signals::new()?;
 
     let started = Instant::now();
-    let mut guard = if args.no_wait {
+    let mut slot = None;
+    let mut guard = if let Some(slots) = args.slots {
+        let mut caught = None;
+        let cancel = async {
+            caught = Some(signals.next().await);
+        };
+        let ask = super::slots::Ask {
+            name: &args.lock,
+            slots,
+            no_wait: args.no_wait,
+            wait: args.wait,
+        };
+        match super::slots::acquire_for_run(ctx, ask, mutex.clone(), options, cancel).await? {
+            super::slots::Got::Slot(g, n) => {
+                slot = Some(n);
+                *g
+            }
+            super::slots::Got::Busy => return Ok(args.conflict_exit_code),
+            super::slots::Got::Cancelled => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),
+        }
+    } else if args.no_wait {
         match locker.try_lock().await {
             Ok(g) => g,
             Err(LockError::Busy { .. }) => {
@@ -254,7 +283,7 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             Err(e) => return Err(e.into()),
         }
     };
-    if !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
+    if slot.is_none() && !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
         say(format_args!(
             "azmutex: acquired lock {:?} after waiting {:.1}s (fencing token {})",
             args.lock,
@@ -268,7 +297,7 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
         kill_grace: args.kill_grace,
         signals_end: false,
     };
-    let env = [
+    let mut env = vec![
         ("AZMUTEX_LOCK", args.lock.clone()),
         ("AZMUTEX_LEASE_ID", guard.lease_id().to_string()),
         (
@@ -276,6 +305,9 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             guard.fencing_token().map(|t| t.to_string()).unwrap_or_default(),
         ),
     ];
+    if let Some(n) = slot {
+        env.push(("AZMUTEX_SLOT", n.to_string()));
+    }
     match supervised(ctx, &spec, &args.command, &env, &mut guard, &mut signals).await? {
         Outcome::Exited(code) => Ok(code),
         Outcome::Lost => Ok(exit::LOST),

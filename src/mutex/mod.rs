@@ -24,12 +24,14 @@ pub const MIN_RENEWAL_GAP: Duration = Duration::from_secs(1);
 mod create;
 mod fence;
 mod lease;
+mod list;
 mod record;
 mod stamp;
 #[cfg(test)]
 mod tests;
 
 pub use lease::{Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, LockInfo, Released};
+pub use list::{ListedBlob, Listing, MAX_LISTED, MAX_LISTED_METADATA, MAX_LIST_BODY_BYTES};
 use stamp::*;
 
 /// How long cleanup after a failed or abandoned acquire may take at most.

@@ -33,6 +33,9 @@ pub struct RestRequest {
     /// decides). Renewals use one second, so that one lease never costs a throttled account more
     /// than one request a second.
     pub min_retry_gap: Duration,
+    /// The most of the answer's body read (default [`MAX_BODY_BYTES`](crate::transport::MAX_BODY_BYTES));
+    /// only listings ask for more.
+    pub max_body: usize,
 }
 
 impl RestRequest {
@@ -48,7 +51,14 @@ impl RestRequest {
             op,
             bypass_version_gate: false,
             min_retry_gap: Duration::ZERO,
+            max_body: crate::transport::MAX_BODY_BYTES,
         }
+    }
+
+    /// Sets [`RestRequest::max_body`].
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
     }
 
     /// Sets [`RestRequest::min_retry_gap`].

@@ -332,14 +332,15 @@ impl BlobClient {
             return Err(proxy_refused());
         }
         let headers = response.headers().clone();
-        let body = match read_capped(&mut response, MAX_BODY_BYTES).await {
+        let body = match read_capped(&mut response, req.max_body).await {
             Ok((b, cut)) => {
                 if cut {
                     tracing::debug!(
                         op = req.op,
                         attempt,
                         status,
-                        "response body cut at {MAX_BODY_BYTES} bytes"
+                        "response body cut at {} bytes",
+                        req.max_body
                     );
                 }
                 b

@@ -19,6 +19,7 @@ pub mod faults;
 pub mod forward_proxy;
 pub mod http_proxy;
 pub mod proxy;
+pub mod semaphore;
 
 pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
