@@ -163,6 +163,40 @@ fn once_exits_70_on_a_loss() {
 
 /// SIGTERM to the leader: its command stops, it resigns, and the standby's command starts
 /// long before the leader's 60 s lease could have run out; the two commands never overlap.
+/// `break --period 0` deposes the leader: with a standby waiting, the next term is the
+/// standby's. A reviewer saw the deposed leader of 6b33f73 campaign again at once and win, 30 ms
+/// later, every time; this machine did not reproduce that, so this test guards the 1 s pause a
+/// deposed leader now takes rather than proving the old failure.
+#[test]
+fn a_break_hands_the_next_term_to_the_standby() {
+    let c = common::unique("el-cli");
+    let dir = cli::scratch("el-depose");
+    let (a_log, b_log) = (dir.join("a"), dir.join("b"));
+    // Commands that stop at SIGTERM: the deposed leader is free to campaign again at once.
+    let quick = "echo start $AZMUTEX_EPOCH >> \"$LOG\"; while :; do sleep 0.1; done";
+    let a = elect(&c, "n", &["--value", "a"], quick, &a_log);
+    wait_lines(&a_log, 1);
+    let b = elect(&c, "n", &["--value", "b"], quick, &b_log);
+    // The standby is campaigning (polling) before the break.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(std::fs::read_to_string(&b_log).is_err(), "the standby ran while a led");
+    break_now(&c, "n");
+    let b_started = wait_lines(&b_log, 1);
+    let a_lines = std::fs::read_to_string(&a_log).unwrap();
+    assert_eq!(
+        a_lines.lines().count(),
+        1,
+        "the deposed leader took the next term: {a_lines}"
+    );
+    let epoch = |l: &str| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap();
+    assert!(epoch(&b_started[0]) > epoch(a_lines.lines().next().unwrap()));
+    assert_eq!(leader(&c, "n").map(|l| l.value), Some("b".to_string()));
+    for child in [a, b] {
+        signal(&child, libc::SIGTERM);
+        let _ = wait(child);
+    }
+}
+
 #[test]
 fn sigterm_hands_over_to_the_standby() {
     let c = common::unique("el-cli");
@@ -213,9 +247,11 @@ fn a_standby_stopped_before_it_leads_reports_no_loss() {
     let c = common::unique("el-cli");
     let dir = cli::scratch("el-standby");
     let (a_log, b_log) = (dir.join("a"), dir.join("b"));
-    let a = elect(&c, "n", &["--value", "a"], HOLD, &a_log);
+    // Commands that stop at SIGTERM: the deposed leader is free to campaign again at once.
+    let quick = "echo start $AZMUTEX_EPOCH >> \"$LOG\"; while :; do sleep 0.1; done";
+    let a = elect(&c, "n", &["--value", "a"], quick, &a_log);
     wait_lines(&a_log, 1);
-    let b = elect(&c, "n", &["--value", "b"], HOLD, &b_log);
+    let b = elect(&c, "n", &["--value", "b"], quick, &b_log);
     std::thread::sleep(Duration::from_secs(1));
     signal(&b, libc::SIGTERM);
     let (code, err) = wait(b);

@@ -150,5 +150,15 @@ pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
         if !ctx.quiet {
             say(format_args!("azmutex: campaigning again for {:?}", args.name));
         }
+        // A deposed leader lets the standbys (polling every 0.25–0.5 s) go first: without this
+        // pause `break` would only start a new term of the same holder, 30 ms later.
+        tokio::select! {
+            sig = signals.next() => return Ok(128 + sig as u8),
+            () = tokio::time::sleep(DEPOSED_PAUSE) => {}
+        }
     }
 }
+
+/// How long a leader that lost its term waits before campaigning again: twice the standbys'
+/// slowest poll, so that one of them takes over when there is one.
+const DEPOSED_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
