@@ -89,6 +89,7 @@ pub struct BreakArgs {
     /// renewal (up to a third of its lease), and under `azmutex run` or `elect` a command that
     /// ignores SIGTERM up to the kill grace longer (`--kill-grace`, 5 s by default): writes made
     /// meanwhile are refused only by resources that check the fencing token (a leader's epoch).
+    /// Deleting the lock blob or its container does the same as `--period 0`.
     #[arg(long)]
     pub period: Option<u64>,
 }
