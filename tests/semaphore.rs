@@ -137,6 +137,35 @@ async fn a_different_n_is_refused_with_both_numbers() {
     }
 }
 
+/// A manifest lost while slots are held: a client with a smaller N is refused *before* it
+/// writes a manifest of its own (on 066b881 it wrote it first, and from then on every rightful
+/// user was refused with 78, and `status` said 3 held out of 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_manifest_is_not_rewritten_with_a_smaller_count() {
+    let c = common::unique("sem-lostman");
+    let holders = client(&c, "m3", 3);
+    let mut permits = Vec::new();
+    for _ in 0..3 {
+        permits.push(holders.try_acquire().await.unwrap());
+    }
+    let mutex = common::fenced(&c);
+    let manifest = azmutex::LockName::new("m3/semaphore").unwrap();
+    mutex.delete_record(&manifest).await.unwrap();
+    assert!(matches!(
+        client(&c, "m3", 2).try_acquire().await,
+        Err(SemaphoreError::Inconsistent { .. })
+    ));
+    // No manifest was written by the refused client: the rightful N is still accepted (full).
+    assert!(blobs_named(&c, "m3", "semaphore").await.is_empty());
+    assert!(matches!(
+        client(&c, "m3", 3).try_acquire().await,
+        Err(SemaphoreError::Full { .. })
+    ));
+    for mut p in permits {
+        p.release().await.unwrap();
+    }
+}
+
 /// Bad counts, names and mutexes are typed errors before any request (the endpoint here does
 /// not exist).
 #[tokio::test]

@@ -287,3 +287,29 @@ fn a_broken_slot_stops_the_command_with_70() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(std::fs::read_to_string(&beat).unwrap(), last);
 }
+
+/// Storage down while waiting for a slot is "storage unreachable" (69), as for a lock, not
+/// "full" (75): nothing was listed (on 066b881: 75 and "gave up waiting for a slot").
+#[test]
+fn storage_down_while_waiting_for_a_slot_is_69_not_75() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cmd = azmutex_with(&common::unique("sem-down"), &connection_via(addr));
+    cmd.args([
+        "run",
+        "down",
+        "--slots",
+        "2",
+        "--wait",
+        "2s",
+        "--timeout",
+        "3s",
+        "--",
+        "true",
+    ]);
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(!stderr.contains("all held"), "{stderr}");
+}

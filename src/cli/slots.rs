@@ -77,7 +77,7 @@ async fn describe_holders(sem: &Semaphore) -> String {
     if who.is_empty() {
         String::new()
     } else {
-        format!(" ({}{})", who.join("; "), if status.held() > 5 { "; …" } else { "" })
+        format!("; held: {}{}", who.join("; "), if status.held() > 5 { "; …" } else { "" })
     }
 }
 
@@ -122,7 +122,7 @@ pub async fn acquire_for_run(
             if !ctx.quiet {
                 let limit = args.wait.map(|w| format!(", up to {w:?}")).unwrap_or_default();
                 say(format_args!(
-                    "azmutex: waiting for a slot of semaphore {:?} ({slots} slots, all held{}){limit}",
+                    "azmutex: waiting for a slot of semaphore {:?} ({slots} slots{}){limit}",
                     args.name,
                     describe_holders(&sem).await
                 ));

@@ -89,19 +89,28 @@ impl Layout {
                         view.slots.insert(n, blob);
                     }
                 }
-            } else if rest.starts_with(WAITER) {
+            } else if is_waiter_id(rest.strip_prefix(WAITER)) {
                 let until = blob.metadata.get(META_UNTIL).and_then(|v| v.trim().parse::<u64>().ok());
                 // Clocks differ between machines: a record counts until its time, and is
-                // deleted as stale only two minutes after.
+                // deleted as stale only two minutes after. A blob of that name without a
+                // readable time is not a record this crate wrote: left alone, never deleted.
                 match until {
                     Some(u) if u >= now => view.waiters += 1,
                     Some(u) if u.saturating_add(120) >= now => {}
-                    _ => view.stale_waiters.push(blob.name),
+                    Some(_) => view.stale_waiters.push(blob.name),
+                    None => {}
                 }
             }
         }
         view
     }
+}
+
+/// Whether `id` is a waiter record's id as [`Layout::waiter`] is given them: 32 lower-case hex
+/// digits and nothing more. Anything else under the prefix (`waiter-nightly`, a lock or another
+/// semaphore nested under `NAME/waiter-x/…`) is someone else's blob, never counted or deleted.
+fn is_waiter_id(id: Option<&str>) -> bool {
+    id.is_some_and(|id| id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// One listing of a semaphore's blobs.
@@ -177,5 +186,45 @@ mod tests {
         // A name that fits as a lock but leaves no room for the slot names.
         let long = LockName::new("a".repeat(1020)).unwrap();
         assert!(Layout::new(long, 1).is_err());
+    }
+
+    /// Only this semaphore's own records count: a lock or another semaphore nested under
+    /// `NAME/waiter-…` is neither a waiter nor stale (on 066b881 waiters of `q` deleted
+    /// `q/waiter-db/semaphore`, and a second N came in: two holders on N = 1).
+    #[test]
+    fn only_own_waiter_records_are_counted_or_deleted() {
+        let layout = Layout::new(LockName::new("q").unwrap(), 1).unwrap();
+        let blob = |name: &str, until: Option<u64>| {
+            let mut metadata = BTreeMap::new();
+            if let Some(u) = until {
+                metadata.insert(META_UNTIL.to_string(), u.to_string());
+            }
+            ListedBlob {
+                name: name.to_string(),
+                state: crate::mutex::LeaseState::Available,
+                locked: false,
+                fencing_token: None,
+                holder: None,
+                metadata,
+                etag: None,
+            }
+        };
+        let id = "0123456789abcdef0123456789abcdef";
+        let listing = Listing {
+            blobs: vec![
+                blob("q/waiter-db/semaphore", None),
+                blob("q/waiter-db/slot-0000", Some(1)),
+                blob("q/waiter-nightly", Some(1)),
+                blob(&format!("q/waiter-{id}/x"), Some(1)),
+                blob(&format!("q/waiter-{}", id.to_uppercase()), Some(1)),
+                blob(&format!("q/waiter-{id}"), None),
+                blob(&format!("q/waiter-{}", "f".repeat(32)), Some(1)),
+                blob(&format!("q/waiter-{}", "e".repeat(32)), Some(u64::MAX)),
+            ],
+            next_marker: None,
+        };
+        let view = layout.view(listing);
+        assert_eq!(view.stale_waiters, [format!("q/waiter-{}", "f".repeat(32))]);
+        assert_eq!(view.waiters, 1);
     }
 }

@@ -250,6 +250,9 @@ impl Semaphore {
         let mut view = self.layout.view(self.list().await?);
         let mut recorded = view.recorded(name)?;
         if recorded.is_none() {
+            // Held slots past our N say the manifest was lost, not that the semaphore is new:
+            // refuse before writing one, or a wrong N would lock out every rightful user.
+            view.check_held_within(name, self.slots)?;
             let metadata = [(META_SLOTS.to_string(), self.slots.to_string())].into();
             let manifest = self.layout.manifest()?;
             if self.mutex.put_record(&manifest, &metadata, true).await? {

@@ -153,6 +153,10 @@ impl Semaphore {
                             return Err(e);
                         }
                     }
+                    // Out of time while storage fails: say that, not "full" (nothing was listed).
+                    if limit.is_some_and(|l| Instant::now() >= l) {
+                        return Err(e);
+                    }
                     tracing::warn!(semaphore = %name, error = %e, "acquire attempt failed; will retry");
                     backoff = (backoff * 2).min(self.options.poll_max.min(Duration::from_secs(4)));
                     backoff.mul_f64(0.5 + fastrand::f64() / 2.0)
