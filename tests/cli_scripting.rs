@@ -374,3 +374,18 @@ fn run_help_and_man_pages_say_what_a_newcomer_needs() {
         }
     }
 }
+
+/// A busy line names a holder that recorded no owner plainly (on a0ecc2f: "held by on vm").
+#[test]
+fn a_holder_without_a_name_is_said_so() {
+    let c = common::unique("noname");
+    let mut cmd = azmutex(&c);
+    cmd.args(["acquire", "job"]);
+    assert_eq!(output(cmd).status.code(), Some(0));
+    let mut cmd = azmutex(&c);
+    cmd.args(["run", "job", "--no-wait", "--", "true"]);
+    let out = output(cmd);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("held by a holder with no name on "), "{stderr}");
+}

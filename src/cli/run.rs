@@ -119,9 +119,11 @@ pub fn describe_holder(info: &azmutex::LockInfo) -> String {
     };
     // Anyone who can take the lock can write these: print them inert and short.
     let mut parts = Vec::new();
-    if let Some(o) = &h.holder.owner {
+    match &h.holder.owner {
         // Escaped once (printable), quoted once: not run through `{:?}` on top.
-        parts.push(format!("\"{}\"", printable(o, 200)));
+        Some(o) => parts.push(format!("\"{}\"", printable(o, 200))),
+        // Not "held by on vm": someone, somewhere.
+        None => parts.push("a holder with no name".into()),
     }
     if let Some(host) = &h.holder.host {
         parts.push(format!("on {}", printable(host, 100)));

@@ -77,7 +77,11 @@ async fn describe_holders(sem: &Semaphore) -> String {
     if who.is_empty() {
         String::new()
     } else {
-        format!("; held: {}{}", who.join("; "), if status.held() > 5 { "; …" } else { "" })
+        format!(
+            "; held: {}{}",
+            who.join("; "),
+            if status.held() > 5 { "; …" } else { "" }
+        )
     }
 }
 
