@@ -389,3 +389,20 @@ fn a_holder_without_a_name_is_said_so() {
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert!(stderr.contains("held by a holder with no name on "), "{stderr}");
 }
+
+/// `man` and `completions` need no configuration: a bad `AZMUTEX_AUTH` does not stop them (on
+/// a0ecc2f both exited 2 with an error about `--auth`), while a command that uses it still
+/// refuses it.
+#[test]
+fn a_bad_auth_variable_does_not_stop_man_or_completions() {
+    for args in [&["man", "run"][..], &["completions", "bash"][..]] {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.env("AZMUTEX_AUTH", "managed_identity").args(args);
+        let out = output(cmd);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out).1);
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("AZMUTEX_AUTH", "managed_identity").args(["status", "job"]);
+    assert_eq!(output(cmd).status.code(), Some(2));
+}

@@ -294,7 +294,7 @@ impl From<LockError> for Failure {
 }
 
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().or_else(|e| offline_without_variables().ok_or(e)) {
         Ok(cli) => cli,
         Err(e) => {
             if e.use_stderr() {
@@ -351,6 +351,28 @@ pub fn main() -> ExitCode {
 fn clients() -> std::sync::MutexGuard<'static, Vec<azmutex::BlobClient>> {
     static CLIENTS: std::sync::Mutex<Vec<azmutex::BlobClient>> = std::sync::Mutex::new(Vec::new());
     CLIENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `man` and `completions` need no configuration: a bad value in a variable clap reads
+/// (`AZMUTEX_AUTH=managed_identity`) must not stop them. Parses again without those variables
+/// when the command line asks for one of them. Runs before any thread is started.
+fn offline_without_variables() -> Option<Cli> {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let offline = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "man" || a == "completions");
+    if !offline {
+        return None;
+    }
+    for v in CLAP_VARIABLES {
+        std::env::remove_var(v);
+    }
+    Cli::try_parse().ok()
 }
 
 /// `AZMUTEX_LOG` holding a secret (pasted into the wrong variable) is reported without its
