@@ -315,6 +315,13 @@ fn p2_a_hopping_descendant_is_dead_before_a_rival_acquires_after_a_loss() {
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
     wait_until_leased(&c);
+    // Cut the traffic once the hopper runs, not as soon as the blob shows a lease: under load
+    // that landed before `run` had written its fencing token, so the command never started.
+    let started = Instant::now();
+    while last_beat(&dir.join("beat")) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the hopper never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     proxy.drop_traffic();
     let acquired_at = acquire_as_soon_as_possible(&c, Duration::from_secs(40));
     std::thread::sleep(Duration::from_millis(1000));
