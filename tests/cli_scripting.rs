@@ -277,7 +277,9 @@ fn a_misspelt_key_variable_is_named_when_entra_id_is_tried_instead() {
 
 /// A misspelt connection string variable leaves "nothing configured": `azmutex` names it and
 /// refuses (78), even with `--quiet` and whether or not an Azurite listens on the development
-/// port (on 5136815: silently development storage; on a0ecc2f: named, then locked there).
+/// port (on 5136815: silently development storage; on a0ecc2f: named, then locked there when a
+/// local Azurite listened, so this fails there only on a machine running one; `from_env`'s
+/// test covers the same rule in the library everywhere).
 #[test]
 fn a_misspelt_connection_string_variable_is_named_even_when_quiet() {
     let mut cmd = std::process::Command::new(bin());
