@@ -90,6 +90,34 @@ fn azurite_env() -> Vec<(&'static str, String)> {
     )]
 }
 
+/// `status` against a local TLS server (a certificate from a fresh test CA that nothing trusts)
+/// with a key and the `SSL_CERT_*` setting `cert_var`: an https endpoint, so that the system's
+/// roots are read (an http one reads none).
+fn status_over_tls(pki_dir: &str, cert_var: (&'static str, String), limit: Duration) -> Ran {
+    let pki = token_server::make_pki(scratch(pki_dir));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(token_server::TokenServer::start(
+        Some((&pki.cert_pem, &pki.key_pem)),
+        3600,
+    ));
+    let env = vec![cert_var, ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string())];
+    let url = format!("{}/devstoreaccount1", server.base);
+    run(
+        &env,
+        &[
+            "--account-url",
+            &url,
+            "--account-name",
+            "devstoreaccount1",
+            "--timeout",
+            "3s",
+            "status",
+            "job",
+        ],
+        limit,
+    )
+}
+
 fn sparse(path: &Path, len: u64) {
     let f = std::fs::File::create(path).unwrap();
     f.set_len(len).unwrap();
@@ -116,29 +144,9 @@ fn a_huge_file_in_ssl_cert_dir_is_skipped_not_read() {
     // An https endpoint, so that the roots are read (an http one reads none): a local TLS
     // server whose CA is not in the directory, so the handshake fails as untrusted (78) after
     // the directory was read.
-    let pki = token_server::make_pki(scratch("azmutex-hostile-certdir-pki"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(token_server::TokenServer::start(
-        Some((&pki.cert_pem, &pki.key_pem)),
-        3600,
-    ));
-    let env = vec![
+    let r = status_over_tls(
+        "azmutex-hostile-certdir-pki",
         ("SSL_CERT_DIR", dir.display().to_string()),
-        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
-    ];
-    let url = format!("{}/devstoreaccount1", server.base);
-    let r = run(
-        &env,
-        &[
-            "--account-url",
-            &url,
-            "--account-name",
-            "devstoreaccount1",
-            "--timeout",
-            "3s",
-            "status",
-            "job",
-        ],
         Duration::from_secs(60),
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -177,29 +185,9 @@ fn special_files_named_for_certificates_never_block() {
     assert_eq!(r.code, Some(0), "{}", r.out);
     // As SSL_CERT_FILE, for an https endpoint: refused (78), naming the problem. (For an http
     // endpoint it is not read at all: `http_endpoints_read_no_certificate_file`.)
-    let pki = token_server::make_pki(scratch("azmutex-hostile-fifo-pki"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(token_server::TokenServer::start(
-        Some((&pki.cert_pem, &pki.key_pem)),
-        3600,
-    ));
-    let env = vec![
+    let r = status_over_tls(
+        "azmutex-hostile-fifo-pki",
         ("SSL_CERT_FILE", dir.join("fifo.pem").display().to_string()),
-        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
-    ];
-    let url = format!("{}/devstoreaccount1", server.base);
-    let r = run(
-        &env,
-        &[
-            "--account-url",
-            &url,
-            "--account-name",
-            "devstoreaccount1",
-            "--timeout",
-            "3s",
-            "status",
-            "job",
-        ],
         Duration::from_secs(30),
     );
     assert_eq!(r.code, Some(78), "{}", r.out);
@@ -256,29 +244,9 @@ fn no_ca_roots_still_reaches_http_endpoints() {
     );
     assert_eq!(r.code, Some(0), "{}", r.out);
     // An https endpoint (a local TLS listener) is untrusted.
-    let pki = token_server::make_pki(scratch("azmutex-hostile-pki"));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(token_server::TokenServer::start(
-        Some((&pki.cert_pem, &pki.key_pem)),
-        3600,
-    ));
-    let env = vec![
+    let r = status_over_tls(
+        "azmutex-hostile-pki",
         ("SSL_CERT_DIR", empty.display().to_string()),
-        ("AZURE_STORAGE_KEY", common::DEV_KEY.to_string()),
-    ];
-    let url = format!("{}/devstoreaccount1", server.base);
-    let r = run(
-        &env,
-        &[
-            "--account-url",
-            &url,
-            "--account-name",
-            "devstoreaccount1",
-            "--timeout",
-            "3s",
-            "status",
-            "job",
-        ],
         Duration::from_secs(30),
     );
     assert_eq!(r.code, Some(78), "{}", r.out);
