@@ -269,18 +269,7 @@ fn parse_listing(body: &[u8]) -> Option<(Vec<Raw>, Option<String>)> {
             Ok(Event::Text(t)) => push(&mut text, &t.decode().unwrap_or_default()),
             Ok(Event::CData(t)) => push(&mut text, &t.decode().unwrap_or_default()),
             Ok(Event::GeneralRef(r)) => {
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => Some(c.to_string()),
-                    Ok(None) => match r.as_ref() {
-                        b"lt" => Some("<".into()),
-                        b"gt" => Some(">".into()),
-                        b"amp" => Some("&".into()),
-                        b"apos" => Some("'".into()),
-                        b"quot" => Some("\"".into()),
-                        _ => None,
-                    },
-                    Err(_) => None,
-                };
+                let resolved = crate::rest::xml_entity(&r);
                 if let Some(s) = resolved {
                     push(&mut text, &s);
                 }

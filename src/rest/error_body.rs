@@ -87,18 +87,7 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
             Ok(Event::Text(t)) if current.is_some() => push(&mut text, &t.decode().unwrap_or_default()),
             Ok(Event::CData(t)) if current.is_some() => push(&mut text, &t.decode().unwrap_or_default()),
             Ok(Event::GeneralRef(r)) if current.is_some() => {
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => Some(c.to_string()),
-                    Ok(None) => match r.as_ref() {
-                        b"lt" => Some("<".into()),
-                        b"gt" => Some(">".into()),
-                        b"amp" => Some("&".into()),
-                        b"apos" => Some("'".into()),
-                        b"quot" => Some("\"".into()),
-                        _ => None,
-                    },
-                    Err(_) => None,
-                };
+                let resolved = xml_entity(&r);
                 if let Some(s) = resolved {
                     push(&mut text, &s);
                 }
@@ -143,4 +132,21 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
             .unwrap_or_default()
             .min(MAX_RETRY_AFTER)
     })
+}
+
+/// The text of an XML entity or character reference (`&amp;`, `&#x41;`): the five predefined
+/// entities and character references; `None` for anything else (left out, never expanded).
+pub(crate) fn xml_entity(r: &quick_xml::events::BytesRef<'_>) -> Option<String> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Some(c.to_string()),
+        Ok(None) => match r.as_ref() {
+            b"lt" => Some("<".into()),
+            b"gt" => Some(">".into()),
+            b"amp" => Some("&".into()),
+            b"apos" => Some("'".into()),
+            b"quot" => Some("\"".into()),
+            _ => None,
+        },
+        Err(_) => None,
+    }
 }

@@ -26,6 +26,7 @@ use crate::config::StorageConfig;
 use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
 use crate::transport::{error_chain, tls_problem};
 pub use crate::transport::{ClientOptions, Proxies, ProxyConfig, RetryPolicy, MAX_BODY_BYTES};
+pub(crate) use error_body::xml_entity;
 pub use error_body::{parse_error_body, parse_retry_after, service_error, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER};
 pub use request::{RestRequest, RestResponse};
 use version::check_api_version;
