@@ -70,6 +70,24 @@ pub enum LostReason {
     Unconfirmed,
 }
 
+impl LostReason {
+    /// A short machine-readable name (`id_mismatch`, `broken`, `not_present`, `deleted`,
+    /// `returned_other_id`, `expired`, `renewal_refused`, `unconfirmed`): the `reason` label of
+    /// `azmutex_losses_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::IdMismatch => "id_mismatch",
+            Self::Broken => "broken",
+            Self::NotPresent => "not_present",
+            Self::Deleted => "deleted",
+            Self::ReturnedOtherId => "returned_other_id",
+            Self::Expired => "expired",
+            Self::RenewalRefused => "renewal_refused",
+            Self::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
 impl fmt::Display for LostReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -81,6 +81,7 @@ pub mod rest;
 #[doc(hidden)]
 pub mod scrub;
 pub mod semaphore;
+pub mod telemetry;
 pub mod transport;
 pub mod types;
 

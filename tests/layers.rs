@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("types", 0),
     ("redact", 0),
     ("scrub", 0),
+    ("telemetry", 0),
     ("transport", 1),
     ("auth", 2),
     ("config", 3),

@@ -25,6 +25,7 @@ pub struct Leadership {
 
 impl Leadership {
     pub(super) fn new(guard: LockGuard, mutex: AzureMutex, value: String, epoch: u64, since: SystemTime) -> Self {
+        guard.mark_leader(format!("{}/{}", mutex.container(), guard.lock_name()));
         Self {
             guard,
             mutex,

@@ -60,6 +60,8 @@ pub struct LockGuard {
     /// Set by whoever first sees the local deadline pass (the guard, a `lost()` future, the
     /// renewer): from then on the lock counts as lost even if a clock steps back.
     pub(super) lapsed: Arc<AtomicBool>,
+    /// The lease in the count of leases held (shared with the renewer, which ends it).
+    pub(super) holding: Arc<Holding>,
 }
 
 impl fmt::Debug for LockGuard {
@@ -85,6 +87,7 @@ impl LockGuard {
             commands: Some(cmd_tx),
             released: None,
             lapsed: Arc::default(),
+            holding: Arc::new(Holding::start()),
         };
         let renewer = Renewer {
             mutex,
@@ -93,9 +96,16 @@ impl LockGuard {
             options: options.clone(),
             lapsed: guard.lapsed.clone(),
             last_attempt: None,
+            holding: guard.holding.clone(),
         };
         tokio::spawn(renewer.run(cmd_rx));
         guard
+    }
+
+    /// Marks this lock as leading `election` (the `azmutex_leader` gauge at 1 until the lock
+    /// is released or lost).
+    pub(crate) fn mark_leader(&self, election: String) {
+        self.holding.lead(election);
     }
 
     /// The lock.

@@ -1,6 +1,81 @@
 //! The background task of a [`LockGuard`]: renewal, backoff, the verdict, release.
 
+use std::sync::atomic::AtomicUsize;
+
 use super::*;
+use crate::telemetry;
+
+/// Leases held by `Locker` guards in this process. With more than one, each new lease renews
+/// first at a random point of its first renewal interval instead of at its end, so that leases
+/// acquired together do not renew together for as long as they are held.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// One lease counted as held (in [`HELD`] and the `azmutex_leases_held` gauge) until it is
+/// released, lost or its renewer dropped.
+pub(super) struct Holding {
+    counted: AtomicBool,
+    /// The election this lease leads (see [`LockGuard::mark_leader`]): its leader gauge goes
+    /// to 0 when the count ends.
+    leads: std::sync::Mutex<Option<String>>,
+}
+
+impl Holding {
+    pub(super) fn start() -> Self {
+        HELD.fetch_add(1, Ordering::Relaxed);
+        telemetry::acquired();
+        Self {
+            counted: AtomicBool::new(true),
+            leads: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn leads(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.leads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the count (once): released (`None`) or lost.
+    pub(super) fn end(&self, lost: Option<LostReason>) {
+        let mut leads = self.leads();
+        if self.counted.swap(false, Ordering::Relaxed) {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+            telemetry::ended(lost.map(|r| r.label()));
+        }
+        if let Some(election) = leads.take() {
+            telemetry::leader(&election, false);
+        }
+    }
+
+    /// Marks the lease as leading `election` (its leader gauge at 1) while it is counted.
+    pub(super) fn lead(&self, election: String) {
+        let mut leads = self.leads();
+        if self.counted.load(Ordering::Relaxed) {
+            telemetry::leader(&election, true);
+            *leads = Some(election);
+        }
+    }
+
+    /// Whether other leases are held in this process.
+    fn among_others() -> bool {
+        HELD.load(Ordering::Relaxed) > 1
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.end(None);
+    }
+}
+
+/// How long after the acquisition the first renewal is due: the renewal interval `every`, or
+/// (when other leases are held in this process) a uniformly random point of it, at least
+/// [`MIN_RENEWAL_GAP`] in. Renewing early is always safe; the phases it gives stay, since each
+/// later renewal is due one interval after the previous one was sent.
+pub(super) fn first_renewal(every: Duration, among_others: bool) -> Duration {
+    if !among_others || every <= MIN_RENEWAL_GAP {
+        return every;
+    }
+    every.mul_f64(fastrand::f64()).clamp(MIN_RENEWAL_GAP, every)
+}
 
 /// The background task of a [`LockGuard`]: the state machine of [`State`].
 pub(super) struct Renewer {
@@ -12,6 +87,8 @@ pub(super) struct Renewer {
     /// When the last renewal call ended (or was dropped): its last request started no later
     /// (the confirming renewal of a release keeps its distance from it too).
     pub(super) last_attempt: Option<Instant>,
+    /// This lease in the count of leases held.
+    pub(super) holding: Arc<Holding>,
 }
 
 impl Renewer {
@@ -29,6 +106,11 @@ impl Renewer {
             }
             allowed
         });
+        match *self.state.borrow() {
+            State::Lost(reason) => self.holding.end(Some(reason)),
+            State::Released => self.holding.end(None),
+            State::Held(_) => {}
+        }
     }
 
     pub(super) fn lose(&self, reason: LostReason, why: &dyn fmt::Display) {
@@ -41,16 +123,22 @@ impl Renewer {
         // After a transient failure: when to try again, and how many failed in a row.
         let mut retry_at: Option<Instant> = None;
         let mut failures = 0u32;
+        // The first renewal's distance from the acquisition (spread among many leases).
+        let mut first = Some(first_renewal(every, Holding::among_others()));
         let command = loop {
             let current = *self.state.borrow();
             let State::Held(validity) = current else {
                 // Lost: wait for the owner to release or drop.
                 break (&mut commands).await.ok();
             };
-            let next = match retry_at {
-                Some(at) => at,
-                None => self.lease.grant().sent_at.checked_add(every).unwrap_or(validity.until),
-            };
+            // When this renewal is due (retries keep the time it was first due).
+            let due = self
+                .lease
+                .grant()
+                .sent_at
+                .checked_add(first.unwrap_or(every))
+                .unwrap_or(validity.until);
+            let next = retry_at.unwrap_or(due);
             tokio::select! {
                 _ = sleep_until(next.min(validity.until).into()) => {}
                 c = &mut commands => break c.ok(),
@@ -85,16 +173,23 @@ impl Renewer {
                 // otherwise `lost()` may already have fired.
                 Some(Ok(grant)) if in_time => {
                     tracing::info!(lock = %self.lease.lock(), "lease renewed");
+                    let latency = Instant::now().saturating_duration_since(due);
+                    telemetry::renewed(latency, latency > every);
+                    first = None;
                     retry_at = None;
                     failures = 0;
                     self.publish(State::Held(Validity::of(grant, &self.options)));
                 }
-                Some(Ok(_)) | None => self.lose(
+                Some(Ok(_)) | None => {
+                    telemetry::renewal_missed();
+                    self.lose(
                     LostReason::Expired,
                     &"no renewal was confirmed before the local deadline",
-                ),
+                    )
+                }
                 // Gave up early on a transient failure with time left: try again.
                 Some(Err(e)) if e.is_transient() && in_time => {
+                    telemetry::renewal_missed();
                     failures = failures.saturating_add(1);
                     let at = self.retry_at(&e, failures, validity.until);
                     tracing::debug!(
@@ -106,6 +201,7 @@ impl Renewer {
                     retry_at = Some(at);
                 }
                 Some(Err(e)) => {
+                    telemetry::renewal_missed();
                     let reason = match &e {
                         Error::LeaseLost { reason, .. } => *reason,
                         Error::NotFound { .. } => LostReason::Deleted,

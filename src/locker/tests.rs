@@ -16,6 +16,7 @@ fn renewer(state: watch::Sender<State>) -> Renewer {
         options: LockerOptions::default(),
         lapsed: Arc::default(),
         last_attempt: None,
+        holding: Arc::new(Holding::start()),
     }
 }
 
@@ -36,6 +37,7 @@ fn bare_guard(state: watch::Receiver<State>) -> LockGuard {
         commands: None,
         released: None,
         lapsed: Arc::default(),
+        holding: Arc::new(Holding::start()),
     }
 }
 
@@ -186,4 +188,18 @@ fn a_hostile_holder_record_is_printed_inert_and_short() {
     );
     assert!(text.contains("\\u{1b}]0;PWNED"), "{text}");
     assert!(text.chars().count() < 400, "{} characters", text.chars().count());
+}
+
+#[test]
+fn first_renewals_are_spread_only_among_other_leases() {
+    let every = Duration::from_secs(20);
+    // Alone: at the end of the interval, as always.
+    assert_eq!(first_renewal(every, false), every);
+    // Among others: anywhere in it, at least a second in.
+    let firsts: Vec<Duration> = (0..1000).map(|_| first_renewal(every, true)).collect();
+    assert!(firsts.iter().all(|d| *d >= MIN_RENEWAL_GAP && *d <= every));
+    let early = firsts.iter().filter(|d| **d < every / 2).count();
+    assert!((300..700).contains(&early), "{early} of 1000 in the first half");
+    // An interval too short to spread is left alone.
+    assert_eq!(first_renewal(MIN_RENEWAL_GAP, true), MIN_RENEWAL_GAP);
 }

@@ -8,6 +8,7 @@
 
 mod error_body;
 mod request;
+mod schedule;
 mod send;
 #[cfg(test)]
 mod tests;
@@ -25,7 +26,9 @@ use crate::auth::{signer, Credential};
 use crate::config::StorageConfig;
 use crate::error::{sanitize_text, Error, InvalidInput, ServiceError, TransientCause};
 use crate::transport::{error_chain, tls_problem};
-pub use crate::transport::{ClientOptions, Proxies, ProxyConfig, RetryPolicy, MAX_BODY_BYTES};
+pub use crate::transport::{
+    ClientOptions, Proxies, ProxyConfig, RetryPolicy, DEFAULT_ACQUIRE_RATE, DEFAULT_MAX_CONNECTIONS, MAX_BODY_BYTES,
+};
 pub(crate) use error_body::xml_entity;
 pub use error_body::{parse_error_body, parse_retry_after, service_error, MAX_MESSAGE_CHARS, MAX_RETRY_AFTER};
 pub use request::{RestRequest, RestResponse};
@@ -68,6 +71,8 @@ struct Inner {
     /// attempt that was sent), so that a last call left with no time to send anything does not
     /// report "1 attempts (request timed out)" after dozens of service answers.
     failures: std::sync::Mutex<FailureStreak>,
+    /// Whose request goes next when the client is busy (see [`schedule`]).
+    schedule: Arc<schedule::Schedule>,
 }
 
 /// Failed attempts in a row and the last one's cause (see `Inner::failures`).
@@ -127,6 +132,7 @@ impl BlobClient {
                 negotiation: tokio::sync::Mutex::new(()),
                 answered: AtomicBool::new(false),
                 failures: std::sync::Mutex::new(FailureStreak::default()),
+                schedule: Arc::new(schedule::Schedule::new(&options)),
                 options,
             }),
         })
@@ -153,6 +159,12 @@ impl BlobClient {
     /// HTTP requests sent so far by this client and its clones (retries included).
     pub fn requests_sent(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests of this client (and its clones) in flight now, and requests waiting for a
+    /// turn (see [`ClientOptions::max_connections`]).
+    pub fn load(&self) -> (usize, usize) {
+        self.inner.schedule.load()
     }
 
     /// The deadline of a call started now with the default call timeout.

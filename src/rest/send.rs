@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use url::Url;
 
+use super::schedule::Class;
+use crate::telemetry;
 use super::version::refuses_version;
 use super::*;
 
@@ -36,10 +38,17 @@ impl BlobClient {
                 gate_closed = guard.is_none() && !self.inner.settled.load(Ordering::Acquire);
                 guard
             };
+            // A turn to send (see `schedule`): waited for before the request is signed, so the
+            // send time taken in `attempt` is the real one.
+            let turn = if gate_closed || Instant::now() >= deadline {
+                None
+            } else {
+                self.inner.schedule.turn(Class::of(req.op), deadline).await
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = self.inner.options.request_timeout.min(remaining);
             let version = self.api_version().to_string();
-            let synthetic = timeout.is_zero() || gate_closed;
+            let synthetic = timeout.is_zero() || gate_closed || turn.is_none();
             let attempt = if synthetic {
                 Attempt::Retry {
                     cause: TransientCause::Timeout,
@@ -48,8 +57,27 @@ impl BlobClient {
                     maybe_applied: false,
                 }
             } else {
-                self.attempt(req, &url, &client_request_id, &version, timeout, attempts)
-                    .await?
+                let started = Instant::now();
+                let attempt = self
+                    .attempt(req, &url, &client_request_id, &version, timeout, attempts)
+                    .await;
+                let outcome = match &attempt {
+                    Ok(Attempt::Done(resp)) => telemetry::outcome_of(resp.status, resp.header("x-ms-error-code")),
+                    Ok(Attempt::Retry { throttled: Some(_), .. }) => "throttled",
+                    Ok(Attempt::Retry {
+                        cause: TransientCause::Service(_),
+                        ..
+                    }) => "server_error",
+                    Ok(Attempt::Retry {
+                        cause: TransientCause::Timeout,
+                        ..
+                    }) => "timeout",
+                    Ok(Attempt::Retry { .. }) => "network",
+                    Err(Error::Auth { .. }) => "auth",
+                    Err(_) => "network",
+                };
+                telemetry::request(req.op, outcome, started.elapsed());
+                attempt?
             };
             let (cause, throttled, retry_after) = match attempt {
                 Attempt::Done(resp) if self.step_down(&resp, &version, req.method == Method::HEAD) => {
@@ -140,6 +168,7 @@ impl BlobClient {
                     (cause, throttled, retry_after)
                 }
             };
+            drop(turn);
             drop(trying);
             let wait = self
                 .inner

@@ -21,7 +21,7 @@ pub(crate) use files::read_file_capped;
 #[cfg(feature = "entra")]
 pub(crate) use files::read_regular_file;
 pub use files::{read_certificate_file, FILE_READ_TIMEOUT, MAX_CERTIFICATE_FILE_BYTES};
-pub use options::{ClientOptions, RetryPolicy, MAX_BODY_BYTES};
+pub use options::{ClientOptions, RetryPolicy, DEFAULT_ACQUIRE_RATE, DEFAULT_MAX_CONNECTIONS, MAX_BODY_BYTES};
 pub(crate) use proxy::{connect_status, proxy_for};
 pub use proxy::{Proxies, ProxyConfig};
 use roots::{system_roots, SystemRoots};
@@ -71,6 +71,8 @@ pub(crate) fn http_client(
         // response header: hyper's default of 100 headers would make it look like an outage.
         .http1_max_headers(MAX_RESPONSE_HEADERS)
         .pool_idle_timeout(Duration::from_secs(50))
+        // No more idle connections kept than may be in use at once (`max_connections`).
+        .pool_max_idle_per_host(options.max_connections.max(1))
         .user_agent(concat!("azmutex/", env!("CARGO_PKG_VERSION")))
         // Never follow a redirect: Blob operations are never redirected, and a token request
         // re-sent elsewhere would carry its client secret, assertion or identity header there.
