@@ -1,0 +1,197 @@
+//! Many leases in one process, against Azurite: the client's schedule (a bound on requests in
+//! flight, upkeep first, paced acquisitions) and spread renewal phases.
+//!
+//! Each test makes the old behaviour visible through a proxy that sees every request: all
+//! requests at once (no bound), a renewal waiting behind a queue of acquisitions (a plain FIFO
+//! bound), acquisitions in one burst (no pace), every lease renewing at the same moment (no
+//! spread).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use azmutex::{AzureMutex, ClientOptions, Locker, LockerOptions};
+use common::http_proxy::{peak_rate, Action, HttpProxy, Match};
+
+fn mutex_via(proxy: &HttpProxy, container: &str, options: ClientOptions) -> AzureMutex {
+    AzureMutex::builder(common::config_via(proxy.addr), container)
+        .client_options(options)
+        .build()
+        .unwrap()
+}
+
+/// The most requests the proxy saw start within any `window` (each held there for at least
+/// `window` by a delay rule, so this is how many were in flight together).
+fn peak_in_flight(seen: &[common::http_proxy::Seen], action: &str, window: Duration) -> usize {
+    peak_rate(seen, action, window)
+}
+
+/// The requests the proxy saw from `since` on.
+fn seen_since(proxy: &HttpProxy, since: Instant) -> Vec<common::http_proxy::Seen> {
+    proxy.seen().into_iter().filter(|s| s.at >= since).collect()
+}
+
+/// Creates the lock blobs `prefix-0` … `prefix-{n-1}` (an acquisition and a release each,
+/// through an unpaced, unbounded client), so that later acquisitions are one request each.
+async fn create_locks(container: &str, prefix: &str, n: usize) {
+    let m = AzureMutex::builder(common::config(), container)
+        .client_options(ClientOptions {
+            acquire_rate: 0,
+            max_connections: 16,
+            ..common::fast_options()
+        })
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let m = m.clone();
+        let name = format!("{prefix}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let lease = m.acquire(name.as_str(), common::secs(15)).await.unwrap();
+            m.release(&lease).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// With every connection busy on slow acquisitions and dozens more queued, a renewal is sent
+/// at the next free turn, ahead of the queue; and no more requests are ever in flight than
+/// `max_connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_never_queued_behind_bulk_acquisitions() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let container = common::unique("sched");
+    let options = ClientOptions {
+        max_connections: 4,
+        acquire_rate: 0,
+        ..common::fast_options()
+    };
+    let mutex = mutex_via(&proxy, &container, options);
+    create_locks(&container, "bulk", 40).await;
+    let mut held = mutex.acquire("held", common::secs(60)).await.unwrap();
+    // Every acquisition from now on takes 300 ms at the service.
+    let delay = Duration::from_millis(300);
+    proxy.add(Match::LeaseAction("acquire"), Action::Delay(delay), None);
+    let since = Instant::now();
+    let mut bulk = Vec::new();
+    for i in 0..40 {
+        let m = mutex.clone();
+        bulk.push(tokio::spawn(async move {
+            m.acquire(format!("bulk-{i}").as_str(), common::secs(60)).await.unwrap();
+            Instant::now()
+        }));
+    }
+    // Let the queue form: 4 in flight, 36 waiting.
+    let t0 = Instant::now();
+    while mutex.client().load() != (4, 36) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "queue: {:?}", mutex.client().load());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    mutex.renew(&mut held).await.unwrap();
+    let renewed = Instant::now();
+    let mut done = Vec::new();
+    for b in bulk {
+        done.push(b.await.unwrap());
+    }
+    // Behind a FIFO queue the renewal would wait for 36 acquisitions (9 rounds of 300 ms).
+    let waited = renewed - asked;
+    let after = done.iter().filter(|t| **t > renewed).count();
+    assert!(
+        after >= 30,
+        "the renewal took {waited:?} and was served after {} of 40 acquisitions",
+        40 - after
+    );
+    // Never more than 4 acquisitions in flight at once (old code: all 40).
+    let seen = seen_since(&proxy, since);
+    let peak = peak_in_flight(&seen, "acquire", delay - Duration::from_millis(50));
+    assert!(peak <= 4, "{peak} acquisitions in flight at once");
+    assert_eq!(mutex.client().load(), (0, 0));
+}
+
+/// A bulk acquisition is paced at `acquire_rate` (bursts of a tenth of a second's worth),
+/// while renewals of held leases go out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_acquisition_is_paced_and_renewals_are_not() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let container = common::unique("pace");
+    let options = ClientOptions {
+        acquire_rate: 40,
+        ..common::fast_options()
+    };
+    let mutex = mutex_via(&proxy, &container, options);
+    create_locks(&container, "bulk", 120).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(mutex.acquire(format!("held-{i}").as_str(), common::secs(60)).await.unwrap());
+    }
+    let t0 = Instant::now();
+    let mut bulk = Vec::new();
+    for i in 0..120 {
+        let m = mutex.clone();
+        bulk.push(tokio::spawn(async move {
+            m.acquire(format!("bulk-{i}").as_str(), common::secs(60)).await.unwrap();
+        }));
+    }
+    // Renewals while the bulk acquisition is under way: each one at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for lease in &mut held {
+        let asked = Instant::now();
+        mutex.renew(lease).await.unwrap();
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(1), "a renewal waited {took:?} behind the pace");
+    }
+    for b in bulk {
+        b.await.unwrap();
+    }
+    let took = t0.elapsed();
+    // 120 at 40 a second, the first 4 at once: about 2.9 s (old code: one burst).
+    assert!(took >= Duration::from_millis(2500), "120 acquisitions in {took:?}");
+    let peak = peak_rate(&seen_since(&proxy, t0), "acquire", Duration::from_secs(1));
+    assert!(peak <= 40 + 4, "{peak} acquisitions in one second");
+}
+
+/// Leases acquired together do not renew together: the first renewals spread over the renewal
+/// interval, and each lease then keeps its phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_acquired_together_renew_at_spread_times() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let container = common::unique("phase");
+    let mutex = mutex_via(&proxy, &container, common::fast_options());
+    let options = LockerOptions {
+        lease: common::secs(15),
+        renew_every: Some(Duration::from_secs(5)),
+        ..LockerOptions::default()
+    };
+    let t0 = Instant::now();
+    let mut guards = Vec::new();
+    for i in 0..30 {
+        let locker = Locker::with_options(mutex.clone(), format!("job-{i:05}").as_str(), options.clone()).unwrap();
+        guards.push(locker.lock().await.unwrap());
+    }
+    let acquired_in = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(5500) - acquired_in.min(Duration::from_millis(500))).await;
+    let renewals: Vec<Duration> = proxy
+        .seen()
+        .iter()
+        .filter(|s| s.lease_action.as_deref() == Some("renew") && s.at >= t0)
+        .map(|s| s.at - t0)
+        .collect();
+    for g in &mut guards {
+        assert!(g.is_held());
+        g.release().await.unwrap();
+    }
+    // Every lease renewed in its first interval; without spreading they would all renew in
+    // the same moment, 5 s after acquiring (old code: within acquired_in of each other).
+    assert!(renewals.len() >= 29, "{} renewals: {renewals:?}", renewals.len());
+    let first = renewals.iter().min().unwrap();
+    let last = renewals.iter().max().unwrap();
+    assert!(
+        *last - *first >= Duration::from_millis(2500),
+        "the first renewals came between {first:?} and {last:?} (acquired in {acquired_in:?})"
+    );
+    let early = renewals.iter().filter(|d| **d < Duration::from_millis(3000)).count();
+    assert!(early >= 5, "only {early} of {} renewals in the first 3 s", renewals.len());
+}
