@@ -97,6 +97,13 @@ struct Shared {
     hits: [AtomicU64; Fault::KINDS.len()],
     forwarded: AtomicU64,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Requests in a million answered `503 ServerBusy` while healthy (see
+    /// [`FaultProxy::answer_503_per_million`]).
+    random_503: AtomicU64,
+    /// Whether [`RequestRecord`]s are kept (off for long runs at high rates).
+    not_recording: std::sync::atomic::AtomicBool,
+    /// Client connections open now.
+    live: AtomicU64,
 }
 
 impl Shared {
@@ -146,6 +153,23 @@ impl FaultProxy {
     /// Switches behaviour for requests from now on.
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// While healthy, answers `per_million` requests in a million `503 ServerBusy` itself
+    /// (drawn per request; counted as `answer-503`).
+    pub fn answer_503_per_million(&self, per_million: u64) {
+        self.shared.random_503.store(per_million, Ordering::Relaxed);
+    }
+
+    /// Client connections open now.
+    pub fn live_connections(&self) -> u64 {
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Stops keeping a [`RequestRecord`] per request (a long run at hundreds of requests a
+    /// second would otherwise grow without bound).
+    pub fn stop_recording(&self) {
+        self.shared.not_recording.store(true, Ordering::Relaxed);
     }
 
     /// Every request that fully arrived so far, in arrival order.
@@ -211,6 +235,14 @@ fn header_value(bytes: &[u8], name: &str) -> Option<String> {
 }
 
 async fn handle(client: TcpStream, target: SocketAddr, tls: Option<UpstreamTls>, shared: Arc<Shared>, seed: u64) {
+    struct Live(Arc<Shared>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    shared.live.fetch_add(1, Ordering::Relaxed);
+    let _live = Live(shared.clone());
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut client = Conn::new(client);
     let mut server: Option<Conn<Box<dyn Io>>> = None;
@@ -218,13 +250,19 @@ async fn handle(client: TcpStream, target: SocketAddr, tls: Option<UpstreamTls>,
         let Ok(Some(req)) = read_message(&mut client, None).await else {
             return;
         };
-        let fault = shared.current();
-        shared.requests.lock().unwrap().push(RequestRecord {
-            at: Instant::now(),
-            lease_action: header_value(&req.bytes, "x-ms-lease-action").map(|a| a.to_ascii_lowercase()),
-            lease_id: header_value(&req.bytes, "x-ms-lease-id"),
-            fault: fault.kind(),
-        });
+        let mut fault = shared.current();
+        let per_million = shared.random_503.load(Ordering::Relaxed);
+        if fault == Fault::Healthy && per_million > 0 && rng.u64(..1_000_000) < per_million {
+            fault = Fault::Answer503;
+        }
+        if !shared.not_recording.load(Ordering::Relaxed) {
+            shared.requests.lock().unwrap().push(RequestRecord {
+                at: Instant::now(),
+                lease_action: header_value(&req.bytes, "x-ms-lease-action").map(|a| a.to_ascii_lowercase()),
+                lease_id: header_value(&req.bytes, "x-ms-lease-id"),
+                fault: fault.kind(),
+            });
+        }
         match fault {
             Fault::Answer503RetryAfter(secs) => {
                 shared.hit(fault);
