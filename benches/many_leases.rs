@@ -55,7 +55,9 @@ fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
 /// Sockets this process has open (each HTTP connection is one; read from /proc/self/fd, which
 /// costs little, unlike a walk of /proc/net/tcp, which took 40 % of the CPU measured here).
 fn open_sockets() -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
     dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter(|t| t.to_string_lossy().starts_with("socket:"))
         .count()
@@ -269,10 +271,16 @@ async fn main() {
     let mean = requests as f64 / held_for.as_secs_f64();
     let peak_second = window.iter().copied().max().unwrap_or(0);
     let cpu = (cpu2 - cpu1).as_secs_f64() / held_for.as_secs_f64() * 100.0;
-    println!("steady state: {requests} requests in {held_for:.1?}; per second: min {} max {peak_second}", window.iter().min().unwrap_or(&0));
+    println!(
+        "steady state: {requests} requests in {held_for:.1?}; per second: min {} max {peak_second}",
+        window.iter().min().unwrap_or(&0)
+    );
     if let Some(p) = &proxy {
         let (hits, forwarded) = p.stats();
-        println!("fault proxy: {forwarded} forwarded, {} answered 503, {} delayed by stalls", hits[5], hits[2]);
+        println!(
+            "fault proxy: {forwarded} forwarded, {} answered 503, {} delayed by stalls",
+            hits[5], hits[2]
+        );
     }
     if !reasons.is_empty() {
         println!("lost: {reasons:?}");

@@ -86,7 +86,11 @@ async fn a_renewal_is_never_queued_behind_bulk_acquisitions() {
     // Let the queue form: 4 in flight, 36 waiting.
     let t0 = Instant::now();
     while mutex.client().load() != (4, 36) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "queue: {:?}", mutex.client().load());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "queue: {:?}",
+            mutex.client().load()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let asked = Instant::now();
@@ -125,7 +129,12 @@ async fn bulk_acquisition_is_paced_and_renewals_are_not() {
     create_locks(&container, "bulk", 120).await;
     let mut held = Vec::new();
     for i in 0..4 {
-        held.push(mutex.acquire(format!("held-{i}").as_str(), common::secs(60)).await.unwrap());
+        held.push(
+            mutex
+                .acquire(format!("held-{i}").as_str(), common::secs(60))
+                .await
+                .unwrap(),
+        );
     }
     let t0 = Instant::now();
     let mut bulk = Vec::new();
@@ -141,7 +150,10 @@ async fn bulk_acquisition_is_paced_and_renewals_are_not() {
         let asked = Instant::now();
         mutex.renew(lease).await.unwrap();
         let took = asked.elapsed();
-        assert!(took < Duration::from_secs(1), "a renewal waited {took:?} behind the pace");
+        assert!(
+            took < Duration::from_secs(1),
+            "a renewal waited {took:?} behind the pace"
+        );
     }
     for b in bulk {
         b.await.unwrap();
@@ -193,5 +205,93 @@ async fn leases_acquired_together_renew_at_spread_times() {
         "the first renewals came between {first:?} and {last:?} (acquired in {acquired_in:?})"
     );
     let early = renewals.iter().filter(|d| **d < Duration::from_millis(3000)).count();
-    assert!(early >= 5, "only {early} of {} renewals in the first 3 s", renewals.len());
+    assert!(
+        early >= 5,
+        "only {early} of {} renewals in the first 3 s",
+        renewals.len()
+    );
+}
+
+fn spread_mutex(container: &str, spread: bool) -> AzureMutex {
+    AzureMutex::builder(common::config(), container)
+        .client_options(common::fast_options())
+        .fencing(true)
+        .spread_names(spread)
+        .build()
+        .unwrap()
+}
+
+/// With spread names a lock lives in a blob behind a hash prefix (Python:
+/// `hashlib.sha256(b"job-1").hexdigest()[:3]` is `026`); lock names keep their meaning in
+/// listings, and a client without the setting is on another blob (documented: all clients of a
+/// lock must agree).
+#[tokio::test]
+async fn spread_names_put_each_lock_behind_a_hash_prefix() {
+    let container = common::unique("spread");
+    let spread = spread_mutex(&container, true);
+    let plain = spread_mutex(&container, false);
+    let lease = spread.acquire("job-1", common::secs(15)).await.unwrap();
+    assert!(lease.fencing_token().is_some());
+    // The blob behind it, seen without the setting.
+    let info = plain.inspect("026-job-1").await.unwrap();
+    assert!(info.locked, "{info:?}");
+    let mine = spread.inspect("job-1").await.unwrap();
+    assert!(mine.locked);
+    assert_eq!(mine.fencing_token, lease.fencing_token());
+    // Without the setting, "job-1" is another blob, free.
+    let other = plain.acquire("job-1", common::secs(15)).await.unwrap();
+    plain.release(&other).await.unwrap();
+    // Listings give lock names; foreign blobs (the plain "job-1") are left out.
+    let listed: Vec<String> = spread
+        .list("job", None)
+        .await
+        .unwrap()
+        .blobs
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(listed, vec!["job-1".to_string()]);
+    let all: Vec<String> = plain
+        .list("", None)
+        .await
+        .unwrap()
+        .blobs
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert_eq!(all, vec!["026-job-1".to_string(), "job-1".to_string()]);
+    spread.release(&lease).await.unwrap();
+    // A name too long for the prefix is refused before the network.
+    let long = "a".repeat(1022);
+    let err = spread.acquire(long.as_str(), common::secs(15)).await.unwrap_err();
+    assert!(matches!(err, azmutex::Error::InvalidInput(_)), "{err:?}");
+}
+
+/// A semaphore's blobs share one prefix, so it still finds its slots by listing.
+#[tokio::test]
+async fn semaphores_work_with_spread_names() {
+    let container = common::unique("spreadsem");
+    let spread = spread_mutex(&container, true);
+    let sem = azmutex::semaphore::Semaphore::new(spread.clone(), "db", 2).unwrap();
+    let a = sem.try_acquire().await.unwrap();
+    let b = sem.try_acquire().await.unwrap();
+    assert_ne!(a.slot(), b.slot());
+    assert!(sem.try_acquire().await.is_err(), "a third holder in two slots");
+    let status = sem.status().await.unwrap().unwrap();
+    assert_eq!((status.slots, status.held()), (2, 2));
+    // Every blob of it behind the prefix of "db" (Python: sha256(b"db")[:3] is 7bd).
+    let plain = spread_mutex(&container, false);
+    let blobs: Vec<String> = plain
+        .list("", None)
+        .await
+        .unwrap()
+        .blobs
+        .into_iter()
+        .map(|b| b.name)
+        .collect();
+    assert!(
+        !blobs.is_empty() && blobs.iter().all(|n| n.starts_with("7bd-db/")),
+        "{blobs:?}"
+    );
+    drop((a, b));
 }

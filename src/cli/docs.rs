@@ -154,6 +154,10 @@ fn extra_sections(page: &str) -> String {
         ),
         ("AZMUTEX_API_VERSION", "Pin the Blob service version (--api-version)."),
         (
+            "AZMUTEX_SPREAD_NAMES",
+            "true: keep locks in blobs named with a short hash prefix (--spread-names).",
+        ),
+        (
             "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY",
             "Proxies, unless --proxy is given.",
         ),

@@ -122,6 +122,11 @@ pub struct Connection {
     /// Container holding the lock blobs (created if missing).
     #[arg(long, default_value = azmutex::DEFAULT_CONTAINER, global = true)]
     pub container: String,
+    /// Keep each lock in a blob named with a short hash prefix (job-1 in 026-job-1), spreading
+    /// many similar lock names over the service's partitions. Every client of a lock must use
+    /// the same setting: with and without it, one lock name is two different locks.
+    #[arg(long, env = "AZMUTEX_SPREAD_NAMES", global = true)]
+    pub spread_names: bool,
     /// Trust the certificate(s) in this PEM file (a bundle is fine; repeatable): CAs of a
     /// private PKI, or the server's own self-signed certificate, which is then pinned. System
     /// roots (or SSL_CERT_FILE / SSL_CERT_DIR) stay trusted.
@@ -467,7 +472,8 @@ impl Context {
         let options = self.client_options()?;
         let mut builder = AzureMutex::builder(self.config.clone(), &self.conn.container)
             .client_options(options)
-            .fencing(fencing);
+            .fencing(fencing)
+            .spread_names(self.conn.spread_names);
         if let Some(holder) = holder {
             builder = builder.holder(holder);
         }

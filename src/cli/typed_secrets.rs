@@ -2,7 +2,7 @@
 //! variables it reads, any of which may be a secret given to the wrong flag.
 
 /// The variables clap reads for flags: their values may appear in its errors too.
-pub(super) const CLAP_VARIABLES: [&str; 10] = [
+pub(super) const CLAP_VARIABLES: [&str; 11] = [
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_SERVICE_ENDPOINT",
     "AZURE_STORAGE_ACCOUNT",
@@ -10,6 +10,7 @@ pub(super) const CLAP_VARIABLES: [&str; 10] = [
     "AZURE_STORAGE_SAS_TOKEN",
     "AZMUTEX_API_VERSION",
     "AZMUTEX_AUTH",
+    "AZMUTEX_SPREAD_NAMES",
     "AZURE_CLIENT_ID",
     "AZURE_TENANT_ID",
     "AZURE_AUTHORITY_HOST",

@@ -183,8 +183,8 @@ impl Renewer {
                 Some(Ok(_)) | None => {
                     telemetry::renewal_missed();
                     self.lose(
-                    LostReason::Expired,
-                    &"no renewal was confirmed before the local deadline",
+                        LostReason::Expired,
+                        &"no renewal was confirmed before the local deadline",
                     )
                 }
                 // Gave up early on a transient failure with time left: try again.

@@ -34,7 +34,7 @@ impl AzureMutex {
                 "create-blob",
                 Method::PUT,
                 self.inner.container.as_str(),
-                Some(lock.as_str()),
+                Some(&self.blob(lock)?),
             )
             .header("if-none-match", "*");
             req = if page {

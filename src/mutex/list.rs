@@ -65,13 +65,18 @@ struct Raw {
 }
 
 impl AzureMutex {
-    /// Lists the blobs whose names start with `prefix` (one
+    /// Lists the locks (and records) whose names start with `prefix` (one
     /// [List Blobs](https://learn.microsoft.com/en-us/rest/api/storageservices/list-blobs)
     /// request, `include=metadata`), from `marker` (a previous page's
     /// [`Listing::next_marker`]). A missing container is an empty listing. Page blobs that are
     /// not leased are remembered with their sequence number, so that an acquire right after
     /// hands out the next fencing token in one request (the ETag in the acquire's answer shows
     /// whether the blob changed since).
+    ///
+    /// Names are lock names. With [spread names](AzureMutexBuilder::spread_names) a prefix that
+    /// holds a `/` (a semaphore's `name/`) is listed as one blob prefix; any other prefix is
+    /// looked for among all the container's blobs, page by page, and blobs that are not this
+    /// mutex's locks are left out.
     pub async fn list(&self, prefix: &str, marker: Option<&str>) -> Result<Listing, Error> {
         self.list_until(prefix, marker, self.inner.client.default_deadline())
             .await
@@ -82,7 +87,9 @@ impl AzureMutex {
         let mut req = RestRequest::new("list-blobs", Method::GET, self.inner.container.as_str(), None)
             .query("restype", "container")
             .query("comp", "list")
-            .query("prefix", prefix)
+            // With spread names, lock names that share a whole first segment share a blob
+            // prefix; other prefixes are looked for among all blobs.
+            .query("prefix", self.blob_prefix(prefix).unwrap_or_default())
             .query("include", "metadata")
             .query("maxresults", MAX_LISTED.to_string())
             .max_body(MAX_LIST_BODY_BYTES);
@@ -106,7 +113,16 @@ impl AzureMutex {
         })?;
         let mut blobs = Vec::with_capacity(raws.len());
         for raw in raws {
-            let Some(name) = raw.name else { continue };
+            // Lock names, not blob names (see `AzureMutexBuilder::spread_names`).
+            let Some(name) = raw
+                .name
+                .as_deref()
+                .and_then(|blob| self.lock_of_blob(blob))
+                .filter(|name| name.starts_with(prefix))
+                .map(str::to_string)
+            else {
+                continue;
+            };
             let p = |k: &str| raw.props.get(k).map(String::as_str);
             let state = p("LeaseState")
                 .and_then(LeaseState::parse)
@@ -184,7 +200,7 @@ impl AzureMutex {
             "put-record",
             Method::PUT,
             self.inner.container.as_str(),
-            Some(name.as_str()),
+            Some(&self.blob(name)?),
         )
         .header("x-ms-blob-type", "BlockBlob");
         if create_only {
@@ -218,7 +234,7 @@ impl AzureMutex {
             "delete-record",
             Method::DELETE,
             self.inner.container.as_str(),
-            Some(name.as_str()),
+            Some(&self.blob(name)?),
         );
         let resp = self
             .inner

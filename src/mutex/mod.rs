@@ -25,6 +25,7 @@ mod create;
 mod fence;
 mod lease;
 mod list;
+mod names;
 mod record;
 mod stamp;
 #[cfg(test)]
@@ -46,9 +47,25 @@ pub struct AzureMutexBuilder {
     create_container: bool,
     fencing: bool,
     holder: Option<Holder>,
+    spread_names: bool,
 }
 
 impl AzureMutexBuilder {
+    /// Whether each lock's blob name starts with a short hash of the lock name (default
+    /// `false`): `job-00001` is kept in the blob `5fc-job-00001`. Blob storage serves names that
+    /// sort together from one partition; a process that holds thousands of locks named
+    /// `job-00001`, `job-00002`, … sends all its renewals there. The prefix spreads them from the
+    /// first request (see [the partitioning advice](https://learn.microsoft.com/en-us/azure/storage/blobs/storage-performance-checklist#partitioning)).
+    ///
+    /// Every client of a lock must agree on this setting: with and without it, the same lock
+    /// name is two different blobs, so two locks. Lock names keep their meaning everywhere else
+    /// (`status`, listings and semaphores show and take lock names, not blob names). Off by
+    /// default so that blobs keep the names users and other tools see.
+    pub fn spread_names(mut self, yes: bool) -> Self {
+        self.spread_names = yes;
+        self
+    }
+
     /// Whether acquire may create the container when it is missing (default `true`).
     pub fn create_container(mut self, yes: bool) -> Self {
         self.create_container = yes;
@@ -87,6 +104,7 @@ impl AzureMutexBuilder {
                 fencing: self.fencing,
                 holder: self.holder,
                 pages: fence::PageCache::default(),
+                spread_names: self.spread_names,
             }),
         })
     }
@@ -117,6 +135,7 @@ struct Inner {
     fencing: bool,
     holder: Option<Holder>,
     pages: fence::PageCache,
+    spread_names: bool,
 }
 
 fn name(lock: impl TryInto<LockName, Error = InvalidInput>) -> Result<LockName, InvalidInput> {
@@ -133,6 +152,7 @@ impl AzureMutex {
             create_container: true,
             fencing: false,
             holder: None,
+            spread_names: false,
         }
     }
 
@@ -151,10 +171,15 @@ impl AzureMutex {
         self.inner.fencing
     }
 
-    fn lease_request(&self, lock: &LockName, action: &'static str) -> RestRequest {
-        RestRequest::new(action, Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
-            .query("comp", "lease")
-            .header("x-ms-lease-action", action)
+    fn lease_request(&self, lock: &LockName, action: &'static str) -> Result<RestRequest, InvalidInput> {
+        Ok(RestRequest::new(
+            action,
+            Method::PUT,
+            self.inner.container.as_str(),
+            Some(&self.blob(lock)?),
+        )
+        .query("comp", "lease")
+        .header("x-ms-lease-action", action))
     }
 
     /// Acquires `lock` for `duration` under a fresh random lease id
@@ -199,7 +224,7 @@ impl AzureMutex {
         deadline: Instant,
     ) -> Result<Lease, Error> {
         let req = self
-            .lease_request(lock, "acquire")
+            .lease_request(lock, "acquire")?
             .header("x-ms-lease-duration", duration.header())
             .header("x-ms-proposed-lease-id", id.to_string());
         // Steady state: one request. Only a 404 leads to creating what is missing (bounded).
@@ -276,7 +301,7 @@ impl AzureMutex {
     /// [`AzureMutex::renew`] with retries bounded by `deadline`.
     pub async fn renew_until(&self, lease: &mut Lease, deadline: Instant) -> Result<Grant, Error> {
         let req = self
-            .lease_request(&lease.lock, "renew")
+            .lease_request(&lease.lock, "renew")?
             .header("x-ms-lease-id", lease.id.to_string())
             .min_retry_gap(MIN_RENEWAL_GAP);
         let resp = self.inner.client.send(&req, deadline).await?;
@@ -293,7 +318,7 @@ impl AzureMutex {
     /// restarted. Safe to retry.
     pub async fn change(&self, lease: &mut Lease, new_id: LeaseId) -> Result<(), Error> {
         let req = self
-            .lease_request(&lease.lock, "change")
+            .lease_request(&lease.lock, "change")?
             .header("x-ms-lease-id", lease.id.to_string())
             .header("x-ms-proposed-lease-id", new_id.to_string());
         let resp = self
@@ -324,7 +349,7 @@ impl AzureMutex {
         // A release never waits behind version negotiation: it is often cleanup, due within a
         // few seconds, after the very request that holds the negotiation gate was abandoned.
         let req = self
-            .lease_request(&lease.lock, "release")
+            .lease_request(&lease.lock, "release")?
             .header("x-ms-lease-id", lease.id.to_string())
             .bypassing_version_gate();
         let resp = self.inner.client.send(&req, deadline).await?;
@@ -350,7 +375,7 @@ impl AzureMutex {
         period: Option<BreakPeriod>,
     ) -> Result<Duration, Error> {
         let lock = name(lock)?;
-        let mut req = self.lease_request(&lock, "break");
+        let mut req = self.lease_request(&lock, "break")?;
         if let Some(p) = period {
             req = req.header("x-ms-lease-break-period", p.get().to_string());
         }
@@ -433,7 +458,7 @@ impl AzureMutex {
             "get-properties",
             Method::HEAD,
             self.inner.container.as_str(),
-            Some(lock.as_str()),
+            Some(&self.blob(lock)?),
         );
         let resp = self.inner.client.send(&req, deadline).await?;
         match resp.status {

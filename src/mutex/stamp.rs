@@ -155,11 +155,16 @@ impl AzureMutex {
         content: &[(&'static str, String)],
         deadline: Instant,
     ) -> Result<RestResponse, Error> {
-        let mut req = RestRequest::new("fence", Method::PUT, self.inner.container.as_str(), Some(lock.as_str()))
-            .query("comp", "properties")
-            .header("x-ms-lease-id", id.to_string())
-            .header("x-ms-sequence-number-action", "max")
-            .header("x-ms-blob-sequence-number", to.to_string());
+        let mut req = RestRequest::new(
+            "fence",
+            Method::PUT,
+            self.inner.container.as_str(),
+            Some(&self.blob(lock)?),
+        )
+        .query("comp", "properties")
+        .header("x-ms-lease-id", id.to_string())
+        .header("x-ms-sequence-number-action", "max")
+        .header("x-ms-blob-sequence-number", to.to_string());
         for (name, value) in content {
             req = req.header(name, value.clone());
         }
@@ -180,7 +185,7 @@ impl AzureMutex {
             "set-metadata",
             Method::PUT,
             self.inner.container.as_str(),
-            Some(lock.as_str()),
+            Some(&self.blob(lock)?),
         )
         .query("comp", "metadata")
         .header("x-ms-lease-id", id.to_string());

@@ -230,7 +230,10 @@ mod tests {
         for i in 0..20 {
             let (s, order) = (s.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let t = s.turn(if i % 2 == 0 { Class::Acquire } else { Class::Other }, far()).await.unwrap();
+                let t = s
+                    .turn(if i % 2 == 0 { Class::Acquire } else { Class::Other }, far())
+                    .await
+                    .unwrap();
                 order.lock().unwrap().push(format!("bulk{i}"));
                 tokio::task::yield_now().await;
                 drop(t);

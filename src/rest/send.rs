@@ -8,9 +8,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use url::Url;
 
 use super::schedule::Class;
-use crate::telemetry;
 use super::version::refuses_version;
 use super::*;
+use crate::telemetry;
 
 impl BlobClient {
     /// Sends `req`, retrying transient failures (connection errors, timeouts, 408, 429, 500,
