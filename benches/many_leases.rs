@@ -263,7 +263,7 @@ async fn main() {
     if let Some(s) = staller {
         s.join().unwrap();
     }
-    let s = samples.lock().unwrap();
+    let s = std::mem::take(&mut *samples.lock().unwrap());
     let window: Vec<u64> = s.per_second[seconds_before.min(s.per_second.len())..].to_vec();
     let requests = req2 - req1;
     let periods = held_for.as_secs_f64() / every.as_secs_f64();
@@ -300,7 +300,6 @@ async fn main() {
         acquired_in.as_secs_f64(),
         client.acquire_rate,
     );
-    drop(s);
     let _ = cpu0;
     for mut g in guards {
         let _ = g.release().await;
