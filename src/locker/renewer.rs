@@ -103,14 +103,15 @@ impl Renewer {
             };
             if allowed {
                 *current = next;
+                // Counted before anyone waiting on the state hears of it.
+                match next {
+                    State::Lost(reason) => self.holding.end(Some(reason)),
+                    State::Released => self.holding.end(None),
+                    State::Held(_) => {}
+                }
             }
             allowed
         });
-        match *self.state.borrow() {
-            State::Lost(reason) => self.holding.end(Some(reason)),
-            State::Released => self.holding.end(None),
-            State::Held(_) => {}
-        }
     }
 
     pub(super) fn lose(&self, reason: LostReason, why: &dyn fmt::Display) {
