@@ -34,18 +34,23 @@ use common::faults::{Fault, FaultProxy};
 /// The peak comes from `VmHWM` in /proc/self/status, not from `getrusage`: `ru_maxrss` survives
 /// `execve`, so under `cargo bench` it reports cargo's own footprint (about 68 MiB here).
 fn usage() -> (Duration, u64) {
+    let (cpu, hwm, _) = usage_now();
+    (cpu, hwm)
+}
+
+/// CPU time, peak RSS and current RSS (KiB).
+fn usage_now() -> (Duration, u64, u64) {
     // SAFETY: getrusage fills the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(ru.ru_maxrss as u64);
-    (tv(ru.ru_utime) + tv(ru.ru_stime), hwm)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let hwm = field("VmHWM:").unwrap_or(ru.ru_maxrss as u64);
+    (tv(ru.ru_utime) + tv(ru.ru_stime), hwm, field("VmRSS:").unwrap_or(0))
 }
 
 fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -218,9 +223,11 @@ async fn main() {
     }
     let acquired_in = t0.elapsed();
     let req_acquired = mutex.client().requests_sent();
+    let (_, peak_acquiring, _) = usage_now();
     println!(
-        "acquired {n} existing locks in {acquired_in:.1?} at a pace of {} a second ({req_acquired} requests)",
-        client.acquire_rate
+        "acquired {n} existing locks in {acquired_in:.1?} at a pace of {} a second ({req_acquired} requests; peak RSS so far {:.1} MiB)",
+        client.acquire_rate,
+        peak_acquiring as f64 / 1024.0
     );
 
     // The steady state starts one renewal interval after the last acquisition.
@@ -250,7 +257,7 @@ async fn main() {
     }
     let held_for = t1.elapsed();
     let req2 = mutex.client().requests_sent();
-    let (cpu2, rss) = usage();
+    let (cpu2, rss, rss_now) = usage_now();
     let lost = guards.iter().filter(|g| !g.is_held()).count();
     let reasons: Vec<String> = guards
         .iter()

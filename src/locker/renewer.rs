@@ -157,7 +157,7 @@ impl Renewer {
             // request it sent started no later than when it ended or was dropped, which is what
             // `last_attempt` records for the confirming renewal of a release.
             let outcome = tokio::select! {
-                r = self.mutex.renew_until(&mut self.lease, attempt_deadline(&self.mutex, validity.until)) => Some(r),
+                r = Box::pin(self.mutex.renew_until(&mut self.lease, attempt_deadline(&self.mutex, validity.until))) => Some(r),
                 _ = sleep_until(validity.until.into()) => None,
                 c = &mut commands => {
                     self.last_attempt = Some(Instant::now());
@@ -217,7 +217,8 @@ impl Renewer {
             // The guard vanished without a word (cannot happen: Drop sends). Let it expire.
             return;
         };
-        let result = self.release().await;
+        // Boxed, as the renewal above: a sleeping renewer stays small.
+        let result = Box::pin(self.release()).await;
         if matches!(result, Ok(Released::Confirmed)) {
             tracing::info!(lock = %self.lease.lock(), "lock released");
         }

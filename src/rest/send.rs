@@ -58,9 +58,10 @@ impl BlobClient {
                 }
             } else {
                 let started = Instant::now();
-                let attempt = self
-                    .attempt(req, &url, &client_request_id, &version, timeout, attempts)
-                    .await;
+                // Boxed: the request in flight (reqwest's future, a kilobyte or more) is
+                // allocated only while it is; a call waiting for its turn or its next retry, as
+                // thousands of renewals and paced acquisitions may, stays small.
+                let attempt = Box::pin(self.attempt(req, &url, &client_request_id, &version, timeout, attempts)).await;
                 let outcome = match &attempt {
                     Ok(Attempt::Done(resp)) => telemetry::outcome_of(resp.status, resp.header("x-ms-error-code")),
                     Ok(Attempt::Retry { throttled: Some(_), .. }) => "throttled",
