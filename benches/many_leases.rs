@@ -279,8 +279,9 @@ async fn main() {
     let peak_second = window.iter().copied().max().unwrap_or(0);
     let cpu = (cpu2 - cpu1).as_secs_f64() / held_for.as_secs_f64() * 100.0;
     println!(
-        "steady state: {requests} requests in {held_for:.1?}; per second: min {} max {peak_second}",
-        window.iter().min().unwrap_or(&0)
+        "steady state: {requests} requests in {held_for:.1?}; per second: min {} max {peak_second}; RSS now {:.1} MiB",
+        window.iter().min().unwrap_or(&0),
+        rss_now as f64 / 1024.0
     );
     if let Some(p) = &proxy {
         let (hits, forwarded) = p.stats();
