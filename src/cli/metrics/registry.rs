@@ -150,10 +150,14 @@ impl Registry {
         Some(storage)
     }
 
-    /// Keeps `description` as the `# HELP` text of `key` (the last description wins).
+    /// Keeps `description` as the `# HELP` text of `key` (the last description wins; at most
+    /// [`MAX_SERIES`] names are described).
     fn describe(&self, key: KeyName, description: SharedString) {
         let name = metric_name(key.as_str());
-        self.lock().help.insert(name, description.into_owned());
+        let mut state = self.lock();
+        if state.help.len() < MAX_SERIES || state.help.contains_key(&name) {
+            state.help.insert(name, description.into_owned());
+        }
     }
 
     /// Every metric in the Prometheus text format 0.0.4: per name (sorted) `# HELP` (if

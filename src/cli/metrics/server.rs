@@ -58,8 +58,10 @@ impl Default for Limits {
 }
 
 /// Serves `/metrics` from `registry` and `/healthz` from `health` (`Ok(text)`: 200,
-/// `Err(text)`: 503) on `listener` with the default [`Limits`], until the task is dropped or
-/// aborted. Spawn it on the runtime: `tokio::spawn(serve(listener, registry, health))`.
+/// `Err(text)`: 503) on `listener` with the default [`Limits`], until the future is dropped
+/// (a spawned task aborted), which also ends the connections being served. Spawn it on the
+/// runtime: `tokio::spawn(serve(listener, registry, health))`. `health` runs on the runtime at
+/// every `/healthz` request: it must answer at once (read a flag or a watch), never block.
 pub(crate) async fn serve<H>(listener: TcpListener, registry: Registry, health: H)
 where
     H: Fn() -> Result<String, String> + Send + Sync + 'static,
@@ -78,7 +80,10 @@ where
         limits,
     });
     let slots = Arc::new(Semaphore::new(limits.connections.min(Semaphore::MAX_PERMITS)));
+    // Connections' tasks, aborted with this future (a stopped server leaves none behind).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {} // reap the finished ones
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(error) => {
@@ -93,7 +98,7 @@ where
             continue;
         };
         let endpoint = Arc::clone(&endpoint);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             endpoint.answer(stream).await;
             drop(slot);
         });

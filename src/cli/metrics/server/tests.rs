@@ -334,6 +334,27 @@ async fn clients_that_leave_early_do_not_hurt_the_server() {
     assert!(!server.task.is_finished(), "the server still runs");
 }
 
+#[tokio::test]
+async fn stopping_the_server_ends_its_connections() {
+    let limits = Limits {
+        read_timeout: Duration::from_secs(600),
+        ..Limits::default()
+    };
+    let server = start(limits).await;
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    // Answered after the silent one was accepted (in connection order).
+    assert_eq!(status(&exchange(server.addr, &get("/metrics")).await), "200");
+    server.task.abort();
+    let answer = timeout(CEILING, read_all(&mut silent))
+        .await
+        .expect("closed with the server");
+    assert_eq!(answer, "");
+    let refused = timeout(CEILING, TcpStream::connect(server.addr))
+        .await
+        .expect("connect attempt");
+    assert!(refused.is_err(), "the listener is closed");
+}
+
 #[test]
 fn heads_end_at_a_blank_line() {
     assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n"), Some(18));
