@@ -378,18 +378,17 @@ fn sanitize(name: &str, allowed: impl Fn(char) -> bool) -> String {
 /// the same series), the first of repeated names kept; a histogram's own `le` label is renamed
 /// `exported_le` (as Prometheus renames clashing labels), so that it cannot clash with buckets.
 fn labels_of(key: &Key, kind: Kind) -> Labels {
-    let mut labels: Labels = key
-        .labels()
-        .map(|label| {
-            let mut name = label_name(label.key());
-            if kind == Kind::Histogram && name == "le" {
-                name = "exported_le".to_string();
-            }
-            (name, label.value().to_string())
-        })
-        .collect();
-    labels.sort_by(|a, b| a.0.cmp(&b.0)); // stable: the first of equal names stays first
-    labels.dedup_by(|later, earlier| later.0 == earlier.0);
+    let mut labels = Labels::with_capacity(key.labels().len());
+    for label in key.labels() {
+        let mut name = label_name(label.key());
+        if kind == Kind::Histogram && name == "le" {
+            name = "exported_le".to_string();
+        }
+        // Insertion into the sorted list (a handful of labels): no sort routine in the binary.
+        if let Err(at) = labels.binary_search_by(|(other, _)| other.as_str().cmp(&name)) {
+            labels.insert(at, (name, label.value().to_string()));
+        }
+    }
     labels
 }
 
