@@ -92,6 +92,43 @@ fn port(s: &str, shown: &str) -> Result<u16, String> {
 mod tests {
     use super::*;
 
+    /// The only test in this binary that installs a global recorder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_installs_binds_and_serves_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let busy = taken.local_addr().expect("address");
+        let error = start(busy, Registry::new(), || Ok(String::new())).await.err();
+        assert!(
+            error.is_some_and(|e| e.contains("cannot listen")),
+            "a port in use is refused"
+        );
+
+        let registry = Registry::new();
+        let (addr, task) = start(parse_addr(":0").expect("port 0"), registry.clone(), || Ok("ok".into()))
+            .await
+            .expect("started");
+        assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+        // Emitted from another task (on another worker thread, maybe): the global recorder.
+        tokio::spawn(async { ::metrics::counter!("azmutex_started_total", "by" => "test").increment(2) })
+            .await
+            .expect("task");
+        assert!(registry.render().contains("azmutex_started_total{by=\"test\"} 2\n"));
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read_to_string(&mut answer));
+        read.await.expect("answered in time").expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\nazmutex_started_total{by=\"test\"} 2\n"), "{answer}");
+
+        let again = start(parse_addr(":0").expect("port 0"), Registry::new(), || Ok(String::new())).await;
+        assert!(again.is_err_and(|e| e.contains("already installed")));
+        task.abort();
+    }
+
     fn ok(s: &str) -> String {
         parse_addr(s).unwrap_or_else(|e| panic!("{s}: {e}")).to_string()
     }

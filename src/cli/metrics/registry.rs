@@ -540,6 +540,29 @@ mod tests {
     }
 
     #[test]
+    fn increments_from_many_threads_are_all_counted() {
+        let registry = Registry::new();
+        let metadata = Metadata::new("test", metrics::Level::INFO, None);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        let key = Key::from_parts("c", vec![metrics::Label::new("x", "1")]);
+                        registry.register_counter(&key, &metadata).increment(1);
+                        registry.register_gauge(&Key::from_name("g"), &metadata).increment(1.0);
+                        registry.register_histogram(&Key::from_name("h"), &metadata).record(0.5);
+                    }
+                });
+            }
+        });
+        let text = registry.render();
+        assert!(text.contains("c{x=\"1\"} 4000\n"), "{text}");
+        assert!(text.contains("\ng 4000\n"), "{text}");
+        assert!(text.contains("h_bucket{le=\"0.5\"} 4000\n"), "{text}");
+        assert!(text.contains("h_sum 2000\nh_count 4000\n"), "{text}");
+    }
+
+    #[test]
     fn series_beyond_the_cap_do_nothing() {
         let registry = Registry::new();
         with(&registry, || {
