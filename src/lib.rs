@@ -94,7 +94,7 @@ pub use auth::{
 pub use config::{AuthChoice, ConfigError, StorageConfig};
 pub use election::{Election, Leader, Leadership, Observer};
 pub use error::{Error, InvalidInput, LostReason, ServiceError, TransientCause};
-pub use locker::{LeaseInfo, LockError, LockGuard, Locker, LockerOptions};
+pub use locker::{LeaseInfo, LockError, LockGuard, LockStatus, Locker, LockerOptions};
 pub use mutex::{
     AzureMutex, AzureMutexBuilder, Grant, Holder, HolderInfo, Lease, LeaseKind, LeaseState, ListedBlob, Listing,
     LockInfo, Released,

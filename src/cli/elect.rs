@@ -7,8 +7,9 @@ use std::time::Duration;
 use azmutex::{Election, LockError, Released};
 use clap::Args;
 
+use super::metrics::{serve_if, Health, Phase};
 use super::output::{out, parse_duration, say};
-use super::run::{holder, supervised, supervised_options, Outcome, Spec};
+use super::run::{holder, supervised, supervised_options, Outcome, Spec, SAFETY_MARGIN};
 use super::signals::Signals;
 use super::{exit, Context, Failure};
 
@@ -63,6 +64,11 @@ pub struct ElectArgs {
     /// `azmutex`).
     #[arg(long)]
     pub owner: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics (azmutex_leader says whether this process
+    /// leads) and a health check on /healthz (503 when renewal is behind or leadership lost)
+    /// while campaigning and leading. ADDR: PORT or :PORT (loopback), IP:PORT, [IPv6]:PORT.
+    #[arg(long, value_name = "ADDR", value_parser = super::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The command to run while leading, after `--` (optional).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -71,6 +77,13 @@ pub struct ElectArgs {
 pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     // Storage failing for a whole --timeout ends a campaign (exit 69), as `run` without --wait.
     let mut options = supervised_options(args.lease, args.kill_grace, Some(ctx.conn.timeout))?;
+    // Serving first: the recorder must be in place before the first request is counted.
+    let health = Health::new(
+        Duration::from_secs(args.lease).saturating_sub(SAFETY_MARGIN),
+        Duration::from_secs(args.lease) / 3,
+    );
+    health.set(Phase::Standby);
+    let _serving = serve_if(args.metrics, &health, ctx.quiet).await?;
     // A standby tries every 0.25-0.5 s (jittered): a resigning leader's successor starts well
     // within a second (about two requests a second per standby).
     options.poll_max = STANDBY_POLL;
@@ -106,6 +119,7 @@ pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
             Err(LockError::Cancelled { .. }) => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),
             Err(e) => return Err(e.into()),
         };
+        health.set(Phase::Held(leadership.status()));
         if !ctx.quiet {
             say(format_args!(
                 "azmutex: elected leader of {:?} (epoch {})",
@@ -139,14 +153,20 @@ pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
                 ("AZMUTEX_FENCING_TOKEN", leadership.epoch().to_string()),
                 ("AZMUTEX_LEASE_ID", leadership.lease_id().to_string()),
             ];
-            match supervised(ctx, &spec, &args.command, &env, &mut leadership, &mut signals).await? {
+            let outcome = supervised(ctx, &spec, &args.command, &env, &mut leadership, &mut signals).await;
+            if !matches!(outcome, Ok(Outcome::Lost)) {
+                health.set(Phase::Done);
+            }
+            match outcome? {
                 Outcome::Exited(code) => return Ok(code),
                 Outcome::Lost => {}
             }
         }
         if args.once {
+            health.set(Phase::Done);
             return Ok(exit::LOST);
         }
+        health.set(Phase::Standby);
         if !ctx.quiet {
             say(format_args!("azmutex: campaigning again for {:?}", args.name));
         }

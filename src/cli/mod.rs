@@ -6,8 +6,6 @@ mod commands;
 mod docs;
 mod elect;
 mod logging;
-// Not wired into `run`/`elect` yet (their `--metrics` flag comes next): until then nothing calls it.
-#[allow(dead_code)]
 mod metrics;
 mod observe;
 mod output;

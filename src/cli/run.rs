@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
 
+use super::metrics::{serve_if, Health, Phase};
 use super::spawn::Child;
 
 use super::output::{parse_duration, printable, rfc3339, say};
@@ -74,6 +75,11 @@ pub struct RunArgs {
     /// also gets AZMUTEX_SLOT.
     #[arg(long, value_name = "N", value_parser = super::slots::parse_slots)]
     pub slots: Option<u32>,
+    /// Serve Prometheus metrics on http://ADDR/metrics and a health check on /healthz (503 when
+    /// renewal is behind or the lock is lost) while the command runs. ADDR: PORT or :PORT
+    /// (loopback), IP:PORT, [IPv6]:PORT; port 0 picks a free one (printed).
+    #[arg(long, value_name = "ADDR", value_parser = super::metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -138,7 +144,7 @@ pub fn describe_holder(info: &azmutex::LockInfo) -> String {
 }
 
 /// Safety margin kept before the lease's local deadline (the library's default).
-const SAFETY_MARGIN: Duration = Duration::from_secs(2);
+pub(super) const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 
 /// Checks that lease, renewal interval, safety margin and kill grace fit together: the command
 /// must be dead (SIGKILL sent) by deadline − margin, and renewals need time before that.
@@ -194,6 +200,12 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
         args.no_wait = true;
     }
     let options = locker_options(&args, ctx.conn.timeout)?;
+    // Serving first: the recorder must be in place before the first request is counted.
+    let health = Health::new(
+        Duration::from_secs(args.lease).saturating_sub(SAFETY_MARGIN),
+        Duration::from_secs(args.lease) / 3,
+    );
+    let _serving = serve_if(args.metrics, &health, ctx.quiet).await?;
     // The default owner is the program's name only: its arguments may hold secrets, and the
     // owner is shown to every other user of the lock.
     let owner = args.owner.clone().unwrap_or_else(|| {
@@ -285,6 +297,7 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             Err(e) => return Err(e.into()),
         }
     };
+    health.set(Phase::Held(guard.status()));
     if slot.is_none() && !ctx.quiet && started.elapsed() > Duration::from_millis(500) {
         say(format_args!(
             "azmutex: acquired lock {:?} after waiting {:.1}s (fencing token {})",
@@ -310,7 +323,9 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
     if let Some(n) = slot {
         env.push(("AZMUTEX_SLOT", n.to_string()));
     }
-    match supervised(ctx, &spec, &args.command, &env, &mut guard, &mut signals).await? {
+    let outcome = supervised(ctx, &spec, &args.command, &env, &mut guard, &mut signals).await;
+    health.set(Phase::Done);
+    match outcome? {
         Outcome::Exited(code) => Ok(code),
         Outcome::Lost => Ok(exit::LOST),
     }

@@ -64,6 +64,63 @@ pub struct LockGuard {
     pub(super) holding: Arc<Holding>,
 }
 
+/// A read-only view of a [`LockGuard`]'s state ([`LockGuard::status`]): the same answers as
+/// the guard's own [`is_held`](LockGuard::is_held), [`lost_reason`](LockGuard::lost_reason) and
+/// [`valid_until`](LockGuard::valid_until), without borrowing it.
+#[derive(Clone)]
+pub struct LockStatus {
+    state: watch::Receiver<State>,
+    lapsed: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for LockStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockStatus")
+            .field("state", &*self.state.borrow())
+            .finish()
+    }
+}
+
+impl LockStatus {
+    /// See [`LockGuard::is_held`].
+    pub fn is_held(&self) -> bool {
+        self.lost_reason().is_none() && matches!(*self.state.borrow(), State::Held(_))
+    }
+
+    /// See [`LockGuard::lost_reason`].
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        let renewer_gone = self.state.has_changed().is_err();
+        match *self.state.borrow() {
+            State::Lost(r) => Some(r),
+            State::Held(v)
+                if self.lapsed.load(Ordering::SeqCst)
+                    || renewer_gone
+                    || !v.holds(Instant::now(), SystemTime::now()) =>
+            {
+                self.lapsed.store(true, Ordering::SeqCst);
+                Some(LostReason::Expired)
+            }
+            _ => None,
+        }
+    }
+
+    /// See [`LockGuard::valid_until`].
+    pub fn valid_until(&self) -> Option<Instant> {
+        if self.lost_reason().is_some() {
+            return None;
+        }
+        match *self.state.borrow() {
+            State::Held(v) => Some(v.until),
+            _ => None,
+        }
+    }
+
+    /// Whether the guard was released (by its owner; not lost).
+    pub fn is_released(&self) -> bool {
+        matches!(*self.state.borrow(), State::Released)
+    }
+}
+
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
@@ -126,25 +183,13 @@ impl LockGuard {
     /// Whether the lock is still ours: not lost, not released, before the local deadline on
     /// both clocks, and the renewal task alive. Cheap (no I/O).
     pub fn is_held(&self) -> bool {
-        self.lost_reason().is_none() && matches!(*self.state.borrow(), State::Held(_))
+        self.status().is_held()
     }
 
     /// Why the lock was lost, if it was (including a passed local deadline and a renewal task
     /// that stopped without a verdict, both [`LostReason::Expired`]).
     pub fn lost_reason(&self) -> Option<LostReason> {
-        let renewer_gone = self.state.has_changed().is_err();
-        match *self.state.borrow() {
-            State::Lost(r) => Some(r),
-            State::Held(v)
-                if self.lapsed.load(Ordering::SeqCst)
-                    || renewer_gone
-                    || !v.holds(Instant::now(), SystemTime::now()) =>
-            {
-                self.lapsed.store(true, Ordering::SeqCst);
-                Some(LostReason::Expired)
-            }
-            _ => None,
-        }
+        self.status().lost_reason()
     }
 
     /// The local deadline: until when the lock counts as held unless a renewal is confirmed
@@ -153,12 +198,15 @@ impl LockGuard {
     /// is lost or released. A supervisor that must stop work by the lease's end can arm its
     /// own timer with it (see [`LockGuard::changed`]).
     pub fn valid_until(&self) -> Option<Instant> {
-        if self.lost_reason().is_some() {
-            return None;
-        }
-        match *self.state.borrow() {
-            State::Held(v) => Some(v.until),
-            _ => None,
+        self.status().valid_until()
+    }
+
+    /// A read-only view of this guard's state that does not borrow it (cheap to clone): for a
+    /// health check, a dashboard or a watchdog beside the work that holds the guard.
+    pub fn status(&self) -> LockStatus {
+        LockStatus {
+            state: self.state.clone(),
+            lapsed: self.lapsed.clone(),
         }
     }
 

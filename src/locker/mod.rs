@@ -26,7 +26,7 @@ mod renewer;
 mod tests;
 mod wait;
 
-pub use guard::LockGuard;
+pub use guard::{LockGuard, LockStatus};
 pub use options::{LockerOptions, INFINITE_LEASE_WINDOW, MIN_RENEWAL_GAP, MIN_SAFETY_MARGIN};
 
 use guard::*;

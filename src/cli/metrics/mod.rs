@@ -6,8 +6,11 @@
 //! registry as the process's recorder, binds, spawns the server and returns the bound address
 //! to log); abort the returned task when the command ends.
 
+mod health;
 mod registry;
 mod server;
+
+pub(crate) use health::{serve_if, Health, Phase};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
