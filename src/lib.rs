@@ -64,6 +64,16 @@
 //!   do not compile clap and the CLI's other dependencies.
 //! - `entra`: Entra ID token credentials (managed identity, workload identity, client secret,
 //!   Azure CLI); on by default.
+//! - `metrics`: counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics)
+//!   facade ([`telemetry`] lists them); off by default, and without it nothing is compiled in.
+//!
+//! ## Many locks in one process
+//!
+//! Clones of an [`AzureMutex`] share one connection pool and one schedule: at most
+//! [`ClientOptions::max_connections`] requests in flight, renewals and releases served before
+//! anything else, acquisitions paced at [`ClientOptions::acquire_rate`] a second; among several
+//! leases, first renewals are spread over the renewal interval. A process can hold 10,000 leases
+//! this way (see the README's capacity table for what they cost an account).
 //!
 //! Items that need a feature say so in these docs.
 
