@@ -236,9 +236,9 @@ impl AzureMutex {
             }
             match (resp.status, resp.error().code.as_deref()) {
                 (404, Some("ContainerNotFound")) if self.inner.create_container && creations < 3 => {
-                    self.create_container(deadline).await?;
+                    Box::pin(self.create_container(deadline)).await?;
                 }
-                (404, Some("BlobNotFound")) if creations < 3 => self.create_blob(lock, deadline).await?,
+                (404, Some("BlobNotFound")) if creations < 3 => Box::pin(self.create_blob(lock, deadline)).await?,
                 _ => return Err(self.classify(lock, &resp, Op::Acquire)),
             }
             creations += 1;
@@ -254,7 +254,7 @@ impl AzureMutex {
         if let Err(e) = self.check_returned_id(lock, &resp, id) {
             // 201 without our id: the service (or something in between) did not confirm that
             // the lease is ours. Nothing may run under it; release what may be ours.
-            self.release_quietly(&lease, deadline).await;
+            Box::pin(self.release_quietly(&lease, deadline)).await;
             return Err(Error::Unexpected {
                 service: e.service().cloned().unwrap_or_else(|| resp.error()),
                 detail: format!(
@@ -268,11 +268,13 @@ impl AzureMutex {
             // The stamp must not outlive the lease it is written under.
             let stamp_deadline = grant.deadline.map_or(deadline, |d| d.min(deadline));
             let acquired_etag = resp.header("etag").map(str::to_string);
-            match self.stamp(lock, id, acquired_etag, stamp_deadline).await {
+            // Boxed, as the creations above: an acquisition waiting for its turn (thousands may,
+            // paced) holds only what its first request needs.
+            match Box::pin(self.stamp(lock, id, acquired_etag, stamp_deadline)).await {
                 Ok(token) => lease.fencing_token = token,
                 Err(e) => {
                     // Do not keep a lease the caller will never hear of.
-                    self.release_quietly(&lease, deadline).await;
+                    Box::pin(self.release_quietly(&lease, deadline)).await;
                     return Err(e);
                 }
             }
