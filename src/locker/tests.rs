@@ -203,4 +203,3 @@ fn first_renewals_are_spread_only_among_other_leases() {
     // An interval too short to spread is left alone.
     assert_eq!(first_renewal(MIN_RENEWAL_GAP, true), MIN_RENEWAL_GAP);
 }
-

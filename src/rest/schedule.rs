@@ -4,7 +4,9 @@
 //! A process that holds thousands of leases and acquires thousands more must not let a renewal
 //! wait behind the acquisitions: a renewal that waits too long loses its lease. So:
 //! - at most [`ClientOptions::max_connections`] requests are in flight per client (and its
-//!   clones); the rest wait for a turn;
+//!   clones); the rest wait for a turn. An eighth of them (at least one, when there are two or
+//!   more) is kept for upkeep: requests that hang (a blackholed acquisition waits out its whole
+//!   request timeout) can never take every connection a renewal needs;
 //! - a turn goes to upkeep first ([`Class::Upkeep`]: renew, release, change, the requests that
 //!   keep or end a held lease), then to everything else in arrival order (acquisitions, waiter
 //!   polls, observers, reads);
@@ -47,7 +49,10 @@ impl Class {
 
 /// The turns of one client (shared by its clones).
 pub(crate) struct Schedule {
+    /// The most requests in flight.
     limit: usize,
+    /// The most requests in flight that are not upkeep (`limit` less the reserve).
+    others_limit: usize,
     queues: Mutex<Queues>,
     pace: Option<Pace>,
 }
@@ -55,19 +60,29 @@ pub(crate) struct Schedule {
 #[derive(Default)]
 struct Queues {
     in_flight: usize,
+    /// Of `in_flight`, those that are not upkeep.
+    others_in_flight: usize,
     upkeep: VecDeque<oneshot::Sender<Turn>>,
     other: VecDeque<oneshot::Sender<Turn>>,
 }
 
-/// The right to have one request in flight; the next waiter gets it when this is dropped.
+/// The right to have one request in flight; the next waiter gets one when this is dropped.
 pub(crate) struct Turn {
     schedule: Option<std::sync::Arc<Schedule>>,
+    upkeep: bool,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
         if let Some(schedule) = self.schedule.take() {
-            Schedule::pass_on(schedule);
+            {
+                let mut q = schedule.queues();
+                q.in_flight = q.in_flight.saturating_sub(1);
+                if !self.upkeep {
+                    q.others_in_flight = q.others_in_flight.saturating_sub(1);
+                }
+            }
+            Schedule::dispatch(&schedule);
         }
     }
 }
@@ -114,8 +129,11 @@ impl Pace {
 
 impl Schedule {
     pub(crate) fn new(options: &ClientOptions) -> Self {
+        let limit = options.max_connections.max(1);
+        let reserve = if limit >= 2 { (limit / 8).max(1) } else { 0 };
         Self {
-            limit: options.max_connections.max(1),
+            limit,
+            others_limit: limit - reserve,
             queues: Mutex::new(Queues::default()),
             pace: Pace::new(options.acquire_rate),
         }
@@ -123,6 +141,23 @@ impl Schedule {
 
     fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a request (`upkeep` or not) may start now, given `q`.
+    fn fits(&self, q: &Queues, upkeep: bool) -> bool {
+        q.in_flight < self.limit && (upkeep || q.others_in_flight < self.others_limit)
+    }
+
+    /// Counts a request of `upkeep` or not as started.
+    fn start(self: &std::sync::Arc<Self>, q: &mut Queues, upkeep: bool) -> Turn {
+        q.in_flight += 1;
+        if !upkeep {
+            q.others_in_flight += 1;
+        }
+        Turn {
+            schedule: Some(self.clone()),
+            upkeep,
+        }
     }
 
     /// Waits for a turn to send a request of `class`, until `deadline`. `None` if the deadline
@@ -136,19 +171,22 @@ impl Schedule {
                 }
             }
         }
+        let upkeep = class == Class::Upkeep;
         let rx = {
             let mut q = self.queues();
-            if q.in_flight < self.limit {
-                q.in_flight += 1;
-                return Some(Turn {
-                    schedule: Some(self.clone()),
-                });
+            // Nobody overtakes a waiter of the same class (or upkeep at all).
+            let queued_before = !q.upkeep.is_empty() || (!upkeep && !q.other.is_empty());
+            if !queued_before && self.fits(&q, upkeep) {
+                return Some(self.start(&mut q, upkeep));
             }
             let (tx, rx) = oneshot::channel();
-            match class {
-                Class::Upkeep => q.upkeep.push_back(tx),
-                Class::Acquire | Class::Other => q.other.push_back(tx),
+            let queue = if upkeep { &mut q.upkeep } else { &mut q.other };
+            // Waiters that gave up stay queued until a dispatch skips them; drop them now and
+            // then (amortized: when the queue doubles) so that they cannot pile up.
+            if queue.len() >= 64 && queue.len().is_power_of_two() {
+                queue.retain(|w| !w.is_closed());
             }
+            queue.push_back(tx);
             rx
         };
         // A turn handed to a waiter that has gone (deadline, cancelled) comes back through the
@@ -156,29 +194,31 @@ impl Schedule {
         tokio::time::timeout_at(deadline.into(), rx).await.ok()?.ok()
     }
 
-    /// A turn ended: hand it to the next waiter (upkeep first), or free it.
-    fn pass_on(schedule: std::sync::Arc<Self>) {
+    /// Hands out turns to waiters while they fit: upkeep first, then the others in order.
+    fn dispatch(schedule: &std::sync::Arc<Self>) {
         loop {
-            let next = {
+            let (tx, turn) = {
                 let mut q = schedule.queues();
-                match q.upkeep.pop_front().or_else(|| q.other.pop_front()) {
-                    Some(tx) => tx,
-                    None => {
-                        q.in_flight = q.in_flight.saturating_sub(1);
-                        return;
-                    }
-                }
+                let upkeep = if !q.upkeep.is_empty() && schedule.fits(&q, true) {
+                    true
+                } else if !q.other.is_empty() && schedule.fits(&q, false) {
+                    false
+                } else {
+                    return;
+                };
+                let tx = if upkeep {
+                    q.upkeep.pop_front()
+                } else {
+                    q.other.pop_front()
+                };
+                let Some(tx) = tx else { return };
+                (tx, schedule.start(&mut q, upkeep))
             };
-            let turn = Turn {
-                schedule: Some(schedule.clone()),
-            };
-            match next.send(turn) {
-                Ok(()) => return,
-                // The waiter is gone: take the turn back (without running its drop) and try
-                // the next one.
-                Err(mut turn) => {
-                    turn.schedule = None;
-                }
+            // A waiter that is gone hands the turn back through its drop (which dispatches
+            // again); either way, look for the next one.
+            if let Err(turn) = tx.send(turn) {
+                drop(turn);
+                return;
             }
         }
     }
@@ -186,7 +226,8 @@ impl Schedule {
     /// Requests in flight now, and requests waiting for a turn.
     pub(crate) fn load(&self) -> (usize, usize) {
         let q = self.queues();
-        (q.in_flight, q.upkeep.len() + q.other.len())
+        let waiting = q.upkeep.iter().chain(&q.other).filter(|w| !w.is_closed()).count();
+        (q.in_flight, waiting)
     }
 }
 
@@ -222,9 +263,9 @@ mod tests {
     /// renewal that arrives last is served first.
     #[tokio::test]
     async fn upkeep_is_never_queued_behind_acquisitions() {
+        // Two connections: one for anything, one kept for upkeep.
         let s = schedule(2, 0);
         let a = s.turn(Class::Acquire, far()).await.unwrap();
-        let b = s.turn(Class::Acquire, far()).await.unwrap();
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for i in 0..20 {
@@ -240,10 +281,16 @@ mod tests {
             }));
             tokio::task::yield_now().await;
         }
-        // Everything is queued now.
         while s.load().1 < 20 {
             tokio::task::yield_now().await;
         }
+        // The kept connection: a renewal goes at once, queue or not.
+        let first = tokio::time::timeout(Duration::from_secs(5), s.turn(Class::Upkeep, far()))
+            .await
+            .expect("the reserve serves upkeep at once")
+            .unwrap();
+        assert_eq!(s.load(), (2, 20));
+        // Both busy now: the next renewal waits, and goes before all 20.
         let renewal = {
             let (s, order) = (s.clone(), order.clone());
             tokio::spawn(async move {
@@ -257,7 +304,7 @@ mod tests {
         }
         drop(a);
         renewal.await.unwrap();
-        drop(b);
+        drop(first);
         for t in tasks {
             t.await.unwrap();
         }
@@ -270,27 +317,56 @@ mod tests {
         assert_eq!(s.load(), (0, 0));
     }
 
+    /// Requests that hang (each one waits out its timeout) never take the connections upkeep
+    /// needs: an eighth of them is kept for it.
+    #[tokio::test]
+    async fn hung_requests_never_take_every_connection() {
+        let s = schedule(8, 0);
+        let mut hung = Vec::new();
+        for _ in 0..7 {
+            hung.push(s.turn(Class::Acquire, far()).await.unwrap());
+        }
+        // An eighth acquisition waits (and gives up at its deadline)...
+        assert!(s
+            .turn(Class::Other, Instant::now() + Duration::from_millis(50))
+            .await
+            .is_none());
+        // ...but a renewal goes at once.
+        let renewal = tokio::time::timeout(Duration::from_secs(5), s.turn(Class::Upkeep, far()))
+            .await
+            .expect("upkeep is not starved")
+            .unwrap();
+        assert_eq!(s.load(), (8, 0));
+        drop(renewal);
+        drop(hung);
+        assert_eq!(s.load(), (0, 0));
+    }
+
     #[tokio::test]
     async fn never_more_in_flight_than_the_limit() {
-        let s = schedule(3, 0);
-        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..50 {
-            let (s, peak, now) = (s.clone(), peak.clone(), now.clone());
-            tasks.push(tokio::spawn(async move {
-                let _t = s.turn(Class::Other, far()).await.unwrap();
-                let n = now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            }));
+        for (mix, most) in [(false, 7), (true, 8)] {
+            let s = schedule(8, 0);
+            let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for i in 0..60 {
+                let (s, peak, now) = (s.clone(), peak.clone(), now.clone());
+                let class = if mix && i % 2 == 0 { Class::Upkeep } else { Class::Other };
+                tasks.push(tokio::spawn(async move {
+                    let _t = s.turn(class, far()).await.unwrap();
+                    let n = now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            // Others alone never use the kept connection.
+            assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), most, "mix {mix}");
+            assert_eq!(s.load(), (0, 0));
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 3);
-        assert_eq!(s.load(), (0, 0));
     }
 
     /// A waiter that gives up (deadline) or is cancelled does not take a turn with it.
@@ -308,7 +384,7 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move { s.turn(Class::Upkeep, far()).await.map(|_| ()) })
         };
-        while s.load().1 < 2 {
+        while s.load().1 < 1 {
             tokio::task::yield_now().await;
         }
         cancelled.abort();
