@@ -83,9 +83,9 @@ async fn a_renewal_is_never_queued_behind_bulk_acquisitions() {
             Instant::now()
         }));
     }
-    // Let the queue form: 4 in flight, 36 waiting.
+    // Let the queue form: 3 in flight (the fourth connection is kept for upkeep), 37 waiting.
     let t0 = Instant::now();
-    while mutex.client().load() != (4, 36) {
+    while mutex.client().load() != (3, 37) {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "queue: {:?}",
@@ -100,7 +100,7 @@ async fn a_renewal_is_never_queued_behind_bulk_acquisitions() {
     for b in bulk {
         done.push(b.await.unwrap());
     }
-    // Behind a FIFO queue the renewal would wait for 36 acquisitions (9 rounds of 300 ms).
+    // Behind a FIFO queue the renewal would wait for 37 acquisitions (13 rounds of 300 ms).
     let waited = renewed - asked;
     let after = done.iter().filter(|t| **t > renewed).count();
     assert!(
@@ -108,11 +108,51 @@ async fn a_renewal_is_never_queued_behind_bulk_acquisitions() {
         "the renewal took {waited:?} and was served after {} of 40 acquisitions",
         40 - after
     );
-    // Never more than 4 acquisitions in flight at once (old code: all 40).
+    // Never more than 3 acquisitions in flight at once (old code: all 40).
     let seen = seen_since(&proxy, since);
     let peak = peak_in_flight(&seen, "acquire", delay - Duration::from_millis(50));
-    assert!(peak <= 4, "{peak} acquisitions in flight at once");
+    assert!(peak <= 3, "{peak} acquisitions in flight at once");
     assert_eq!(mutex.client().load(), (0, 0));
+}
+
+/// Acquisitions that hang (their requests swallowed, each waiting out its timeout) never take
+/// every connection: a renewal still goes at once on the one kept for upkeep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_acquisitions_never_starve_a_renewal() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let container = common::unique("hung");
+    let options = ClientOptions {
+        max_connections: 8,
+        acquire_rate: 0,
+        ..common::fast_options()
+    };
+    let mutex = mutex_via(&proxy, &container, options);
+    create_locks(&container, "bulk", 20).await;
+    let mut held = mutex.acquire("held", common::secs(60)).await.unwrap();
+    proxy.add(Match::LeaseAction("acquire"), Action::Blackhole, None);
+    let mut bulk = Vec::new();
+    for i in 0..20 {
+        let m = mutex.clone();
+        bulk.push(tokio::spawn(async move {
+            let _ = m.acquire(format!("bulk-{i}").as_str(), common::secs(60)).await;
+        }));
+    }
+    let t0 = Instant::now();
+    while mutex.client().load().0 < 7 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", mutex.client().load());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = Instant::now();
+    mutex.renew(&mut held).await.unwrap();
+    let took = asked.elapsed();
+    // Without the kept connection it would wait for a hung request's 5 s timeout.
+    assert!(
+        took < Duration::from_secs(2),
+        "the renewal waited {took:?} behind hung acquisitions"
+    );
+    for b in bulk {
+        b.abort();
+    }
 }
 
 /// A bulk acquisition is paced at `acquire_rate` (bursts of a tenth of a second's worth),
