@@ -78,7 +78,8 @@ pub struct ClientOptions {
     pub proxy: ProxyConfig,
     /// The most requests in flight at once for this client and its clones (default 64). Blob
     /// storage speaks HTTP/1.1, so this bounds the connections in use too. Requests over it
-    /// wait for a turn, lease upkeep (renew, release, change) first.
+    /// wait for a turn, lease upkeep (renew, release, change) first; an eighth of them (at least
+    /// one, from 2 on) is kept for upkeep, so requests that hang cannot hold up a renewal.
     pub max_connections: usize,
     /// Acquire requests a second for this client and its clones (default 500; 0: no pace).
     /// A bulk acquisition is spread out at this rate (bursts of a tenth of a second's worth);
