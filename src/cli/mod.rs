@@ -5,6 +5,7 @@ mod cgroup;
 mod commands;
 mod docs;
 mod elect;
+mod holder;
 mod logging;
 mod metrics;
 mod observe;

@@ -4,13 +4,14 @@ use std::ffi::OsString;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use azmutex::{Error, Holder, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
+use azmutex::{Error, LeaseDuration, LockError, LockGuard, Locker, LockerOptions, LostReason, Released};
 use clap::Args;
 
+pub(super) use super::holder::{describe_holder, holder};
 use super::metrics::{serve_if, Health, Phase};
 use super::spawn::Child;
 
-use super::output::{parse_duration, printable, rfc3339, say};
+use super::output::{parse_duration, say};
 use super::process;
 use super::signals::{Event, Signals};
 use super::{exit, Context, Failure};
@@ -92,55 +93,6 @@ pub fn usage_hint(args: &[String]) -> Option<&'static str> {
     let dashed = args.iter().skip(run + 2).any(|a| a == "--");
     (!dashed)
         .then_some("  hint: put `--` between the lock name and the command: azmutex run LOCK -- COMMAND [ARGS...]\n")
-}
-
-/// This process as a lock holder.
-pub fn holder(owner: Option<String>) -> Holder {
-    Holder {
-        owner,
-        host: hostname(),
-        pid: Some(std::process::id()),
-    }
-}
-
-fn hostname() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8(buf[..end].to_vec()).ok().filter(|h| !h.is_empty())
-}
-
-/// ` (held by …)` for a busy line: the recorded holder, printed inert and short.
-pub fn describe_holder(info: &azmutex::LockInfo) -> String {
-    let Some(h) = &info.holder else {
-        return if info.locked {
-            " (holder not recorded)".into()
-        } else {
-            String::new()
-        };
-    };
-    // Anyone who can take the lock can write these: print them inert and short.
-    let mut parts = Vec::new();
-    match &h.holder.owner {
-        // Escaped once (printable), quoted once: not run through `{:?}` on top.
-        Some(o) => parts.push(format!("\"{}\"", printable(o, 200))),
-        // Not "held by on vm": someone, somewhere.
-        None => parts.push("a holder with no name".into()),
-    }
-    if let Some(host) = &h.holder.host {
-        parts.push(format!("on {}", printable(host, 100)));
-    }
-    if let Some(pid) = h.holder.pid {
-        parts.push(format!("pid {pid}"));
-    }
-    if let Some(since) = h.since {
-        parts.push(format!("since {}", rfc3339(since)));
-    }
-    format!(" (held by {})", parts.join(" "))
 }
 
 /// Safety margin kept before the lease's local deadline (the library's default).
