@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::metrics::{serve_if, Health, Phase};
 use super::output::{out, parse_duration, say};
-use super::run::{holder, supervised, supervised_options, Outcome, Spec, SAFETY_MARGIN};
+use super::run::{holder, supervised, supervised_options, Outcome, Spec};
 use super::signals::Signals;
 use super::{exit, Context, Failure};
 
@@ -79,7 +79,8 @@ pub async fn elect(ctx: &Context, args: ElectArgs) -> Result<u8, Failure> {
     let mut options = supervised_options(args.lease, args.kill_grace, Some(ctx.conn.timeout))?;
     // Serving first: the recorder must be in place before the first request is counted.
     let health = Health::new(
-        Duration::from_secs(args.lease).saturating_sub(SAFETY_MARGIN),
+        // The validity a confirmed renewal gives: the lease less the margin `lost()` keeps.
+        Duration::from_secs(args.lease).saturating_sub(options.safety_margin),
         Duration::from_secs(args.lease) / 3,
     );
     health.set(Phase::Standby);

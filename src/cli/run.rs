@@ -96,7 +96,7 @@ pub fn usage_hint(args: &[String]) -> Option<&'static str> {
 }
 
 /// Safety margin kept before the lease's local deadline (the library's default).
-pub(super) const SAFETY_MARGIN: Duration = Duration::from_secs(2);
+const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 
 /// Checks that lease, renewal interval, safety margin and kill grace fit together: the command
 /// must be dead (SIGKILL sent) by deadline − margin, and renewals need time before that.
@@ -154,7 +154,8 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
     let options = locker_options(&args, ctx.conn.timeout)?;
     // Serving first: the recorder must be in place before the first request is counted.
     let health = Health::new(
-        Duration::from_secs(args.lease).saturating_sub(SAFETY_MARGIN),
+        // The validity a confirmed renewal gives: the lease less the margin `lost()` keeps.
+        Duration::from_secs(args.lease).saturating_sub(options.safety_margin),
         Duration::from_secs(args.lease) / 3,
     );
     let _serving = serve_if(args.metrics, &health, ctx.quiet).await?;
