@@ -209,6 +209,46 @@ pub(super) fn signal_descendants_in(
     }
 }
 
+/// The children of this process (all its threads' `/proc/self/task/<tid>/children`), with
+/// their state, but `exclude`: the few files a subreaper needs to see that nothing is left,
+/// instead of a walk of all of `/proc`. `None` when the kernel has no `children` files
+/// (`CONFIG_PROC_CHILDREN`) or one could not be read: the caller then walks `/proc`.
+///
+/// Orphans are reparented to a subreaper, so once the command itself has been waited for, a
+/// descendant that is still running or unreaped has an ancestor among these.
+pub(super) fn own_children(exclude: libc::pid_t) -> Option<Vec<ProcEntry>> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let task = task.ok()?;
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        pids.extend(parse_children(&text)?);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    let mut found = Vec::with_capacity(pids.len());
+    for pid in pids.into_iter().filter(|&p| p != exclude) {
+        match read_stat(pid) {
+            Some(e) => found.push(e),
+            // Gone since (reaped by someone else, which only a waitpid of ours can do): still
+            // report it, as a living child, so that the caller looks closer.
+            None => found.push(ProcEntry {
+                pid,
+                ppid: 0,
+                zombie: false,
+                mark: false,
+            }),
+        }
+    }
+    Some(found)
+}
+
+/// The pids of a `children` file: decimal numbers separated by spaces. `None` if anything else.
+fn parse_children(text: &str) -> Option<Vec<libc::pid_t>> {
+    text.split_ascii_whitespace()
+        .map(|p| p.parse::<libc::pid_t>().ok().filter(|&p| p > 0))
+        .collect()
+}
+
 /// Fills `table` from `/proc` (as much as fits); returns how many entries it holds.
 pub(super) fn fill(table: &mut [ProcEntry]) -> usize {
     let mut n = 0;
@@ -266,6 +306,52 @@ mod tests {
         let mut all = Vec::new();
         scan_proc(|e| all.push(e.pid));
         assert!(all.contains(&me));
+    }
+
+    #[test]
+    fn children_files_parse() {
+        assert_eq!(parse_children(""), Some(vec![]));
+        assert_eq!(parse_children("12 345 \n"), Some(vec![12, 345]));
+        assert_eq!(parse_children("12 x"), None);
+        assert_eq!(parse_children("0"), None);
+    }
+
+    /// The children files see what the full walk sees: a child started from any thread, with
+    /// its state, and nothing once it is reaped.
+    #[test]
+    fn own_children_lists_a_child_until_it_is_reaped() {
+        if !std::path::Path::new("/proc/self/task").exists() {
+            return;
+        }
+        let me = std::process::id();
+        let children = std::fs::read_to_string(format!("/proc/self/task/{me}/children"));
+        if children.is_err() {
+            // No CONFIG_PROC_CHILDREN: own_children says so and the callers walk /proc.
+            assert!(own_children(0).is_none());
+            return;
+        }
+        // Started from another thread: listed in that thread's file.
+        let mut child = std::thread::spawn(|| std::process::Command::new("sleep").arg("30").spawn().expect("sleep"))
+            .join()
+            .expect("thread");
+        let pid = child.id() as libc::pid_t;
+        let found = own_children(0).expect("children files");
+        assert!(found.iter().any(|e| e.pid == pid && !e.zombie), "{pid} not in {found:?}");
+        assert!(own_children(pid).expect("children files").iter().all(|e| e.pid != pid));
+        let _ = child.kill();
+        // Killed, not yet reaped: a zombie child.
+        let mut zombie = false;
+        for _ in 0..100 {
+            let found = own_children(0).expect("children files");
+            if found.iter().any(|e| e.pid == pid && e.zombie) {
+                zombie = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie, "{pid} never showed as a zombie child");
+        let _ = child.wait();
+        assert!(own_children(0).expect("children files").iter().all(|e| e.pid != pid));
     }
 
     #[test]
