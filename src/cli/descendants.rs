@@ -336,7 +336,10 @@ mod tests {
             .expect("thread");
         let pid = child.id() as libc::pid_t;
         let found = own_children(0).expect("children files");
-        assert!(found.iter().any(|e| e.pid == pid && !e.zombie), "{pid} not in {found:?}");
+        assert!(
+            found.iter().any(|e| e.pid == pid && !e.zombie),
+            "{pid} not in {found:?}"
+        );
         assert!(own_children(pid).expect("children files").iter().all(|e| e.pid != pid));
         let _ = child.kill();
         // Killed, not yet reaped: a zombie child.
