@@ -343,3 +343,73 @@ async fn a_sequence_number_larger_than_proposed_is_never_our_token() {
     assert!(token > first_token, "{token} after {first_token}");
     m.release(&second).await.unwrap();
 }
+
+/// Issue 23: a `Locker` that records its holder reads the lock blob's properties beside its first
+/// acquire, not after it. That read can be older than the lease: here it is answered while
+/// another client holds the lock, and before our acquire reaches the service that client
+/// releases and a third takes and releases the lock, writing the next token. The counter runs
+/// ahead of the clock, so tokens go on by one and a token made from the old read would repeat
+/// the third client's. The read's ETag is not the acquire's: it must be thrown away and the
+/// blob read again (and every write made from such a read carries `If-Match`).
+#[tokio::test]
+async fn a_properties_read_older_than_the_lease_never_makes_the_token() {
+    let c = common::unique("prefetch");
+    let ahead: u64 = 5_000_000_000_000_000; // far beyond the clock (µs), below 2^53 for Azurite
+    let put = RestRequest::new("cc", Method::PUT, &c, None).query("restype", "container");
+    assert!(matches!(send(put).await.status, 201 | 409));
+    let page = RestRequest::new("put", Method::PUT, &c, Some("job"))
+        .header("x-ms-blob-type", "PageBlob")
+        .header("x-ms-blob-content-length", "0")
+        .header_owned("x-ms-blob-sequence-number", ahead.to_string())
+        .unwrap();
+    assert_eq!(send(page).await.status, 201);
+    let first = fenced(&c);
+    let held = first.acquire("job", secs(15)).await.unwrap();
+    assert_eq!(held.fencing_token(), Some(ahead + 1));
+
+    let proxy = HttpProxy::start(common::azurite_addr());
+    proxy.add(
+        Match::LeaseAction("acquire"),
+        Action::DelayRequest(Duration::from_millis(1500)),
+        Some(1),
+    );
+    let ours = AzureMutex::builder(common::config_via(proxy.addr), &c)
+        .client_options(common::fast_options())
+        .fencing(true)
+        .holder(azmutex::Holder {
+            owner: Some("prefetch".into()),
+            host: None,
+            pid: None,
+        })
+        .build()
+        .unwrap();
+    let locker = Locker::with_options(ours, "job", locker_options(secs(15))).unwrap();
+    let waiting = tokio::spawn(async move { locker.lock().await });
+    // Our read reaches the service while the first client holds the lock.
+    let t0 = Instant::now();
+    while !proxy.seen().iter().any(|s| s.method == "HEAD") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no read beside the acquire: {:?}",
+            proxy.seen()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(first.release(&held).await, Ok(Released::Confirmed)));
+    let third = fenced(&c);
+    let between = third.acquire("job", secs(15)).await.unwrap();
+    let theirs = between.fencing_token().unwrap();
+    assert_eq!(theirs, ahead + 2);
+    assert!(matches!(third.release(&between).await, Ok(Released::Confirmed)));
+
+    let mut guard = waiting.await.unwrap().expect("ours after the delayed acquire");
+    let token = guard.fencing_token().unwrap();
+    assert!(
+        token > theirs,
+        "token {token} repeats or precedes {theirs}, handed out before it"
+    );
+    let reads = proxy.seen().iter().filter(|s| s.method == "HEAD").count();
+    assert_eq!(reads, 2, "the old read was used: {:?}", proxy.seen());
+    guard.release().await.unwrap();
+}

@@ -162,6 +162,204 @@ pub(super) fn mark_descendants(table: &mut [ProcEntry], root: libc::pid_t, exclu
     }
 }
 
+/// A path under `/proc` built without allocation: `/proc/<pid>/task[/<tid>/children]`,
+/// NUL-terminated.
+struct ProcPath {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl ProcPath {
+    fn new() -> Self {
+        let mut p = Self { buf: [0; 64], len: 0 };
+        p.push(b"/proc/");
+        p
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            // Leave room for the NUL; the longest path used here is far shorter.
+            if self.len + 1 < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn number(&mut self, mut n: libc::pid_t) {
+        let mut digits = [0u8; 12];
+        let mut d = 0;
+        while n > 0 && d < digits.len() {
+            digits[d] = b'0' + (n % 10) as u8;
+            n /= 10;
+            d += 1;
+        }
+        while d > 0 {
+            d -= 1;
+            self.push(&[digits[d]]);
+        }
+    }
+
+    fn c_str(&mut self) -> *const libc::c_char {
+        self.buf[self.len] = 0;
+        self.buf.as_ptr().cast()
+    }
+}
+
+/// Calls `each` with every child of `pid`, from the `children` file of each of its threads.
+/// Async-signal-safe. `false` when a file could not be read (no `CONFIG_PROC_CHILDREN`, or the
+/// process or a thread went away meanwhile) or `each` said stop.
+fn each_child(pid: libc::pid_t, mut each: impl FnMut(libc::pid_t) -> bool) -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: open/getdents64/read/close on buffers owned here; the records are parsed within
+    // the byte count the kernel returned.
+    unsafe {
+        let mut dir_path = ProcPath::new();
+        dir_path.number(pid);
+        dir_path.push(b"/task");
+        let dir = libc::open(dir_path.c_str(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC);
+        if dir < 0 {
+            return false;
+        }
+        let mut ok = true;
+        let mut threads = 0;
+        let mut buf = [0u8; 4096];
+        'dir: loop {
+            let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if got < 0 {
+                ok = false;
+                break;
+            }
+            if got == 0 {
+                break;
+            }
+            let got = got as usize;
+            let mut off = 0;
+            while off + 19 < got {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 || off + reclen > got {
+                    break;
+                }
+                if let Some(tid) = parse_pid(&buf[off + 19..off + reclen]) {
+                    threads += 1;
+                    let mut path = ProcPath::new();
+                    path.number(pid);
+                    path.push(b"/task/");
+                    path.number(tid);
+                    path.push(b"/children");
+                    if !read_pids(path.c_str(), &mut each) {
+                        ok = false;
+                        break 'dir;
+                    }
+                }
+                off += reclen;
+            }
+        }
+        libc::close(dir);
+        ok && threads > 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, &mut each);
+        false
+    }
+}
+
+/// Reads a file of space-separated pids (a `children` file), calling `each` for each.
+/// Async-signal-safe. `false` if it could not be read or `each` said stop.
+#[cfg(target_os = "linux")]
+fn read_pids(path: *const libc::c_char, each: &mut impl FnMut(libc::pid_t) -> bool) -> bool {
+    // SAFETY: `path` is NUL-terminated; reads go into a buffer we own.
+    unsafe {
+        let fd = libc::open(path, libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        let mut pid: libc::pid_t = 0;
+        let mut digits = false;
+        let mut ok = true;
+        'read: loop {
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n < 0 {
+                ok = false;
+                break;
+            }
+            // The end flushes the last number.
+            let text: &[u8] = if n == 0 { b" " } else { &buf[..n as usize] };
+            for &b in text {
+                if b.is_ascii_digit() {
+                    match pid
+                        .checked_mul(10)
+                        .and_then(|p| p.checked_add((b - b'0') as libc::pid_t))
+                    {
+                        Some(p) => pid = p,
+                        None => {
+                            ok = false;
+                            break 'read;
+                        }
+                    }
+                    digits = true;
+                } else {
+                    if digits && !each(pid) {
+                        ok = false;
+                        break 'read;
+                    }
+                    pid = 0;
+                    digits = false;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Fills `table` with the descendants of `root` but `exclude` (and what descends from it), all
+/// marked, found through the `children` files of each one's threads: as many reads as there
+/// are descendants, not one per process on the host. Async-signal-safe (the watchdog uses it).
+/// `None` when a `children` file cannot be read (no `CONFIG_PROC_CHILDREN`, or a descendant
+/// exited during the walk, so that its children may have moved to one already read) or the
+/// table is full: then walk all of `/proc` ([`fill`] and [`mark_descendants`]).
+pub(super) fn fill_subtree(table: &mut [ProcEntry], root: libc::pid_t, exclude: libc::pid_t) -> Option<usize> {
+    let mut n = 0;
+    let mut next = 0;
+    let mut parent = root;
+    loop {
+        let mut full = false;
+        let ok = each_child(parent, |child| {
+            if child == exclude || child == root || table[..n].iter().any(|e| e.pid == child) {
+                return true;
+            }
+            if n == table.len() {
+                full = true;
+                return false;
+            }
+            match read_stat(child) {
+                Some(mut e) => {
+                    e.mark = true;
+                    table[n] = e;
+                    n += 1;
+                    true
+                }
+                // Gone between the two reads: its children may have moved elsewhere.
+                None => false,
+            }
+        });
+        if !ok || full {
+            return None;
+        }
+        if next == n {
+            return Some(n);
+        }
+        parent = table[next].pid;
+        next += 1;
+    }
+}
+
 /// Every living or zombie descendant of `root` but `exclude` (and what descends from it).
 pub(super) fn descendants(
     table: &mut Vec<ProcEntry>,
@@ -207,6 +405,46 @@ pub(super) fn signal_descendants_in(
             unsafe { libc::kill(e.pid, sig) };
         }
     }
+}
+
+/// The children of this process (all its threads' `/proc/self/task/<tid>/children`), with
+/// their state, but `exclude`: the few files a subreaper needs to see that nothing is left,
+/// instead of a walk of all of `/proc`. `None` when the kernel has no `children` files
+/// (`CONFIG_PROC_CHILDREN`) or one could not be read: the caller then walks `/proc`.
+///
+/// Orphans are reparented to a subreaper, so once the command itself has been waited for, a
+/// descendant that is still running or unreaped has an ancestor among these.
+pub(super) fn own_children(exclude: libc::pid_t) -> Option<Vec<ProcEntry>> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let task = task.ok()?;
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        pids.extend(parse_children(&text)?);
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    let mut found = Vec::with_capacity(pids.len());
+    for pid in pids.into_iter().filter(|&p| p != exclude) {
+        match read_stat(pid) {
+            Some(e) => found.push(e),
+            // Gone since (reaped by someone else, which only a waitpid of ours can do): still
+            // report it, as a living child, so that the caller looks closer.
+            None => found.push(ProcEntry {
+                pid,
+                ppid: 0,
+                zombie: false,
+                mark: false,
+            }),
+        }
+    }
+    Some(found)
+}
+
+/// The pids of a `children` file: decimal numbers separated by spaces. `None` if anything else.
+fn parse_children(text: &str) -> Option<Vec<libc::pid_t>> {
+    text.split_ascii_whitespace()
+        .map(|p| p.parse::<libc::pid_t>().ok().filter(|&p| p > 0))
+        .collect()
 }
 
 /// Fills `table` from `/proc` (as much as fits); returns how many entries it holds.
@@ -266,6 +504,116 @@ mod tests {
         let mut all = Vec::new();
         scan_proc(|e| all.push(e.pid));
         assert!(all.contains(&me));
+    }
+
+    #[test]
+    fn children_files_parse() {
+        assert_eq!(parse_children(""), Some(vec![]));
+        assert_eq!(parse_children("12 345 \n"), Some(vec![12, 345]));
+        assert_eq!(parse_children("12 x"), None);
+        assert_eq!(parse_children("0"), None);
+    }
+
+    /// The children files see what the full walk sees: a child started from any thread, with
+    /// its state, and nothing once it is reaped.
+    #[test]
+    fn own_children_lists_a_child_until_it_is_reaped() {
+        if !std::path::Path::new("/proc/self/task").exists() {
+            return;
+        }
+        let me = std::process::id();
+        let children = std::fs::read_to_string(format!("/proc/self/task/{me}/children"));
+        if children.is_err() {
+            // No CONFIG_PROC_CHILDREN: own_children says so and the callers walk /proc.
+            assert!(own_children(0).is_none());
+            return;
+        }
+        // Started from another thread: listed in that thread's file.
+        let mut child = std::thread::spawn(|| std::process::Command::new("sleep").arg("30").spawn().expect("sleep"))
+            .join()
+            .expect("thread");
+        let pid = child.id() as libc::pid_t;
+        let found = own_children(0).expect("children files");
+        assert!(
+            found.iter().any(|e| e.pid == pid && !e.zombie),
+            "{pid} not in {found:?}"
+        );
+        assert!(own_children(pid).expect("children files").iter().all(|e| e.pid != pid));
+        let _ = child.kill();
+        // Killed, not yet reaped: a zombie child.
+        let mut zombie = false;
+        for _ in 0..100 {
+            let found = own_children(0).expect("children files");
+            if found.iter().any(|e| e.pid == pid && e.zombie) {
+                zombie = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie, "{pid} never showed as a zombie child");
+        let _ = child.wait();
+        assert!(own_children(0).expect("children files").iter().all(|e| e.pid != pid));
+    }
+
+    /// The walk through `children` files finds what the walk of all of /proc finds: every
+    /// generation, also a child that left its group.
+    #[test]
+    fn the_subtree_walk_finds_every_generation() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let mut table = vec![ProcEntry::default(); 4096];
+        if !std::path::Path::new(&format!("/proc/{me}/task/{me}/children")).exists() {
+            // No CONFIG_PROC_CHILDREN: the callers walk /proc.
+            assert!(fill_subtree(&mut table, me, 0).is_none());
+            return;
+        }
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & setsid sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let sh_pid = sh.id() as libc::pid_t;
+        let mut full = Vec::new();
+        let mut wanted = Vec::new();
+        for _ in 0..200 {
+            wanted = descendants(&mut full, me, 0)
+                .filter(|e| e.ppid == sh_pid || e.pid == sh_pid)
+                .map(|e| e.pid)
+                .collect::<Vec<_>>();
+            if wanted.len() == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut found = None;
+        for _ in 0..20 {
+            // Another test's child may exit during a walk (then: None); try again.
+            if let Some(n) = fill_subtree(&mut table, me, 0) {
+                found = Some(table[..n].iter().map(|e| e.pid).collect::<Vec<_>>());
+                break;
+            }
+        }
+        // SAFETY: killing the children of our own child, then it.
+        unsafe {
+            for &p in &wanted {
+                if p != sh_pid {
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert_eq!(wanted.len(), 3, "sh and its two sleeps: {wanted:?}");
+        let found = found.expect("the subtree walk kept failing");
+        for p in &wanted {
+            assert!(
+                found.contains(p),
+                "{p} missing from {found:?} (the full walk found {wanted:?})"
+            );
+        }
+        assert!(table.iter().take(found.len()).all(|e| e.mark));
+        // The excluded branch is left out with what descends from it.
+        let n = fill_subtree(&mut table, me, sh_pid).unwrap_or(0);
+        assert!(table[..n].iter().all(|e| !wanted.contains(&e.pid)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::cgroup::Cgroup;
-use super::descendants::{descendants, signal_descendants, ProcEntry};
+use super::descendants::{descendants, own_children, signal_descendants, ProcEntry};
 use super::watchdog::{boottime_ns, shared_deadline, watchdog, NO_DEADLINE, WATCHDOG_KNOWN, WATCHDOG_TABLE};
 use std::time::{Duration, Instant};
 
@@ -115,6 +115,14 @@ impl Group {
             while libc::waitpid(-self.pgid, &mut status, libc::WNOHANG) > 0 {}
             libc::kill(-self.pgid, 0) == 0
         };
+        let populated = self.cgroup.as_ref().is_some_and(Cgroup::populated);
+        // The common end: nothing in the group or the cgroup, and no child of ours but the
+        // watchdog. azmutex is a subreaper and the command was waited for, so every descendant
+        // left has an ancestor among our children: none means nothing is left, and the walk of
+        // all of /proc (thousands of files on a busy host) is not needed.
+        if !group_alive && !populated && own_children(self.exclude()).is_some_and(|c| c.is_empty()) {
+            return false;
+        }
         let mut table = Vec::new();
         let mut others = false;
         for e in descendants(&mut table, own_pid(), self.exclude()) {
@@ -126,7 +134,7 @@ impl Group {
                 others = true;
             }
         }
-        group_alive || others || self.cgroup.as_ref().is_some_and(Cgroup::populated)
+        group_alive || others || populated
     }
 
     /// Reaps the orphans reparented to azmutex (the subreaper) that have exited, leaving the
@@ -135,13 +143,19 @@ impl Group {
     /// runs.
     pub fn reap_orphans(&self) {
         let me = own_pid();
-        let mut table = Vec::new();
-        for e in descendants(&mut table, me, self.exclude()) {
+        let reap = |e: &ProcEntry| {
             if e.ppid == me && e.zombie && e.pid != self.pgid {
                 // SAFETY: waitpid with WNOHANG on one of our own exited children.
                 unsafe { libc::waitpid(e.pid, std::ptr::null_mut(), libc::WNOHANG) };
             }
+        };
+        // Only our own children can be reaped: their list is enough where the kernel has it.
+        if let Some(children) = own_children(self.exclude()) {
+            children.iter().for_each(reap);
+            return;
         }
+        let mut table = Vec::new();
+        descendants(&mut table, me, self.exclude()).for_each(reap);
     }
 
     /// Waits until the group and every other descendant are gone, at most `limit`.

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::cgroup::WatchdogPaths;
-use super::descendants::{fill, mark_descendants, signal_descendants_in, ProcEntry};
+use super::descendants::{fill, fill_subtree, mark_descendants, signal_descendants_in, ProcEntry};
 
 /// How many processes the watchdog's walk can see at once (larger tables are cut short; the
 /// walk in azmutex itself has no limit).
@@ -154,8 +154,16 @@ pub(super) unsafe fn watchdog(
                 signal_descendants_in(table, parent, me, libc::SIGSTOP);
             } else if tick % 5 == 0 {
                 // Remember who descends from azmutex, for the case that it dies.
-                let n = fill(table);
-                mark_descendants(&mut table[..n], parent, me);
+                // The children files of azmutex's descendants, not all of /proc, where the
+                // kernel has them (a few reads instead of thousands on a busy host).
+                let n = match fill_subtree(table, parent, me) {
+                    Some(n) => n,
+                    None => {
+                        let n = fill(table);
+                        mark_descendants(&mut table[..n], parent, me);
+                        n
+                    }
+                };
                 known_len = 0;
                 for e in &table[..n] {
                     if e.mark && !e.zombie && known_len < known.len() {

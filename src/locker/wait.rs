@@ -114,9 +114,9 @@ impl Waiter {
             if let Some((stop_trying, _)) = patience {
                 call_deadline = call_deadline.min(stop_trying);
             }
-            let attempt = self
-                .mutex
-                .acquire_until(&self.lock, self.options.lease, id, call_deadline);
+            let attempt =
+                self.mutex
+                    .acquire_attempt(&self.lock, self.options.lease, id, call_deadline, attempts_made == 0);
             let result = tokio::select! {
                 r = attempt => r,
                 _ = tx.closed() => {

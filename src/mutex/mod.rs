@@ -223,17 +223,51 @@ impl AzureMutex {
         id: LeaseId,
         deadline: Instant,
     ) -> Result<Lease, Error> {
+        self.acquire_attempt(lock, duration, id, deadline, false).await
+    }
+
+    /// [`AzureMutex::acquire_until`]; with `prefetch`, and a holder record to write, the blob's
+    /// properties (Get Blob Properties) are read beside the acquire, over a second connection,
+    /// instead of after it: the record needs them, and a lone `azmutex run` then waits for one
+    /// round trip less. The read is used only if its ETag is the acquire's (see `stamp`); if
+    /// the lock is busy it was one request for nothing, so callers ask for it on a first
+    /// attempt only.
+    pub(crate) async fn acquire_attempt(
+        &self,
+        lock: &LockName,
+        duration: LeaseDuration,
+        id: LeaseId,
+        deadline: Instant,
+        prefetch: bool,
+    ) -> Result<Lease, Error> {
         let req = self
             .lease_request(lock, "acquire")?
             .header("x-ms-lease-duration", duration.header())
             .header("x-ms-proposed-lease-id", id.to_string());
+        let mut head = (prefetch && self.inner.holder.is_some()).then(|| Box::pin(self.head(lock, deadline)));
+        let mut prefetched: Option<Result<RestResponse, Error>> = None;
         // Steady state: one request. Only a 404 leads to creating what is missing (bounded).
         let mut creations = 0;
         let resp = loop {
-            let resp = self.inner.client.send(&req, deadline).await?;
+            let send = self.inner.client.send(&req, deadline);
+            let resp = match head.as_mut() {
+                Some(read) if prefetched.is_none() => {
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            r = &mut send => break r,
+                            r = read.as_mut(), if prefetched.is_none() => prefetched = Some(r),
+                        }
+                    }
+                }
+                _ => send.await,
+            }?;
             if resp.status == 201 {
                 break resp;
             }
+            // Busy, or created below: the read says nothing about the lease we may get.
+            head = None;
+            prefetched = None;
             match (resp.status, resp.error().code.as_deref()) {
                 (404, Some("ContainerNotFound")) if self.inner.create_container && creations < 3 => {
                     Box::pin(self.create_container(deadline)).await?;
@@ -268,9 +302,17 @@ impl AzureMutex {
             // The stamp must not outlive the lease it is written under.
             let stamp_deadline = grant.deadline.map_or(deadline, |d| d.min(deadline));
             let acquired_etag = resp.header("etag").map(str::to_string);
+            let prefetched = match (prefetched, head) {
+                (Some(read), _) => read.ok(),
+                (None, Some(read)) => tokio::time::timeout_at(stamp_deadline.into(), read)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                (None, None) => None,
+            };
             // Boxed, as the creations above: an acquisition waiting for its turn (thousands may,
             // paced) holds only what its first request needs.
-            match Box::pin(self.stamp(lock, id, acquired_etag, stamp_deadline)).await {
+            match Box::pin(self.stamp(lock, id, acquired_etag, prefetched, stamp_deadline)).await {
                 Ok(token) => lease.fencing_token = token,
                 Err(e) => {
                     // Do not keep a lease the caller will never hear of.

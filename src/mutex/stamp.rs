@@ -16,20 +16,31 @@ pub(super) const META_SINCE: &str = "azmutexsince";
 impl AzureMutex {
     /// After an acquire: bumps the fencing token and/or records the holder, under our lease.
     /// `acquired_etag` is the ETag the acquire answer carried.
+    ///
+    /// `prefetched` is a Get Blob Properties answer sent beside the acquire (see
+    /// [`AzureMutex::acquire_attempt`]). It stands in for the first read only when its ETag is
+    /// the one the acquire answered with: lease operations leave the ETag alone and every write
+    /// changes it, so the blob was not written between that read and our lease, and under the
+    /// lease only we write. Every write made from it also carries `If-Match` with that ETag, so
+    /// a stale read can only cost a 412 and a fresh read, never a token made from old state.
     pub(super) async fn stamp(
         &self,
         lock: &LockName,
         id: LeaseId,
         acquired_etag: Option<String>,
+        prefetched: Option<RestResponse>,
         deadline: Instant,
     ) -> Result<Option<u64>, Error> {
         let fencing = self.inner.fencing;
         if fencing && self.inner.holder.is_none() {
             // Fast path: a page blob unchanged since our own last write to it (same ETag), so
             // its content headers and sequence number are known.
-            if let Some(known) = acquired_etag.and_then(|etag| self.inner.pages.get(lock, &etag)) {
+            if let Some(known) = acquired_etag
+                .as_deref()
+                .and_then(|etag| self.inner.pages.get(lock, etag))
+            {
                 let next = fence::next_token(lock, known.token, fence::MAX_SEQUENCE_NUMBER)?;
-                let resp = self.advance(lock, id, next, &known.content, deadline).await?;
+                let resp = self.advance(lock, id, next, &known.content, None, deadline).await?;
                 match resp.status {
                     200 => match fence::advanced(lock, next, &resp)? {
                         fence::Advanced::To(token, etag) => {
@@ -56,8 +67,19 @@ impl AzureMutex {
                 }
             }
         }
+        let mut prefetched = prefetched.filter(|head| {
+            head.status == 200 && head.header("etag").is_some() && head.header("etag") == acquired_etag.as_deref()
+        });
         for _ in 0..3 {
-            let resp = self.head(lock, deadline).await?;
+            // The prefetched read's ETag, when this round's read is that one: every write of
+            // this round is then conditional on it.
+            let (resp, condition) = match prefetched.take() {
+                Some(head) => {
+                    let etag = head.header("etag").map(str::to_string);
+                    (head, etag)
+                }
+                None => (self.head(lock, deadline).await?, None),
+            };
             if resp.status == 404 {
                 return Err(Error::LeaseLost {
                     lock: lock.to_string(),
@@ -73,7 +95,13 @@ impl AzureMutex {
             if fencing && page {
                 let content = fence::content_headers(&resp);
                 let next = fence::next_token(lock, props.sequence_number, fence::MAX_SEQUENCE_NUMBER)?;
-                let set = self.advance(lock, id, next, &content, deadline).await?;
+                let set = self
+                    .advance(lock, id, next, &content, condition.as_deref(), deadline)
+                    .await?;
+                if set.status == 412 && condition.is_some() && set.error().is("ConditionNotMet") {
+                    // The prefetched read was older than the blob: read it again.
+                    continue;
+                }
                 if set.status != 200 {
                     return Err(self.classify(lock, &set, Op::Write));
                 }
@@ -146,13 +174,15 @@ impl AzureMutex {
     /// with `x-ms-sequence-number-action: max` and `x-ms-blob-sequence-number: to`: one request,
     /// under our lease, idempotent when retried. This call sets every content header, clearing
     /// those it does not send: `content` carries the blob's current ones
-    /// (`x-ms-blob-content-*` names) so that nothing is lost.
+    /// (`x-ms-blob-content-*` names) so that nothing is lost. With `if_match`, only while the
+    /// blob's ETag is still that one (else 412 `ConditionNotMet`).
     pub(super) async fn advance(
         &self,
         lock: &LockName,
         id: LeaseId,
         to: u64,
         content: &[(&'static str, String)],
+        if_match: Option<&str>,
         deadline: Instant,
     ) -> Result<RestResponse, Error> {
         let mut req = RestRequest::new(
@@ -165,6 +195,9 @@ impl AzureMutex {
         .header("x-ms-lease-id", id.to_string())
         .header("x-ms-sequence-number-action", "max")
         .header("x-ms-blob-sequence-number", to.to_string());
+        if let Some(etag) = if_match {
+            req = req.header("if-match", etag.to_string());
+        }
         for (name, value) in content {
             req = req.header(name, value.clone());
         }
