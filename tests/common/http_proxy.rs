@@ -24,6 +24,8 @@ pub enum Match {
     Any,
     /// `x-ms-version` newer than this one (or missing).
     VersionNewerThan(&'static str),
+    /// `x-ms-lease-action: <action>` on a target (path and query) containing the second string.
+    LeaseActionOn(&'static str, &'static str),
 }
 
 /// The most requests with lease action `action` in any window of `window` among `seen`.
@@ -55,8 +57,6 @@ pub enum Action {
     ForwardThenRespond(u16, &'static str),
     /// Forward, and hold the answer back this long.
     Delay(Duration),
-    /// Hold the request back this long, then forward it (it reaches the service late).
-    DelayRequest(Duration),
     /// Forward, and set (or with `None` remove) a response header.
     RewriteHeader(&'static str, Option<String>),
     /// Swallow the request; never answer.
@@ -203,6 +203,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
                     Match::Comp(c) => target.contains(&format!("comp={c}")),
                     Match::Any => true,
                     Match::VersionNewerThan(v) => version.as_deref().is_none_or(|got| got > *v),
+                    Match::LeaseActionOn(a, t) => lease_action.as_deref() == Some(*a) && target.contains(t),
                 }
         });
         hit.map(|r| {
@@ -254,7 +255,6 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
             while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
             return;
         }
-        Some(Action::DelayRequest(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
     // Forward on a fresh connection and read the whole answer.
