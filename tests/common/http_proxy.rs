@@ -57,6 +57,8 @@ pub enum Action {
     ForwardThenRespond(u16, &'static str),
     /// Forward, and hold the answer back this long.
     Delay(Duration),
+    /// Hold the request back this long, then forward it (it reaches the service late).
+    DelayRequest(Duration),
     /// Forward, and set (or with `None` remove) a response header.
     RewriteHeader(&'static str, Option<String>),
     /// Swallow the request; never answer.
@@ -255,6 +257,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
             while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
             return;
         }
+        Some(Action::DelayRequest(d)) => tokio::time::sleep(*d).await,
         _ => {}
     }
     // Forward on a fresh connection and read the whole answer.
