@@ -208,6 +208,37 @@ fn very_verbose_counts_the_requests_sent() {
     assert_eq!(count(&["status", "job"]), "1");
 }
 
+/// A slow first answer is not a busy lock: `run` on a free lock whose acquire takes 600 ms (a
+/// loaded service) sends its 6 requests, not a 7th to ask who holds it (on 239368f it asked
+/// after 300 ms, and under load the count above came out 7 once).
+#[test]
+fn a_slow_acquire_of_a_free_lock_asks_nobody_who_holds_it() {
+    use common::http_proxy::{Action, HttpProxy, Match};
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let c = common::unique("slowfree");
+    let connection = connection_via(proxy.addr);
+    let run = || {
+        let mut cmd = azmutex_with(&c, &connection);
+        cmd.args(["-vv", "run", "job", "--", "true"]);
+        let out = output(cmd);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+    run();
+    proxy.add(
+        Match::LeaseAction("acquire"),
+        Action::Delay(std::time::Duration::from_millis(600)),
+        None,
+    );
+    let before = proxy.seen().len();
+    let stderr = run();
+    assert!(stderr.contains("requests=6"), "{stderr}");
+    assert!(!stderr.contains("waiting for lock"), "{stderr}");
+    let heads = proxy.seen()[before..].iter().filter(|s| s.method == "HEAD").count();
+    assert_eq!(heads, 1, "one properties read (the holder record's), none to ask who holds it");
+}
+
 /// With nothing configured and nothing on the development storage port, `azmutex` says so at
 /// once (on 5136815: 28 s of retries, then "storage unreachable").
 #[test]

@@ -213,9 +213,17 @@ pub async fn run(ctx: &Context, mut args: RunArgs) -> Result<u8, Failure> {
             caught = Some(signals.next().await);
         };
         let acquire = locker.lock_until(args.wait, cancel);
-        // If the lock is not ours soon, say who holds it (one extra request).
+        // If the lock is not ours soon, say who holds it (one extra request). Only once the
+        // lock was found busy, that is while waiting between attempts with nothing in flight
+        // (twice in a row, 20 ms apart): a first answer that is merely slow (a loaded service)
+        // is not a busy lock, and asking then would cost a request for nothing.
         let notice = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut idle = 0;
+            while idle < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                idle = if mutex.client().load() == (0, 0) { idle + 1 } else { 0 };
+            }
             if !ctx.quiet {
                 if let Ok(info) = mutex.inspect(locker.lock_name()).await {
                     if info.locked {
