@@ -236,7 +236,10 @@ fn a_slow_acquire_of_a_free_lock_asks_nobody_who_holds_it() {
     assert!(stderr.contains("requests=6"), "{stderr}");
     assert!(!stderr.contains("waiting for lock"), "{stderr}");
     let heads = proxy.seen()[before..].iter().filter(|s| s.method == "HEAD").count();
-    assert_eq!(heads, 1, "one properties read (the holder record's), none to ask who holds it");
+    assert_eq!(
+        heads, 1,
+        "one properties read (the holder record's), none to ask who holds it"
+    );
 }
 
 /// With nothing configured and nothing on the development storage port, `azmutex` says so at
