@@ -69,6 +69,32 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Starts `cmd` (an `azmutex` command with `--metrics`) with its stderr read line by line:
+/// the child, its stderr lines, and the address it serves metrics on.
+fn serving(cmd: &mut std::process::Command) -> (Child, mpsc::Receiver<String>, SocketAddr) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut child);
+    let addr = metrics_addr(&rx);
+    (child, rx, addr)
+}
+
+/// `/healthz` once it says the lock is held (at most 20 s; then the last answer).
+fn until_holding(addr: SocketAddr) -> (u16, String) {
+    let t0 = Instant::now();
+    loop {
+        let answer = get(addr, "/healthz");
+        if answer.1.contains("holding the lock") || t0.elapsed() > Duration::from_secs(20) {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits until `path` shows `want` (status), at most `limit`; the last answer.
 fn until_status(addr: SocketAddr, path: &str, want: u16, limit: Duration) -> (u16, String) {
     let deadline = Instant::now() + limit;
@@ -101,15 +127,9 @@ fn run_serves_metrics_and_health_while_the_command_runs() {
     let rx = stderr_lines(&mut child);
     let addr = metrics_addr(&rx);
     assert!(addr.ip().is_loopback(), "{addr}: loopback by default");
-    let (status, health) = until_status(addr, "/healthz", 200, Duration::from_secs(20));
-    assert_eq!(status, 200, "{health}");
     // Held once the command runs.
-    let t0 = Instant::now();
-    let mut health = health;
-    while !health.contains("holding the lock") && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-        health = get(addr, "/healthz").1;
-    }
+    let (status, health) = until_holding(addr);
+    assert_eq!(status, 200, "{health}");
     assert!(health.contains("holding the lock"), "{health}");
     let (status, text) = get(addr, "/metrics");
     assert_eq!(status, 200);
@@ -161,36 +181,23 @@ fn run_serves_metrics_and_health_while_the_command_runs() {
 fn healthz_fails_when_renewal_is_behind() {
     let proxy = HttpProxy::start(common::azurite_addr());
     let container = common::unique("health");
-    let mut child = cli::azmutex_with(&container, &cli::connection_via(proxy.addr))
-        .args([
-            "run",
-            "--metrics",
-            "127.0.0.1:0",
-            "--lease",
-            "15",
-            "--kill-grace",
-            "1s",
-            "job",
-        ])
-        .args(["--", "sleep", "60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    let addr = metrics_addr(&rx);
-    let (status, health) = {
-        let t0 = Instant::now();
-        loop {
-            let h = get(addr, "/healthz");
-            if h.1.contains("holding the lock") || t0.elapsed() > Duration::from_secs(20) {
-                break h;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let (mut child, _rx, addr) = serving(
+        cli::azmutex_with(&container, &cli::connection_via(proxy.addr))
+            .args([
+                "run",
+                "--metrics",
+                "127.0.0.1:0",
+                "--lease",
+                "15",
+                "--kill-grace",
+                "1s",
+                "job",
+            ])
+            .args(["--", "sleep", "60"]),
+    );
+    let (status, health) = until_holding(addr);
     assert_eq!(status, 200, "{health}");
+    assert!(health.contains("holding the lock"), "{health}");
     let held_at = Instant::now();
     // From now on every renewal vanishes.
     proxy.add(Match::LeaseAction("renew"), Action::Blackhole, None);
@@ -223,16 +230,17 @@ fn healthz_fails_when_renewal_is_behind() {
 fn elect_reports_leadership_per_process() {
     let container = common::unique("electmetrics");
     let spawn = || {
-        let mut c = cli::azmutex(&container)
-            .args(["elect", "--metrics", "0", "--lease", "15", "sched", "--", "sleep", "30"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let rx = stderr_lines(&mut c);
-        let addr = metrics_addr(&rx);
-        (c, rx, addr)
+        serving(cli::azmutex(&container).args([
+            "elect",
+            "--metrics",
+            "0",
+            "--lease",
+            "15",
+            "sched",
+            "--",
+            "sleep",
+            "30",
+        ]))
     };
     let (mut leader, leader_rx, leader_addr) = spawn();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -319,20 +327,10 @@ fn spread_names_from_the_command_line() {
 #[test]
 fn healthz_stays_200_while_renewals_are_on_time_with_the_default_kill_grace() {
     let container = common::unique("healthok");
-    let mut child = cli::azmutex(&container)
-        .args(["run", "--metrics", "0", "--lease", "15", "job", "--", "sleep", "40"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    let addr = metrics_addr(&rx);
-    let t0 = Instant::now();
-    while !get(addr, "/healthz").1.contains("holding the lock") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never held");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, _rx, addr) =
+        serving(cli::azmutex(&container).args(["run", "--metrics", "0", "--lease", "15", "job", "--", "sleep", "40"]));
+    let (_, health) = until_holding(addr);
+    assert!(health.contains("holding the lock"), "never held: {health}");
     let mut bad = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(16) {
@@ -373,32 +371,21 @@ fn a_hostile_scraper_never_delays_renewal() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let container = common::unique("hostile");
-    let mut child = cli::azmutex(&container)
-        .args([
-            "run",
-            "--metrics",
-            "0",
-            "--lease",
-            "15",
-            "--kill-grace",
-            "1s",
-            "job",
-            "--",
-            "sleep",
-            "25",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    let addr = metrics_addr(&rx);
-    let t0 = Instant::now();
-    while !get(addr, "/healthz").1.contains("holding the lock") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "never held");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, rx, addr) = serving(cli::azmutex(&container).args([
+        "run",
+        "--metrics",
+        "0",
+        "--lease",
+        "15",
+        "--kill-grace",
+        "1s",
+        "job",
+        "--",
+        "sleep",
+        "25",
+    ]));
+    let (_, health) = until_holding(addr);
+    assert!(health.contains("holding the lock"), "never held: {health}");
     let stop = Arc::new(AtomicBool::new(false));
     let mut attackers = Vec::new();
     // Slowloris: 300 connections, a byte every half second.
