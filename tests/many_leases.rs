@@ -182,29 +182,19 @@ async fn cancelled_acquisitions_give_back_their_pace_slots() {
     );
 }
 
-/// 300 Locker guards (15 s leases, renewed every 5 s) while a bulk acquisition of 1,000 more
-/// runs through a proxy that swallows every acquisition: no guard is lost, and once the bulk
-/// is given up the schedule is empty again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_guards_survive_a_blackholed_bulk_acquisition() {
-    use azmutex::{AzureMutex, Locker, LockerOptions};
-    use common::http_proxy::{Action, HttpProxy, Match};
-    let proxy = HttpProxy::start(common::azurite_addr());
-    let container = common::unique("mlmany");
-    let mutex = AzureMutex::builder(common::config_via(proxy.addr), &container)
-        .client_options(common::fast_options())
-        .build()
-        .unwrap();
-    let options = LockerOptions {
+/// Takes `n` locks `{prefix}-{i}` with `Locker` guards (15 s leases renewed every 5 s), all
+/// at once.
+async fn hold_many(mutex: &azmutex::AzureMutex, prefix: &'static str, n: usize) -> Vec<azmutex::LockGuard> {
+    let options = azmutex::LockerOptions {
         lease: common::secs(15),
         renew_every: Some(Duration::from_secs(5)),
-        ..LockerOptions::default()
+        ..azmutex::LockerOptions::default()
     };
     let mut tasks = Vec::new();
-    for i in 0..300 {
+    for i in 0..n {
         let (m, o) = (mutex.clone(), options.clone());
         tasks.push(tokio::spawn(async move {
-            Locker::with_options(m, format!("held-{i}").as_str(), o)
+            azmutex::Locker::with_options(m, format!("{prefix}-{i}").as_str(), o)
                 .unwrap()
                 .lock()
                 .await
@@ -215,6 +205,23 @@ async fn many_guards_survive_a_blackholed_bulk_acquisition() {
     for t in tasks {
         guards.push(t.await.unwrap());
     }
+    guards
+}
+
+/// 300 Locker guards (15 s leases, renewed every 5 s) while a bulk acquisition of 1,000 more
+/// runs through a proxy that swallows every acquisition: no guard is lost, and once the bulk
+/// is given up the schedule is empty again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_guards_survive_a_blackholed_bulk_acquisition() {
+    use azmutex::AzureMutex;
+    use common::http_proxy::{Action, HttpProxy, Match};
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let container = common::unique("mlmany");
+    let mutex = AzureMutex::builder(common::config_via(proxy.addr), &container)
+        .client_options(common::fast_options())
+        .build()
+        .unwrap();
+    let mut guards = hold_many(&mutex, "held", 300).await;
     proxy.add(Match::LeaseAction("acquire"), Action::Blackhole, None);
     let mut bulk = Vec::new();
     for i in 0..1000 {
@@ -320,7 +327,7 @@ async fn a_bulk_acquisition_given_up_in_the_queue_does_not_abort_the_process() {
 /// must all stay held (each of their renewals, sent, would be answered at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_renewals_of_some_leases_do_not_cost_the_others() {
-    use azmutex::{AzureMutex, Locker, LockerOptions};
+    use azmutex::AzureMutex;
     use common::http_proxy::{Action, HttpProxy, Match};
     let proxy = HttpProxy::start(common::azurite_addr());
     let container = common::unique("mlsick");
@@ -328,38 +335,12 @@ async fn hung_renewals_of_some_leases_do_not_cost_the_others() {
         .client_options(ClientOptions::default())
         .build()
         .unwrap();
-    let options = LockerOptions {
-        lease: common::secs(15),
-        renew_every: Some(Duration::from_secs(5)),
-        ..LockerOptions::default()
-    };
-    let take = |prefix: &'static str, n: usize| {
-        let (m, o) = (mutex.clone(), options.clone());
-        async move {
-            let mut tasks = Vec::new();
-            for i in 0..n {
-                let (m, o) = (m.clone(), o.clone());
-                tasks.push(tokio::spawn(async move {
-                    Locker::with_options(m, format!("{prefix}-{i}").as_str(), o)
-                        .unwrap()
-                        .lock()
-                        .await
-                        .unwrap()
-                }));
-            }
-            let mut guards = Vec::new();
-            for t in tasks {
-                guards.push(t.await.unwrap());
-            }
-            guards
-        }
-    };
     let n_sick: usize = std::env::var("REVIEW22_SICK")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let sick = take("sick", n_sick).await;
-    let well = take("well", 300).await;
+    let sick = hold_many(&mutex, "sick", n_sick).await;
+    let well = hold_many(&mutex, "well", 300).await;
     // The partition holding the `sick-*` names stops answering renewals.
     proxy.add(Match::LeaseActionOn("renew", "/sick-"), Action::Blackhole, None);
     let t0 = Instant::now();
