@@ -335,11 +335,25 @@ pub fn main() -> ExitCode {
     }
     guard_log_variable();
     logging::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // One thread for the runtime: `run`'s renewals only wait for the network, and the kill
+    // deadline is kept by the watchdog (a process of its own), not by this runtime. A second
+    // worker thread (and the hand-offs between threads) cost `run -- true` a tenth of its
+    // time, and `status` an eighth. Two workers for the long-running commands and for a
+    // metrics server (`elect`, `observe`, `run --metrics`), so that a flood of scrapers never
+    // queues a renewal behind it on one thread.
+    let serves = match &cli.command {
+        Command::Run(args) => args.metrics.is_some(),
+        Command::Elect(_) | Command::Observe(_) => true,
+        _ => false,
+    };
+    let mut builder = if serves {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             return finish(Err(Failure::new(

@@ -144,9 +144,11 @@ struct StderrQueue {
     dropped: std::sync::atomic::AtomicU64,
 }
 
+/// Made (and its writer thread started) by the first line queued.
+static QUEUE: std::sync::OnceLock<StderrQueue> = std::sync::OnceLock::new();
+
 fn queue() -> &'static StderrQueue {
     use std::sync::atomic::{AtomicU64, AtomicUsize};
-    static QUEUE: std::sync::OnceLock<StderrQueue> = std::sync::OnceLock::new();
     QUEUE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<String>(STDERR_QUEUE);
         let spawned = std::thread::Builder::new()
@@ -192,7 +194,10 @@ pub fn emit(line: String) {
 /// and says how many lines were dropped, if any.
 pub fn flush_stderr(limit: std::time::Duration) {
     use std::sync::atomic::Ordering;
-    let q = queue();
+    // Nothing was ever queued (a quiet `run`, `status`): no writer thread to start for nothing.
+    let Some(q) = QUEUE.get() else {
+        return;
+    };
     let dropped = q.dropped.swap(0, Ordering::SeqCst);
     if dropped > 0 {
         emit(format!(
