@@ -135,8 +135,27 @@ impl Cgroup {
 }
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
-/// hybrid systems).
+/// hybrid systems). Those two places are asked first (one `statfs` each), so that only a
+/// hierarchy mounted elsewhere costs reading the mount table (hundreds of lines on a
+/// Kubernetes node).
 fn cgroup2_mount() -> Option<PathBuf> {
+    cgroup2_mount_from(&["/sys/fs/cgroup", "/sys/fs/cgroup/unified"])
+}
+
+/// [`cgroup2_mount`], asking `usual` places first.
+fn cgroup2_mount_from(usual: &[&str]) -> Option<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    for dir in usual {
+        let Ok(path) = CString::new(*dir) else { continue };
+        // SAFETY: statfs on a NUL-terminated path into a zeroed struct we own.
+        let is_cgroup2 = unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            libc::statfs(path.as_ptr(), &mut fs) == 0 && fs.f_type as i64 == CGROUP2_SUPER_MAGIC
+        };
+        if is_cgroup2 {
+            return Some(PathBuf::from(*dir));
+        }
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|l| {
         let mut f = l.split_whitespace();
@@ -163,4 +182,27 @@ fn write_path(path: &CString, bytes: &[u8]) -> bool {
 /// child before exec: async-signal-safe.
 pub fn move_self(procs: &CString) -> bool {
     write_path(procs, b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The usual places and the mount table agree: where neither usual place is a cgroup v2
+    /// hierarchy (here: `/proc`), the mount table finds the same one.
+    #[test]
+    fn the_usual_places_and_the_mount_table_agree() {
+        let usual = cgroup2_mount();
+        let from_table = cgroup2_mount_from(&["/proc", "/nonexistent"]);
+        if let Some(dir) = &usual {
+            let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+            assert!(
+                table.lines().any(|l| l.split_whitespace().nth(1) == dir.to_str()),
+                "{dir:?} is a mount point"
+            );
+            assert!(from_table.is_some(), "the mount table lists a cgroup2 hierarchy too");
+        } else {
+            assert_eq!(from_table, None);
+        }
+    }
 }

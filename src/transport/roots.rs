@@ -100,6 +100,9 @@ pub(super) fn load_roots(
         }
     };
     let mut files = 0usize;
+    // The same file under several names (OpenSSL's hashed links beside the named ones) is read
+    // once.
+    let mut seen = std::collections::HashSet::new();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -114,7 +117,10 @@ pub(super) fn load_roots(
             }
             let path = entry.path();
             // Symbolic links are followed (the hashed names are links), but only to regular files.
-            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() || !seen.insert(file_id(&meta)) {
                 continue;
             }
             match read_file_capped(&path, MAX_CERTIFICATE_FILE_BYTES.min(budget)) {
@@ -133,4 +139,55 @@ pub(super) fn load_roots(
         }
     }
     Ok(roots)
+}
+
+/// What tells files apart (the device and inode where there are such), so that a file reached
+/// under several names is read once.
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> (u64, u64) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (u64::MAX, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).expect("certificate").pem()
+    }
+
+    /// OpenSSL's hashed links beside the named files (as in `/etc/ssl/certs`): each file is read
+    /// once, however many names it has; a second file is read even if it holds the same text.
+    #[test]
+    fn a_certificate_file_under_several_names_is_read_once() {
+        let dir = std::env::temp_dir().join(format!("azmutex-roots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (a, b) = (ca_pem("a"), ca_pem("b"));
+        std::fs::write(dir.join("A.pem"), &a).expect("write");
+        std::fs::write(dir.join("B.pem"), &b).expect("write");
+        std::fs::write(dir.join("B-copy.pem"), &b).expect("write");
+        for (link, target) in [
+            ("1a2b3c4d.0", "A.pem"),
+            ("A-again.pem", "A.pem"),
+            ("5e6f7a8b.0", "B.pem"),
+        ] {
+            std::os::unix::fs::symlink(target, dir.join(link)).expect("symlink");
+        }
+        let roots = load_roots(None, Some(dir.clone().into_os_string())).expect("roots");
+        let _ = std::fs::remove_dir_all(&dir);
+        // A.pem once (three names), B.pem once (two names), B-copy.pem once.
+        assert_eq!(roots.certs.len(), 3);
+    }
 }

@@ -89,7 +89,16 @@ pub(super) fn chain_verifier(
             .add(cert)
             .map_err(|e| InvalidInput::CaCertificate(sanitize_text(&format!("unusable certificate: {e}"), 200)))?;
     }
-    let (_, ignored) = store.add_parsable_certificates(roots.certs.iter().cloned());
+    // Each certificate once: SSL_CERT_FILE and SSL_CERT_DIR often name the same ones (the
+    // system bundle beside the directory it was made from), and parsing is most of the cost.
+    let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut unique = Vec::with_capacity(roots.certs.len());
+    for cert in &roots.certs {
+        if seen.insert(cert.as_ref()) {
+            unique.push(cert.clone());
+        }
+    }
+    let (_, ignored) = store.add_parsable_certificates(unique);
     if ignored > 0 {
         tracing::debug!(ignored, "system CA certificates ignored (unparsable)");
     }
