@@ -227,11 +227,14 @@ impl AzureMutex {
     }
 
     /// [`AzureMutex::acquire_until`]; with `prefetch`, and a holder record to write, the blob's
-    /// properties (Get Blob Properties) are read beside the acquire, over a second connection,
-    /// instead of after it: the record needs them, and a lone `azmutex run` then waits for one
-    /// round trip less. The read is used only if its ETag is the acquire's (see `stamp`); if
-    /// the lock is busy it was one request for nothing, so callers ask for it on a first
-    /// attempt only.
+    /// properties (Get Blob Properties) are read beside the acquire instead of after it: the
+    /// record needs them, and the token and the record then follow the acquire at once. Once the
+    /// client has settled its service version the two go out together (over a second
+    /// connection); a client's first request tries the version alone, so in a new process (a
+    /// one-shot `azmutex run`) they go one after the other over one connection, which on
+    /// loopback is as fast as a second connection. The read is used only if its ETag is the
+    /// acquire's (see `stamp`); if the lock is busy it was one request for nothing, so callers
+    /// ask for it on a first attempt only.
     pub(crate) async fn acquire_attempt(
         &self,
         lock: &LockName,
