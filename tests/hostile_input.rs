@@ -228,6 +228,59 @@ fn http_endpoints_read_no_certificate_file() {
     assert!(!r.out.contains("CA certificates"), "{}", r.out);
 }
 
+/// Promise (issue 23): with the endpoint's CA named (`--ca-cert`), an `https://` endpoint reads
+/// no system certificate file, and trusts exactly as before: the system's roots are read, once,
+/// only for a server the named certificates do not vouch for. On 7cb9ecd they were read first
+/// (the FIFO below as `SSL_CERT_FILE`: 78 before the first request).
+#[test]
+fn a_named_ca_that_vouches_for_the_server_reads_no_system_certificate() {
+    let pki = token_server::make_pki(scratch("azmutex-hostile-named-pki"));
+    let other = token_server::make_pki(scratch("azmutex-hostile-other-pki"));
+    let (cert, key) = (pki.dir.join("cert.pem"), pki.dir.join("key.pem"));
+    let azurite = common::start_azurite(
+        "https",
+        &["--cert", cert.to_str().unwrap(), "--key", key.to_str().unwrap()],
+    );
+    let files = scratch("azmutex-hostile-named-files");
+    mkfifo(&files.join("fifo.pem"));
+    let fifo = files.join("fifo.pem").display().to_string();
+    let (ours, theirs) = (
+        pki.dir.join("ca.pem").display().to_string(),
+        other.dir.join("ca.pem").display().to_string(),
+    );
+    let container = common::unique("hostile-named");
+    let status = |system_file: &str, named: &str| {
+        let env = vec![
+            ("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string.clone()),
+            ("SSL_CERT_FILE", system_file.to_string()),
+            ("SSL_CERT_DIR", files.join("missing").display().to_string()),
+        ];
+        run(
+            &env,
+            &["--ca-cert", named, "--container", &container, "status", "job"],
+            Duration::from_secs(30),
+        )
+    };
+    // The named CA vouches for the server: the system's roots (a FIFO) are never opened.
+    let r = status(&fifo, &ours);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    // Another CA named; the system's roots (SSL_CERT_FILE: the server's CA) vouch: trusted.
+    let r = status(&ours, &theirs);
+    assert_eq!(r.code, Some(0), "{}", r.out);
+    // Neither vouches: untrusted (78, with the hint).
+    let r = status(&theirs, &theirs);
+    assert_eq!(r.code, Some(78), "{}", r.out);
+    assert!(r.out.contains("--ca-cert"), "{}", r.out);
+    // Not vouched for by the named CA, and the system's roots cannot be read: refused (78),
+    // naming the file's problem.
+    let r = status(&fifo, &theirs);
+    assert_eq!(r.code, Some(78), "{}", r.out);
+    assert!(r.out.contains("not a regular file"), "{}", r.out);
+    for dir in [&pki.dir, &other.dir, &files] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Promise (medium item): a machine with no CA roots at all still reaches `http://` endpoints;
 /// `https://` ones fail as untrusted (78, with the --ca-cert hint), not "unexpected error". On
 /// 5136815 building any HTTP client failed ("No CA certificates were loaded from the system").

@@ -21,7 +21,8 @@ use super::*;
 /// (which reads `SSL_CERT_DIR` whole, with no limits, for every client). With no roots at all,
 /// `https://` endpoints fail their handshake as untrusted and `http://` ones still work.
 /// Without `system` (no TLS connection expected) the system's roots are not read: only the
-/// named certificates are trusted.
+/// named certificates are trusted. With certificates named, the system's roots are read only
+/// for a server that the named ones do not vouch for ([`NamedFirst`]).
 pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>], system: bool) -> Result<rustls::ClientConfig, InvalidInput> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let provider = rustls::crypto::CryptoProvider::get_default()
@@ -34,6 +35,22 @@ pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>], system: bool) -> Resul
             return Err(InvalidInput::CaCertificate("no PEM certificate found".into()));
         }
         named.extend(certs);
+    }
+    let algorithms = provider.signature_verification_algorithms;
+    if system && ROOTS_FROM_FILES && !named.is_empty() {
+        // Named CAs first; the system's roots are read only for a server they do not vouch for.
+        let quick = PinningVerifier {
+            inner: chain_verifier(named.clone(), &SystemRoots::default(), provider.clone())?,
+            pinned: named.clone(),
+            algorithms,
+        };
+        let verifier = NamedFirst {
+            quick,
+            named,
+            provider: provider.clone(),
+            full: std::sync::OnceLock::new(),
+        };
+        return client_config(provider, Arc::new(verifier));
     }
     let mut pinned = named.clone();
     let roots = if system {
@@ -53,8 +70,15 @@ pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>], system: bool) -> Resul
     let verifier = PinningVerifier {
         inner,
         pinned,
-        algorithms: provider.signature_verification_algorithms,
+        algorithms,
     };
+    client_config(provider, Arc::new(verifier))
+}
+
+fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<rustls::ClientConfig, InvalidInput> {
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| InvalidInput::Option {
@@ -62,9 +86,88 @@ pub(super) fn tls_config(ca_certificates_pem: &[Vec<u8>], system: bool) -> Resul
             why: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(config)
+}
+
+/// With certificates named (`--ca-cert`), the same trust as [`PinningVerifier`] over the named
+/// certificates and the system's roots together, with the system's roots read only when they
+/// can matter: a server that the named certificates alone accept (pinned, or a chain to one of
+/// them) is accepted as it would be with the system's roots added, since more roots never
+/// reject what fewer accept. Anything else is checked again, by the verifier over both, built
+/// on first need ([`system_roots`]: once per process) and kept. A private CA (Azure Stack Hub,
+/// Azurite with a certificate) then costs no system certificate file at all.
+#[derive(Debug)]
+struct NamedFirst {
+    /// Over the named certificates alone.
+    quick: PinningVerifier,
+    named: Vec<CertificateDer<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Over the named certificates and the system's roots; an error reading those is kept too
+    /// (and reported by every check that needs them).
+    full: std::sync::OnceLock<Result<PinningVerifier, String>>,
+}
+
+impl NamedFirst {
+    fn full(&self) -> Result<&PinningVerifier, rustls::Error> {
+        let full = self.full.get_or_init(|| {
+            let roots = system_roots().map_err(|e| e.to_string())?;
+            let mut pinned = self.named.clone();
+            // SSL_CERT_FILE names certificates explicitly too (see `tls_config`).
+            pinned.extend(roots.from_cert_file.iter().cloned());
+            Ok(PinningVerifier {
+                inner: chain_verifier(self.named.clone(), &roots, self.provider.clone()).map_err(|e| e.to_string())?,
+                pinned,
+                algorithms: self.provider.signature_verification_algorithms,
+            })
+        });
+        full.as_ref().map_err(|e| rustls::Error::General(e.clone()))
+    }
+}
+
+impl ServerCertVerifier for NamedFirst {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .quick
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Ok(verified) => Ok(verified),
+            Err(_) => self
+                .full()?
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+        }
+    }
+
+    // The handshake signature is checked with the server certificate's key, whatever the roots.
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.quick.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.quick.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.quick.supported_verify_schemes()
+    }
 }
 
 /// Whether the system's roots are PEM files this module reads itself (as rustls-native-certs
