@@ -50,10 +50,12 @@
 //! ## Fencing tokens
 //!
 //! With [`AzureMutexBuilder::fencing`], every acquire returns a number strictly greater than
-//! any number handed to an earlier holder of that lock. On lock blobs this crate creates it is
-//! the sequence number of a zero-length page blob, incremented under the lease
+//! any number handed to an earlier holder of that lock. On lock blobs this crate creates
+//! without a holder record it is the sequence number of a zero-length page blob, incremented
+//! under the lease
 //! ([Set Blob Properties](https://learn.microsoft.com/en-us/rest/api/storageservices/set-blob-properties),
-//! one request). On an existing block blob (or accounts without page blobs) it is a metadata
+//! one request). On a block blob (created when the mutex also records its holder, so that token
+//! and record are one write; or existing; or on accounts without page blobs) it is a metadata
 //! counter `azmutexfence` written under the lease with `If-Match` (two requests). A protected
 //! resource should store the highest token it accepted and refuse writes carrying a lower one.
 //!

@@ -413,3 +413,62 @@ async fn a_properties_read_older_than_the_lease_never_makes_the_token() {
     assert_eq!(reads, 2, "the old read was used: {:?}", proxy.seen());
     guard.release().await.unwrap();
 }
+
+/// Issue 23: a mutex that records its holder makes its lock blob a block blob, so that the token
+/// and the record are one write (Set Blob Metadata); one that fences without a record makes a
+/// page blob (the sequence number, one write with no read when unchanged). Where the account
+/// refuses that kind (premium accounts take only block blobs, or only page blobs), the other
+/// kind, and the tokens still never repeat. On 7e22db7 a refused block blob was an error.
+#[tokio::test]
+async fn a_lock_blob_of_the_kind_the_account_refuses_falls_back_to_the_other() {
+    let proxy = HttpProxy::start(common::azurite_addr());
+    let c = common::unique("blobkind");
+    let recording = AzureMutex::builder(common::config_via(proxy.addr), &c)
+        .client_options(common::fast_options())
+        .fencing(true)
+        .holder(azmutex::Holder {
+            owner: Some("kind".into()),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let plain = via(proxy.addr, &c, true);
+    let kind = |blob: &'static str| {
+        let c = c.clone();
+        async move {
+            let resp = send(RestRequest::new("get-properties", Method::HEAD, &c, Some(blob))).await;
+            resp.header("x-ms-blob-type").map(str::to_string)
+        }
+    };
+    let tokens = |m: AzureMutex, lock: &'static str| async move {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let lease = m.acquire(lock, secs(15)).await.unwrap();
+            seen.push(lease.fencing_token().expect("a fencing token"));
+            m.release(&lease).await.unwrap();
+        }
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{lock}: {seen:?}");
+    };
+    // What each makes where both kinds are taken.
+    tokens(recording.clone(), "recorded").await;
+    assert_eq!(kind("recorded").await.as_deref(), Some("BlockBlob"));
+    tokens(plain.clone(), "plain").await;
+    assert_eq!(kind("plain").await.as_deref(), Some("PageBlob"));
+    // Block blobs refused: the recording mutex makes a page blob.
+    proxy.add(
+        Match::Header("x-ms-blob-type", "BlockBlob"),
+        Action::Respond(400, "InvalidBlobType"),
+        None,
+    );
+    tokens(recording.clone(), "recorded-paged").await;
+    assert_eq!(kind("recorded-paged").await.as_deref(), Some("PageBlob"));
+    proxy.clear();
+    // Page blobs refused: the plain one makes a block blob.
+    proxy.add(
+        Match::Header("x-ms-blob-type", "PageBlob"),
+        Action::Respond(400, "InvalidBlobType"),
+        None,
+    );
+    tokens(plain, "plain-blocked").await;
+    assert_eq!(kind("plain-blocked").await.as_deref(), Some("BlockBlob"));
+}

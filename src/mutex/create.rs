@@ -23,12 +23,23 @@ impl AzureMutex {
     }
 
     /// [Put Blob](https://learn.microsoft.com/en-us/rest/api/storageservices/put-blob) of an empty
-    /// lock blob with `If-None-Match: *`: never overwrites. A zero-length page blob when fencing
-    /// (its sequence number is the token, seeded from the clock so that a deleted and recreated
-    /// lock blob never hands out a token again), falling back to a block blob where page blobs
-    /// are not supported.
+    /// lock blob with `If-None-Match: *`: never overwrites. The kind that stamps an acquire in
+    /// the fewest requests:
+    /// - fencing without a holder record: a zero-length page blob. Its sequence number is the
+    ///   token (seeded from the clock so that a deleted and recreated lock blob never hands out a
+    ///   token again), set in one request that needs no read when the blob is unchanged since
+    ///   this mutex's own last write;
+    /// - a holder record (with or without fencing): a block blob. The token is then a metadata
+    ///   counter (seeded from the clock as well), written in the same Set Blob Metadata as the
+    ///   record: one write after the read instead of two (no Blob operation sets a sequence
+    ///   number and metadata together).
+    ///
+    /// Either kind falls back to the other where the account refuses it (premium accounts hold
+    /// only block blobs, or only page blobs). Every client handles both kinds, whoever made the
+    /// blob.
     pub(super) async fn create_blob(&self, lock: &LockName, deadline: Instant) -> Result<(), Error> {
-        let mut page = self.inner.fencing;
+        let mut page = self.inner.fencing && self.inner.holder.is_none();
+        let mut fell_back = false;
         loop {
             let mut req = RestRequest::new(
                 "create-blob",
@@ -65,9 +76,16 @@ impl AzureMutex {
                 409 if err.is("BlobAlreadyExists") => return Ok(()),
                 412 if err.is("LeaseIdMissing") || err.is("ConditionNotMet") => return Ok(()),
                 404 => return Err(self.classify(lock, &resp, Op::Acquire)),
-                400 | 409 if page => {
-                    tracing::info!(lock = %lock, error = %err, "page blobs unsupported here: using a block blob");
-                    page = false;
+                400 | 409 if !fell_back => {
+                    tracing::info!(
+                        lock = %lock,
+                        error = %err,
+                        "{} blobs unsupported here: using a {} blob",
+                        if page { "page" } else { "block" },
+                        if page { "block" } else { "page" }
+                    );
+                    page = !page;
+                    fell_back = true;
                 }
                 _ => {
                     return Err(Error::Unexpected {

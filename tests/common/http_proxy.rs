@@ -26,6 +26,8 @@ pub enum Match {
     VersionNewerThan(&'static str),
     /// `x-ms-lease-action: <action>` on a target (path and query) containing the second string.
     LeaseActionOn(&'static str, &'static str),
+    /// A request header (first string, lower case) with this value (second string).
+    Header(&'static str, &'static str),
 }
 
 /// The most requests with lease action `action` in any window of `window` among `seen`.
@@ -206,6 +208,7 @@ async fn handle(mut conn: TcpStream, upstream: SocketAddr, rules: Arc<Mutex<Vec<
                     Match::Any => true,
                     Match::VersionNewerThan(v) => version.as_deref().is_none_or(|got| got > *v),
                     Match::LeaseActionOn(a, t) => lease_action.as_deref() == Some(*a) && target.contains(t),
+                    Match::Header(n, v) => header(&req.head, n).as_deref() == Some(*v),
                 }
         });
         hit.map(|r| {
