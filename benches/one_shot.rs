@@ -8,6 +8,12 @@
 //!
 //! `AZMUTEX_BENCH_BIN=/path/to/azmutex` measures another build (e.g. an older commit's release
 //! binary) against the same Azurite. Not criterion: it prints its own figures.
+//!
+//! `AZMUTEX_BENCH_BASELINE=/path/to/azmutex` adds a paired comparison: this build and the
+//! baseline run in turn (A B A B …, 100 pairs a command, each build with a container of its own
+//! so that each makes its own kind of lock blob), and the median of the pair-by-pair ratios is
+//! printed beside both medians. Pairing keeps the ratio meaningful on a machine whose speed
+//! drifts (other work, frequency changes) more than the difference being measured.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,7 +37,11 @@ struct Target {
 
 impl Target {
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        self.command_of(&bin(), "oneshot", args)
+    }
+
+    fn command_of(&self, binary: &str, container: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(binary);
         c.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("AZURE_STORAGE_CONNECTION_STRING", &self.connection_string)
@@ -43,7 +53,7 @@ impl Target {
                     .filter_map(|k| std::env::var_os(k).map(|v| (*k, v))),
             )
             .args(&self.extra)
-            .args(["--container", "oneshot"])
+            .args(["--container", container])
             .args(args)
             .stdin(Stdio::null());
         c
@@ -156,6 +166,68 @@ thread_local! {
     static SPACED: std::cell::RefCell<Vec<Duration>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// This build against `baseline`, in turn, `PAIRS` times for each command (see the module
+/// docs): both medians and the median ratio.
+fn paired(name: &str, t: &Target, baseline: &str) {
+    const PAIRS: usize = 100;
+    println!("{name}, paired against {baseline}:");
+    let ours = bin();
+    let commands: [(&str, &[&str]); 2] = [
+        ("status", &["-q", "status", "lock"]),
+        ("run lock -- true", &["run", "lock", "--", "true"]),
+    ];
+    // Each build makes its own lock blob first (its own kind), untimed.
+    for (binary, container) in [(ours.as_str(), "pair-a"), (baseline, "pair-b")] {
+        let ok = t
+            .command_of(binary, container, &["run", "lock", "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "{binary} runs against {name}");
+    }
+    for (label, args) in commands {
+        let once = |binary: &str, container: &str| {
+            let started = Instant::now();
+            let ok = t
+                .command_of(binary, container, args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "{binary} {args:?}");
+            started.elapsed()
+        };
+        let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..PAIRS + WARM_UP {
+            // Alternate which goes first, so that neither always follows the other.
+            let (x, y) = if i % 2 == 0 {
+                let x = once(&ours, "pair-a");
+                (x, once(baseline, "pair-b"))
+            } else {
+                let y = once(baseline, "pair-b");
+                (once(&ours, "pair-a"), y)
+            };
+            if i >= WARM_UP {
+                a.push(x);
+                b.push(y);
+                ratio.push(x.as_secs_f64() / y.as_secs_f64());
+            }
+        }
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1000.0
+        };
+        ratio.sort_by(f64::total_cmp);
+        println!(
+            "  {label:<22} this build median {:5.1} ms, baseline {:5.1} ms, ratio (median of pairs) {:.3}",
+            median(a),
+            median(b),
+            ratio[ratio.len() / 2]
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`
@@ -171,6 +243,10 @@ fn main() {
         extra: vec![],
     };
     measure("http:// (Azurite on loopback)", &http);
+    let baseline = std::env::var("AZMUTEX_BENCH_BASELINE").ok();
+    if let Some(baseline) = &baseline {
+        paired("http:// (Azurite on loopback)", &http, baseline);
+    }
 
     let pki = token_server::make_pki(std::env::temp_dir().join(common::unique("azmutex-oneshot-pki")));
     let cert = pki.dir.join("cert.pem");
@@ -184,5 +260,12 @@ fn main() {
         extra: vec!["--ca-cert".into(), pki.dir.join("ca.pem").display().to_string()],
     };
     measure("https:// (Azurite with a test CA's certificate, --ca-cert)", &https);
+    if let Some(baseline) = &baseline {
+        paired(
+            "https:// (Azurite with a test CA's certificate, --ca-cert)",
+            &https,
+            baseline,
+        );
+    }
     let _ = std::fs::remove_dir_all(&pki.dir);
 }

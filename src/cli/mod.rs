@@ -335,23 +335,26 @@ pub fn main() -> ExitCode {
     }
     guard_log_variable();
     logging::init(cli.verbose);
-    // One thread for the runtime: `run`'s renewals only wait for the network, and the kill
-    // deadline is kept by the watchdog (a process of its own), not by this runtime. A second
-    // worker thread (and the hand-offs between threads) cost `run -- true` a tenth of its
-    // time, and `status` an eighth. Two workers for the long-running commands and for a
-    // metrics server (`elect`, `observe`, `run --metrics`), so that a flood of scrapers never
-    // queues a renewal behind it on one thread.
-    let serves = match &cli.command {
-        Command::Run(args) => args.metrics.is_some(),
-        Command::Elect(_) | Command::Observe(_) => true,
-        _ => false,
+    // The runtime's threads. `run` keeps its renewals on a worker thread of their own: the
+    // command's supervision (this thread, in `block_on`) walks `/proc` to signal or count what
+    // the command left, synchronously, and on a host with tens of thousands of processes a
+    // walk takes a good part of a second; a renewal or the loss signal must never wait for one.
+    // Two workers where others are served while a lock is held (`elect`, `observe`,
+    // `run --metrics`: a flood of scrapers must not queue a renewal either). The one-shot
+    // commands send a request or two and exit: everything on this thread, which starts and
+    // hands off faster (`status` 0.8 ×).
+    let workers = match &cli.command {
+        Command::Run(args) if args.metrics.is_none() => Some(1),
+        Command::Run(_) | Command::Elect(_) | Command::Observe(_) => Some(2),
+        _ => None,
     };
-    let mut builder = if serves {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+    let mut builder = match workers {
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::cgroup::Cgroup;
-use super::descendants::{descendants, own_children, signal_descendants, ProcEntry};
+use super::descendants::{descendants, own_children, signal_descendants, signal_subtree, ProcEntry};
 use super::watchdog::{boottime_ns, shared_deadline, watchdog, NO_DEADLINE, WATCHDOG_KNOWN, WATCHDOG_TABLE};
 use std::time::{Duration, Instant};
 
@@ -91,14 +91,19 @@ impl Group {
             // SAFETY: kill(2) on our command's process group (negative pid).
             unsafe { libc::kill(-self.pgid, sig) };
         }
-        let mut table = Vec::new();
-        signal_descendants(&mut table, own_pid(), self.exclude(), sig);
         if let Some(cg) = &self.cgroup {
             if sig == libc::SIGKILL {
                 // All at once: no fork can race it.
                 cg.kill();
             }
         }
+        // Those that left the group: first the ones our descendants' `children` files show (a
+        // few reads), then every one a walk of all of `/proc` finds (the rest, if any; a large
+        // part of a second on a host with tens of thousands of processes).
+        let mut subtree = vec![ProcEntry::default(); WATCHDOG_KNOWN];
+        signal_subtree(&mut subtree, own_pid(), self.exclude(), sig);
+        let mut table = Vec::new();
+        signal_descendants(&mut table, own_pid(), self.exclude(), sig);
     }
 
     /// Whether any process of the group, or any other descendant of azmutex but the watchdog,

@@ -521,6 +521,9 @@ async fn stop_on_loss(
     reason: LostReason,
     grace: Duration,
 ) -> Result<Outcome, Failure> {
+    // The SIGKILL is due `grace` from now, not from the end of the SIGTERM's walk of `/proc`
+    // (a good part of a second on a host with tens of thousands of processes).
+    let deadline = tokio::time::Instant::now() + grace;
     // Signal first: nothing (not even a failing stderr) may delay stopping the command.
     group.signal(if grace.is_zero() { libc::SIGKILL } else { libc::SIGTERM });
     say(format_args!(
@@ -528,7 +531,6 @@ async fn stop_on_loss(
         args.lock
     ));
     if !grace.is_zero() {
-        let deadline = tokio::time::Instant::now() + grace;
         let main_done = tokio::time::timeout_at(deadline, child.wait()).await.is_ok();
         let all_done = main_done && tokio::time::timeout_at(deadline, group.wait_gone(grace)).await.is_ok();
         if !all_done && !ctx.quiet {

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::cgroup::WatchdogPaths;
-use super::descendants::{fill, fill_subtree, mark_descendants, signal_descendants_in, ProcEntry};
+use super::descendants::{fill, fill_subtree, mark_descendants, signal_descendants_in, signal_subtree, ProcEntry};
 
 /// How many processes the watchdog's walk can see at once (larger tables are cut short; the
 /// walk in azmutex itself has no limit).
@@ -134,6 +134,8 @@ pub(super) unsafe fn watchdog(
             if let Some(cg) = cgroup {
                 cg.kill();
             }
+            // Those the children files show at once, then everything the walk of /proc finds.
+            signal_subtree(table, parent, me, libc::SIGKILL);
             signal_descendants_in(table, parent, me, libc::SIGKILL);
         } else {
             let mut stopped = false;
