@@ -29,21 +29,6 @@ fn host_procs() -> usize {
         .unwrap_or(29_000)
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let s = child.wait().unwrap();
-            panic!("azmutex did not exit within {limit:?} (killed: {s:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Extra processes on the host, outside azmutex's tree (a busy CI runner, a build host). Killed
 /// (their whole group) on drop.
 struct HostLoad {

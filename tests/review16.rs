@@ -37,21 +37,6 @@ fn pids_in(file: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let s = child.wait().unwrap();
-            panic!("azmutex did not exit within {limit:?} (killed: {s:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// (pid, ppid, state) of every process.
 fn proc_table() -> Vec<(i32, i32, char)> {
     let mut out = Vec::new();

@@ -152,3 +152,19 @@ pub fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         )
     }
 }
+
+/// Waits for `child` to exit, at most `limit` (then kills it and fails the test).
+pub fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let s = child.wait().unwrap();
+            panic!("azmutex did not exit within {limit:?} (killed: {s:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
