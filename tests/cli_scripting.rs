@@ -454,3 +454,44 @@ fn a_bad_auth_variable_does_not_stop_man_or_completions() {
     cmd.env("AZMUTEX_AUTH", "managed_identity").args(["status", "job"]);
     assert_eq!(output(cmd).status.code(), Some(2));
 }
+
+/// Ctrl-C (or SIGTERM, SIGHUP) while `acquire` waits for an answer the service has applied
+/// (issue 23's review): the lease it may have got is released before it exits 130, as `run`
+/// does. On 714eb43 `acquire` died of the signal and the lock stayed held for the lease's 60 s
+/// by an id that was never printed.
+#[test]
+fn an_interrupted_acquire_leaves_no_lease_behind() {
+    use common::http_proxy::{Action, HttpProxy, Match};
+    let c = common::unique("intacq");
+    let rt = rt();
+    let m = common::mutex(&c);
+    // The lock blob exists (an acquire that creates it is not what is tested).
+    let l = rt.block_on(m.acquire("job", common::secs(15))).unwrap();
+    rt.block_on(m.release(&l)).unwrap();
+    for args in [vec!["acquire", "job"], vec!["acquire", "job", "--wait", "60s"]] {
+        let proxy = HttpProxy::start(common::azurite_addr());
+        // The acquire reaches the service at once; its answer is held back 2 s.
+        proxy.add(
+            Match::LeaseAction("acquire"),
+            Action::Delay(std::time::Duration::from_secs(2)),
+            None,
+        );
+        let mut cmd = azmutex_with(&c, &connection_via(proxy.addr));
+        cmd.args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        // SAFETY: signalling the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = wait_exit(&mut child, std::time::Duration::from_secs(20));
+        let info = rt.block_on(m.inspect("job")).unwrap();
+        if info.locked {
+            rt.block_on(m.break_lease("job", Some(azmutex::BreakPeriod::NOW)))
+                .unwrap();
+        }
+        assert_eq!(status.code(), Some(130), "{args:?}");
+        assert!(!info.locked, "{args:?}: the lock stayed held by a lease id nobody got");
+    }
+}

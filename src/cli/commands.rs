@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use azmutex::{
-    BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockName, Locker, LockerOptions, LostReason, Released,
+    BreakPeriod, Lease, LeaseDuration, LeaseId, LeaseKind, LockError, LockName, Locker, LockerOptions, LostReason,
+    Released,
 };
 use clap::Args;
 
@@ -143,28 +144,34 @@ pub async fn acquire(ctx: &Context, args: AcquireArgs) -> Result<u8, Failure> {
         ..super::run::holder(args.owner.clone())
     };
     let mutex = ctx.mutex(true, Some(holder))?;
-    let lease = match args.wait {
-        None => match mutex.acquire(&lock, lease_duration).await {
-            Ok(lease) => lease,
-            Err(azmutex::Error::Conflict { .. }) => {
-                let info = mutex.inspect(&lock).await.ok();
-                let who = info.as_ref().map(super::run::describe_holder).unwrap_or_default();
-                return Err(Failure::new(
-                    super::exit::BUSY,
-                    format!("lock {:?} is busy{who}", lock.as_str()),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        Some(wait) => {
-            let options = LockerOptions {
-                lease: lease_duration,
-                ..LockerOptions::default()
-            };
-            Locker::with_options(mutex, &lock, options)?
-                .lock_detached(Some(wait))
-                .await?
+    let options = LockerOptions {
+        lease: lease_duration,
+        ..LockerOptions::default()
+    };
+    let locker = Locker::with_options(mutex.clone(), &lock, options)?;
+    // SIGINT, SIGTERM or SIGHUP while acquiring: the attempt in flight is stopped and a lease
+    // it may have got released (its id was never printed), then exit 128 + the signal.
+    let signal = super::signals::Signals::terminating()?;
+    let mut caught = None;
+    let cancel = async {
+        caught = Some(signal.await);
+    };
+    let got = match args.wait {
+        None => locker.try_lock_detached(cancel).await,
+        Some(wait) => locker.lock_detached_until(Some(wait), cancel).await,
+    };
+    let lease = match got {
+        Ok(lease) => lease,
+        Err(LockError::Busy { .. }) if args.wait.is_none() => {
+            let info = mutex.inspect(&lock).await.ok();
+            let who = info.as_ref().map(super::run::describe_holder).unwrap_or_default();
+            return Err(Failure::new(
+                super::exit::BUSY,
+                format!("lock {:?} is busy{who}", lock.as_str()),
+            ));
         }
+        Err(LockError::Cancelled { .. }) => return Ok(128 + caught.unwrap_or(libc::SIGTERM) as u8),
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(
         lock = %lease.lock(),

@@ -61,7 +61,8 @@ pub struct RunArgs {
     pub lease: u64,
     /// When the lock may be lost (no renewal confirmed in time) the command's process group gets
     /// SIGTERM, then SIGKILL after this long, timed so that SIGKILL lands 2 s before the lease
-    /// can end. Renewal interval (lease/3) + kill grace + 2 s must stay below the lease.
+    /// can end (it is sent 2.1 s before). Renewal interval (lease/3) + kill grace + 2.1 s must
+    /// stay below the lease.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub kill_grace: Duration,
     /// Exit code when the lock is busy or the wait times out.
@@ -98,6 +99,12 @@ pub fn usage_hint(args: &[String]) -> Option<&'static str> {
 /// Safety margin kept before the lease's local deadline (the library's default).
 const SAFETY_MARGIN: Duration = Duration::from_secs(2);
 
+/// Time allowed for the SIGKILL to land: it is sent this much before deadline − margin. A
+/// process that left the command's group is reached only after the walk of the `children`
+/// files (and, on a host without a cgroup for the command, of `/proc`), a millisecond or more
+/// after the group's own signal.
+const KILL_DELIVERY: Duration = Duration::from_millis(100);
+
 /// Checks that lease, renewal interval, safety margin and kill grace fit together: the command
 /// must be dead (SIGKILL sent) by deadline − margin, and renewals need time before that.
 fn locker_options(args: &RunArgs, timeout: Duration) -> Result<LockerOptions, Failure> {
@@ -116,7 +123,7 @@ pub(super) fn supervised_options(
     let lease_len = Duration::from_secs(lease_secs);
     let every = lease_len / 3;
     let budget = every
-        .checked_add(SAFETY_MARGIN)
+        .checked_add(SAFETY_MARGIN + KILL_DELIVERY)
         .and_then(|d| d.checked_add(kill_grace))
         .filter(|used| *used < lease_len);
     if budget.is_none() {
@@ -127,14 +134,23 @@ pub(super) fn supervised_options(
                  that is not confirmed renewed must get SIGTERM {:?} + {:?} (kill grace + safety margin) before the \
                  lease ends, so renewal interval + kill grace + safety margin must stay below the lease \
                  ({:?} + {:?} + {:?} >= {:?}); lower --kill-grace or raise --lease",
-                lease_secs, kill_grace, every, kill_grace, SAFETY_MARGIN, every, kill_grace, SAFETY_MARGIN, lease_len
+                lease_secs,
+                kill_grace,
+                every,
+                kill_grace,
+                SAFETY_MARGIN + KILL_DELIVERY,
+                every,
+                kill_grace,
+                SAFETY_MARGIN + KILL_DELIVERY,
+                lease_len
             ),
         ));
     }
     let options = LockerOptions {
         lease,
-        // `lost()` fires kill_grace before the margin, so SIGKILL lands by deadline − margin.
-        safety_margin: SAFETY_MARGIN + kill_grace,
+        // `lost()` fires kill_grace (and the SIGKILL's delivery) before the margin, so that
+        // SIGKILL lands by deadline − margin.
+        safety_margin: SAFETY_MARGIN + KILL_DELIVERY + kill_grace,
         report_holder: false,
         // Without --wait, storage failing for a whole --timeout ends the wait (exit 69); with
         // --wait, failures are retried until the wait ends.
@@ -561,5 +577,27 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 23's review: SIGKILL was sent exactly at deadline − 2 s, and a process that had left
+    /// the command's group got it a millisecond later, inside the last 2 s. The loss now fires
+    /// kill grace + 2 s + the delivery allowance before the deadline, so that the SIGKILL is sent
+    /// 2.1 s before it; and a lease that cannot fit that is refused before anything runs.
+    #[test]
+    fn the_sigkill_is_sent_early_enough_to_land_two_seconds_before_the_lease_ends() {
+        let grace = Duration::from_secs(2);
+        let options = supervised_options(15, grace, None).expect("fits");
+        // SIGKILL goes out at deadline − safety_margin + grace.
+        let sent_before_end = options.safety_margin - grace;
+        assert_eq!(sent_before_end, Duration::from_millis(2100));
+        assert!(sent_before_end >= SAFETY_MARGIN + KILL_DELIVERY);
+        // 5 s renewals + 2 s margin + 0.1 s delivery + 7.9 s grace = 15 s: no room left.
+        assert!(supervised_options(15, Duration::from_millis(7900), None).is_err());
+        assert!(supervised_options(15, Duration::from_millis(7800), None).is_ok());
     }
 }

@@ -50,6 +50,25 @@ impl Signals {
         }
     }
 
+    /// Listens to SIGTERM, SIGINT and SIGHUP only, from now on (Ctrl-Z still stops the
+    /// process): for a one-shot command whose wait must end cleanly, not by the signal's
+    /// default action in the middle of a request. The future completes with the first of them.
+    pub(super) fn terminating() -> Result<impl std::future::Future<Output = i32>, Failure> {
+        let make = |k| signal(k).map_err(|e| Failure::new(exit::OTHER, format!("cannot handle signals: {e}")));
+        let (mut term, mut int, mut hup) = (
+            make(SignalKind::terminate())?,
+            make(SignalKind::interrupt())?,
+            make(SignalKind::hangup())?,
+        );
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => libc::SIGTERM,
+                _ = int.recv() => libc::SIGINT,
+                _ = hup.recv() => libc::SIGHUP,
+            }
+        })
+    }
+
     /// The next of SIGTERM, SIGINT, SIGHUP.
     pub(super) async fn next(&mut self) -> i32 {
         tokio::select! {

@@ -244,6 +244,26 @@ impl Locker {
         self.wait(limit, std::future::pending(), Detached).await
     }
 
+    /// [`Locker::lock_detached`] that `cancel` can end: then the attempt in flight is stopped
+    /// and a lease it may have got is released (bounded, as [`Locker::lock_until`] does) before
+    /// [`LockError::Cancelled`] is returned, so that a process about to exit on a signal leaves
+    /// no lease behind whose id nobody knows.
+    pub async fn lock_detached_until(
+        &self,
+        timeout: Option<Duration>,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<Lease, LockError> {
+        self.wait(Limit::Until(timeout.and_then(deadline_in)), cancel, Detached)
+            .await
+    }
+
+    /// One attempt, as [`Locker::try_lock`], handing out the lease without renewing it, as
+    /// [`Locker::lock_detached`]; `cancel` ends it as in [`Locker::lock_detached_until`].
+    /// [`LockError::Busy`] when someone else holds the lock.
+    pub async fn try_lock_detached(&self, cancel: impl Future<Output = ()>) -> Result<Lease, LockError> {
+        self.wait(Limit::Once, cancel, Detached).await
+    }
+
     async fn acquire(&self, limit: Limit, cancel: impl Future<Output = ()>) -> Result<LockGuard, LockError> {
         self.wait(limit, cancel, Guarded).await
     }

@@ -37,9 +37,9 @@ const MAX_RESPONSE_HEADERS: usize = 1024;
 ///
 /// TLS: the system's roots (or `SSL_CERT_FILE`/`SSL_CERT_DIR`, which replace them, as in
 /// OpenSSL) plus [`ClientOptions::ca_certificates_pem`]; a server presenting exactly one of
-/// those named certificates (or one from `SSL_CERT_FILE`) is trusted as that server even if
-/// the certificate is self-signed with `CA:TRUE` (pinning), after its dates and host name are
-/// checked.
+/// those named certificates (or one from `SSL_CERT_FILE`), self-signed, is trusted as that
+/// server even with `CA:TRUE` (pinning), after its dates and host name are checked. A server
+/// certificate issued by another CA is checked as a chain: name its CA.
 ///
 /// The system's roots are read only when a TLS connection may be made: `tls_endpoint` (the
 /// endpoint is `https://`, or the client serves token requests) or a proxy reached over

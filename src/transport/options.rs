@@ -71,8 +71,9 @@ pub struct ClientOptions {
     pub retry: RetryPolicy,
     /// Extra trusted certificates (PEM; each entry may be a bundle), for endpoints with a
     /// private CA. The system roots stay trusted. A server presenting exactly one of these
-    /// certificates is trusted as that server even if it is self-signed with `CA:TRUE`; its
-    /// dates and host name are still checked.
+    /// certificates, self-signed, is trusted as that server even with `CA:TRUE`; its dates and
+    /// host name are still checked. A server certificate issued by another CA is checked as a
+    /// chain: name that CA.
     pub ca_certificates_pem: Vec<Vec<u8>>,
     /// Proxies (default: from `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`).
     pub proxy: ProxyConfig,

@@ -223,7 +223,8 @@ pub(super) fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'s
 }
 
 /// The normal chain check (platform roots plus the named CAs), except that a server presenting
-/// exactly one of the named certificates is trusted as that server: its validity dates and host
+/// exactly one of the named certificates, self-signed (it is checked with itself as the trust
+/// anchor), is trusted as that server: its validity dates and host
 /// name are checked, its `CA:TRUE` flag is not held against it, and the handshake signature must
 /// still be made with its key (so only the holder of that certificate's private key passes).
 #[derive(Debug)]
