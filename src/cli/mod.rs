@@ -245,7 +245,8 @@ pub fn main() -> ExitCode {
     // The runtime's threads. `run` keeps its renewals on a worker thread of their own: the
     // command's supervision (this thread, in `block_on`) walks `/proc` to signal or count what
     // the command left, synchronously, and on a host with tens of thousands of processes a
-    // walk takes a good part of a second; a renewal or the loss signal must never wait for one.
+    // walk takes a good part of a second; a renewal must never wait for one (the kill deadline
+    // is kept by the watchdog, a process of its own, whatever this thread is doing).
     // Two workers where others are served while a lock is held (`elect`, `observe`,
     // `run --metrics`: a flood of scrapers must not queue a renewal either). The one-shot
     // commands send a request or two and exit: everything on this thread, which starts and
