@@ -27,32 +27,54 @@ fn scan_proc(mut each: impl FnMut(ProcEntry)) {
         if dir < 0 {
             return;
         }
-        let mut buf = [0u8; 8192];
-        loop {
-            let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
-            if got <= 0 {
-                break;
+        // A failed read ends the scan: what was seen so far is all there is.
+        let _ = each_numbered_entry(dir, |pid| {
+            if let Some(entry) = read_stat(pid) {
+                each(entry);
             }
-            let got = got as usize;
-            let mut off = 0;
-            // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
-            while off + 19 < got {
-                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-                if reclen == 0 || off + reclen > got {
-                    break;
-                }
-                if let Some(pid) = parse_pid(&buf[off + 19..off + reclen]) {
-                    if let Some(entry) = read_stat(pid) {
-                        each(entry);
-                    }
-                }
-                off += reclen;
-            }
-        }
+            true
+        });
         libc::close(dir);
     }
     #[cfg(not(target_os = "linux"))]
     let _ = &mut each;
+}
+
+/// Calls `each` with every entry of the open directory `dir` whose name is a number (the pids
+/// in `/proc`, the thread ids in `/proc/<pid>/task`), until `each` says stop. Async-signal-safe
+/// (`getdents64` into a stack buffer). `false` when a read failed or `each` said stop.
+///
+/// # Safety
+/// `dir` must be an open directory descriptor.
+#[cfg(target_os = "linux")]
+unsafe fn each_numbered_entry(dir: libc::c_int, mut each: impl FnMut(libc::pid_t) -> bool) -> bool {
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: getdents64 into a buffer owned here, of the length given.
+        let got = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if got < 0 {
+            return false;
+        }
+        if got == 0 {
+            return true;
+        }
+        let got = got as usize;
+        let mut off = 0;
+        // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }, parsed
+        // within the byte count the kernel returned.
+        while off + 19 < got {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 || off + reclen > got {
+                break;
+            }
+            if let Some(n) = parse_pid(&buf[off + 19..off + reclen]) {
+                if !each(n) {
+                    return false;
+                }
+            }
+            off += reclen;
+        }
+    }
 }
 
 /// A NUL-terminated all-digit name as a pid.
@@ -230,40 +252,16 @@ fn each_child(pid: libc::pid_t, mut each: impl FnMut(libc::pid_t) -> bool) -> bo
         if dir < 0 {
             return false;
         }
-        let mut ok = true;
         let mut threads = 0;
-        let mut buf = [0u8; 4096];
-        'dir: loop {
-            let got = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
-            if got < 0 {
-                ok = false;
-                break;
-            }
-            if got == 0 {
-                break;
-            }
-            let got = got as usize;
-            let mut off = 0;
-            while off + 19 < got {
-                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-                if reclen == 0 || off + reclen > got {
-                    break;
-                }
-                if let Some(tid) = parse_pid(&buf[off + 19..off + reclen]) {
-                    threads += 1;
-                    let mut path = ProcPath::new();
-                    path.number(pid);
-                    path.push(b"/task/");
-                    path.number(tid);
-                    path.push(b"/children");
-                    if !read_pids(path.c_str(), &mut each) {
-                        ok = false;
-                        break 'dir;
-                    }
-                }
-                off += reclen;
-            }
-        }
+        let ok = each_numbered_entry(dir, |tid| {
+            threads += 1;
+            let mut path = ProcPath::new();
+            path.number(pid);
+            path.push(b"/task/");
+            path.number(tid);
+            path.push(b"/children");
+            read_pids(path.c_str(), &mut each)
+        });
         libc::close(dir);
         ok && threads > 0
     }
